@@ -1,0 +1,50 @@
+"""`python -m launcher <command> [hydra overrides]`: take the command off argv, hand the rest to Hydra.
+
+Nothing heavy is imported before a command runs: `--help` answers without torch.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from launcher.commands import COMMANDS
+
+USAGE = """usage: launcher <command> [overrides...] [--help | --cfg job | --info | -m]
+
+Hydra-configured ImageNet (ILSVRC2012) preparation for SLURM clusters.
+
+commands:
+{commands}
+
+`launcher <command> --help` lists the config groups and options of that command.
+examples:
+  launcher demo
+  launcher prepare storage=lustre storage.root=/lustre/datasets/imagenet cluster=slurm
+  launcher verify verify.level=decode cluster=slurm wait=true
+  launcher bench -m transform=standard,randaugment loader.num_workers=1,2
+"""
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {cmd.summary}" for name, cmd in COMMANDS.items()]
+    return USAGE.format(commands="\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0 if argv else 2
+    command, overrides = argv[0], argv[1:]
+    if command not in COMMANDS:
+        valid = ", ".join(COMMANDS)
+        print(f"launcher: unknown command {command!r}; valid commands: {valid}", file=sys.stderr)
+        return 2
+    from launcher.commands import run_with_hydra
+
+    return run_with_hydra(command, overrides)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,388 @@
+"""Dataclass schemas of every config group, registered in Hydra's ConfigStore.
+
+Each YAML option under conf/<group>/ starts from its group's schema
+(`defaults: [/schema/<group>@_here_: base]`), so a misspelt key or a wrong type fails when the
+config is composed, before any work starts. Each primary config (one per command) starts from
+its command's schema below. Comments above fields are the one-line documentation of each option.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class StorageConfig:
+    # which storage this describes: local, lustre, nfs, scratch
+    name: str = MISSING
+    # folder the other paths of this storage start from (null where they are given whole)
+    base: str | None = None
+    # folder holding the three ILSVRC2012 archives (devkit, train, val)
+    archive_dir: str = MISSING
+    # the torchvision ImageNet root that receives meta.bin, train/ and val/
+    root: str = MISSING
+    # launcher's records for this root: indexes, unit records, manifests, ledger, reports, lock
+    state_dir: str = "${.root}/.launcher"
+    # submitit job folders and their logs
+    log_dir: str = "${.state_dir}/logs"
+    # Hydra's run folders (composed config and the command's log)
+    run_dir: str = "${.state_dir}/runs"
+    # unix group given to every folder written (new files inherit it); null = the user's default
+    group: str | None = None
+    # permission bits of every file written (octal); "0664" shares with the group
+    file_mode: str = "0644"
+    # permission bits of every folder written (octal); "2775" shares with the group (setgid)
+    dir_mode: str = "0755"
+    # Lustre stripe count for the output folders (`lfs setstripe -c N`); null = leave as is
+    stripe_count: int | None = None
+
+
+@dataclass
+class ArchiveConfig:
+    # file name of the archive inside storage.archive_dir
+    file: str = MISSING
+    # expected md5 of the whole archive; null = do not check (a warning says so)
+    md5: str | None = None
+
+
+@dataclass
+class ArchivesConfig:
+    # ILSVRC2012_devkit_t12.tar.gz: meta.mat and the validation ground truth
+    devkit: ArchiveConfig = field(default_factory=ArchiveConfig)
+    # ILSVRC2012_img_train.tar: one inner tar per class
+    train: ArchiveConfig = field(default_factory=ArchiveConfig)
+    # ILSVRC2012_img_val.tar: flat validation images
+    val: ArchiveConfig = field(default_factory=ArchiveConfig)
+
+
+@dataclass
+class ExpectedConfig:
+    # total train images; null = take the counts from the devkit alone
+    train: int | None = None
+    # total val images; null = take the counts from the devkit alone
+    val: int | None = None
+    # number of classes (leaf synsets); null = take the count from the devkit alone
+    classes: int | None = None
+
+
+@dataclass
+class DevkitMembersConfig:
+    # member of the devkit holding the synsets (scipy .mat)
+    meta: str = "ILSVRC2012_devkit_t12/data/meta.mat"
+    # member of the devkit listing the ILSVRC2012_ID of each val image, one per line
+    ground_truth: str = "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt"
+    # most bytes read while decompressing the devkit (guards against gzip bombs)
+    max_bytes: int = 268435456
+
+
+@dataclass
+class PatternsConfig:
+    # regex for the members of the outer train tar (one tar per class)
+    train_class: str = r"n\d{8}\.tar"
+    # regex for the images inside a class tar; {wnid} is the class tar's stem
+    train_image: str = r"{wnid}_\d+\.JPEG"
+    # regex for the members of the val tar; group 1 is the 1-based image number
+    val_image: str = r"ILSVRC2012_val_(\d{8})\.JPEG"
+
+
+@dataclass
+class DatasetConfig:
+    # dataset name (folders and reports use it)
+    name: str = MISSING
+    # the three archives: file names and md5s
+    archives: ArchivesConfig = field(default_factory=ArchivesConfig)
+    # expected totals, checked after preparation and by verify
+    expected: ExpectedConfig = field(default_factory=ExpectedConfig)
+    # where things are inside the devkit
+    devkit: DevkitMembersConfig = field(default_factory=DevkitMembersConfig)
+    # member-name patterns; anything else in an archive is refused
+    patterns: PatternsConfig = field(default_factory=PatternsConfig)
+
+
+@dataclass
+class SplitConfig:
+    # name of this choice: train, val or all
+    name: str = MISSING
+    # the splits a command works on
+    splits: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ClusterConfig:
+    # name of this choice (debug, local, slurm or a variant of them)
+    name: str = MISSING
+    # submitit executor: debug (in-process), local (processes here) or slurm
+    executor: str = MISSING
+    # parallel jobs for executor=local; null = the number of cores
+    workers: int | None = None
+    # seconds between two looks at the jobs while waiting
+    poll_s: float = 1.0
+    # SLURM's MaxArraySize; null = read it from `scontrol show config`
+    max_array_size: int | None = None
+    # job time limit in minutes
+    timeout_min: int = 60
+    # CPUs per task
+    cpus_per_task: int = 1
+    # memory per node in GB; null = the cluster default
+    mem_gb: float | None = None
+    # nodes per job
+    nodes: int = 1
+    # tasks (ranks) per node
+    tasks_per_node: int = 1
+    # GPUs per node
+    gpus_per_node: int = 0
+    # SLURM partition; null = the cluster default
+    partition: str | None = None
+    # SLURM account to charge; null = the user's default
+    account: str | None = None
+    # SLURM quality of service; null = default
+    qos: str | None = None
+    # SLURM node feature constraint; null = none
+    constraint: str | None = None
+    # most array tasks running at once
+    array_parallelism: int = 64
+    # shell lines run before each job (module load, venv activation, ...)
+    setup: list[str] = field(default_factory=list)
+    # extra sbatch options passed as they are, e.g. {mail-type: END}
+    additional_parameters: dict[str, Any] = field(default_factory=dict)
+    # how many times a job that hit its time limit is requeued
+    max_num_timeout: int = 3
+    # seconds before the time limit at which the job is signalled to checkpoint
+    signal_delay_s: int = 90
+
+
+@dataclass
+class TransformConfig:
+    # name of this choice: standard, randaugment, autoaugment, trivialaugment, none
+    name: str = MISSING
+    # automatic augmentation policy added to train: null, randaugment, autoaugment, trivialaugment
+    policy: str | None = None
+    # train crop size (RandomResizedCrop)
+    train_crop_size: int = 224
+    # scale range of RandomResizedCrop
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    # aspect-ratio range of RandomResizedCrop
+    ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333333333333333])
+    # probability of a horizontal flip in train
+    hflip: float = 0.5
+    # eval center-crop size
+    eval_crop_size: int = 224
+    # eval crop ratio: images are resized to eval_crop_size / crop_ratio before the crop
+    crop_ratio: float = 0.875
+    # interpolation: bilinear, bicubic, nearest
+    interpolation: str = "bilinear"
+    # RandAugment: number of operations per image
+    num_ops: int = 2
+    # RandAugment: magnitude of the operations
+    magnitude: int = 9
+    # normalization mean (RGB, 0..1 scale)
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    # normalization std (RGB, 0..1 scale)
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    # output of the pipeline: float (normalized) or uint8 (normalize on the device)
+    output: str = "float"
+
+
+@dataclass
+class LoaderConfig:
+    # name of this choice
+    name: str = MISSING
+    # batch size per rank
+    batch_size: int = 256
+    # eval batch size per rank; null = batch_size
+    eval_batch_size: int | None = None
+    # loader worker processes per rank; null = the cores of this task
+    num_workers: int | None = None
+    # pin host memory for faster copies to the GPU
+    pin_memory: bool = True
+    # keep workers alive between epochs
+    persistent_workers: bool = True
+    # batches prefetched per worker
+    prefetch_factor: int = 2
+    # drop the last incomplete train batch
+    drop_last: bool = True
+    # base seed of shuffling and augmentation
+    seed: int = 0
+    # read the prepare manifest when present (no directory walk)
+    use_manifest: bool = True
+
+
+@dataclass
+class CommandConfig:
+    """What every command composes."""
+
+    # the command these options were composed for
+    command: str = MISSING
+    # wait for the jobs with a live progress display; null = wait unless cluster.executor=slurm
+    wait: bool | None = None
+    # where the data is
+    storage: StorageConfig = MISSING
+    # what the data is
+    dataset: DatasetConfig = MISSING
+    # which splits
+    split: SplitConfig = MISSING
+    # where the work runs
+    cluster: ClusterConfig = MISSING
+    # image transforms of the loaders
+    transform: TransformConfig = MISSING
+    # data loaders
+    loader: LoaderConfig = MISSING
+
+
+@dataclass
+class PrepareOptions:
+    # train shards (groups of class tars balanced by bytes); null = twice the parallel jobs
+    train_shards: int | None = None
+    # val shards (ranges of images); null = as many as keep shards the size of train's
+    val_shards: int | None = None
+    # print the plan (units, bytes, outputs) and do nothing
+    dry_run: bool = False
+    # accept a root that holds another dataset (different index or meta.bin) and overwrite it
+    force: bool = False
+    # fsync files before recording a unit complete (slower; survives power loss)
+    fsync: bool = False
+    # also check the archives' md5s (when dataset.archives.*.md5 are set)
+    check_md5: bool = True
+
+
+@dataclass
+class PrepareConfig(CommandConfig):
+    # options of `prepare`
+    prepare: PrepareOptions = field(default_factory=PrepareOptions)
+
+
+@dataclass
+class VerifyOptions:
+    # per-file check: exists (size), header (signature, markers, dimensions) or decode (full)
+    level: str = "header"
+    # re-encode the odd files (PNG named .JPEG, CMYK) to RGB JPEG
+    fix: bool = False
+    # verify shards; null = twice the parallel jobs
+    shards: int | None = None
+    # also check the archives' md5s when the archives are present
+    check_md5: bool = False
+    # where the JSON report goes
+    report: str = "${storage.state_dir}/verify-${split.name}.json"
+
+
+@dataclass
+class VerifyConfig(CommandConfig):
+    # options of `verify`
+    verify: VerifyOptions = field(default_factory=VerifyOptions)
+
+
+@dataclass
+class SynthOptions:
+    # number of classes (leaf synsets)
+    classes: int = 10
+    # fewest train images of a class
+    train_min: int = 4
+    # most train images of a class
+    train_max: int = 8
+    # val images per class
+    val_per_class: int = 3
+    # non-leaf synsets added to meta.mat
+    nonleaf: int = 5
+    # smallest image side in pixels
+    min_side: int = 32
+    # largest image side in pixels
+    max_side: int = 64
+    # JPEG quality of the images
+    quality: int = 90
+    # add the odd files of the real set (CMYK, PNG named .JPEG, grayscale)
+    odd_files: bool = True
+    # random seed; the same seed writes the same archives
+    seed: int = 0
+    # overwrite archives that exist
+    overwrite: bool = False
+
+
+@dataclass
+class SynthConfig(CommandConfig):
+    # options of `synth`
+    synth: SynthOptions = field(default_factory=SynthOptions)
+
+
+@dataclass
+class StatusConfig(CommandConfig):
+    # log lines shown for each failed job
+    tail: int = 20
+
+
+@dataclass
+class BenchOptions:
+    # split the loader iterates
+    split: str = "train"
+    # epochs to iterate
+    epochs: int = 1
+    # stop after this many batches per epoch; null = the whole epoch
+    max_batches: int | None = None
+    # check that the ranks together covered the split
+    check_coverage: bool = True
+    # sweep table (CSV; a Markdown rendering is written beside it)
+    table: str = "${storage.state_dir}/bench.csv"
+
+
+@dataclass
+class BenchConfig(CommandConfig):
+    # options of `bench`
+    bench: BenchOptions = field(default_factory=BenchOptions)
+
+
+@dataclass
+class StageOptions:
+    # prepared root to copy to node-local storage.root
+    source: str = MISSING
+    # reuse a complete staged copy
+    reuse: bool = True
+
+
+@dataclass
+class StageConfig(CommandConfig):
+    # options of `stage`
+    stage: StageOptions = field(default_factory=StageOptions)
+
+
+@dataclass
+class DemoConfig(CommandConfig):
+    # options of the synthetic archives the demo writes
+    synth: SynthOptions = field(default_factory=SynthOptions)
+    # options of the prepare step
+    prepare: PrepareOptions = field(default_factory=PrepareOptions)
+    # options of the verify step
+    verify: VerifyOptions = field(default_factory=VerifyOptions)
+    # options of the loader step
+    bench: BenchOptions = field(default_factory=BenchOptions)
+
+
+GROUP_SCHEMAS = {
+    "storage": StorageConfig,
+    "dataset": DatasetConfig,
+    "split": SplitConfig,
+    "cluster": ClusterConfig,
+    "transform": TransformConfig,
+    "loader": LoaderConfig,
+}
+
+COMMAND_SCHEMAS = {
+    "prepare": PrepareConfig,
+    "verify": VerifyConfig,
+    "synth": SynthConfig,
+    "status": StatusConfig,
+    "bench": BenchConfig,
+    "stage": StageConfig,
+    "demo": DemoConfig,
+}
+
+
+def register_configs() -> None:
+    """Put every schema in Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    for group, schema in GROUP_SCHEMAS.items():
+        cs.store(group=f"schema/{group}", name="base", node=schema)
+    for command, schema in COMMAND_SCHEMAS.items():
+        cs.store(group="schema/command", name=command, node=schema)

@@ -1,0 +1,254 @@
+"""The one module that knows submitit: cluster config -> executor -> job arrays -> states and logs.
+
+`cluster.executor` picks submitit's DebugExecutor (in this process), LocalExecutor (processes on
+this machine) or SlurmExecutor. Config keys keep submitit's names: the generic ones
+(timeout_min, cpus_per_task, mem_gb, nodes, tasks_per_node, gpus_per_node) pass as they are, the
+SLURM-only ones get the `slurm_` prefix, and submitit itself rejects what it does not know,
+listing what it does. Jobs are Checkpointable: on preemption or time limit submitit requeues
+them (timeouts at most `max_num_timeout` times) and they run again, skipping completed units.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import submitit
+from submitit.core.utils import JobPaths
+
+from launcher.errors import LauncherError
+
+GENERIC = ("timeout_min", "cpus_per_task", "mem_gb", "nodes", "tasks_per_node", "gpus_per_node")
+SLURM_ONLY = (
+    "partition",
+    "account",
+    "qos",
+    "constraint",
+    "array_parallelism",
+    "setup",
+    "additional_parameters",
+    "signal_delay_s",
+)
+EXECUTORS = ("debug", "local", "slurm")
+ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED"}
+FAILED = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What dispatch needs of the `cluster` config group, as plain values."""
+
+    name: str
+    executor: str
+    workers: int | None = None
+    wait: bool | None = None
+    poll_s: float = 1.0
+    max_array_size: int | None = None
+    max_num_timeout: int = 3
+    params: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> Cluster:
+        cfg = dict(cfg)
+        if cfg.get("executor") not in EXECUTORS:
+            raise LauncherError(f"cluster.executor={cfg.get('executor')!r} is not one of {', '.join(EXECUTORS)}.")
+        params = {k: cfg.pop(k) for k in (*GENERIC, *SLURM_ONLY) if k in cfg}
+        own = {
+            k: cfg[k]
+            for k in ("name", "executor", "workers", "wait", "poll_s", "max_array_size", "max_num_timeout")
+            if k in cfg
+        }
+        return cls(params=params, **own)
+
+    @property
+    def parallelism(self) -> int:
+        """How many jobs run at once."""
+        if self.executor == "debug":
+            return 1
+        if self.executor == "local":
+            return self.workers or os.cpu_count() or 1
+        return int(self.params.get("array_parallelism") or 64)
+
+    @property
+    def waits(self) -> bool:
+        return self.wait if self.wait is not None else self.executor != "slurm"
+
+
+@dataclass
+class Submitted:
+    """One submitted job: its id, the units it runs and where its logs are."""
+
+    job_id: str
+    units: list[str]
+    stdout: str
+    stderr: str
+    handle: object = None  # the submitit Job, while this process holds it
+
+    def to_json(self) -> dict:
+        return {"job_id": self.job_id, "units": self.units, "stdout": self.stdout, "stderr": self.stderr}
+
+
+class Resumable(submitit.helpers.Checkpointable):
+    """A job body that submitit requeues as it is on preemption or time limit."""
+
+    def __init__(self, fn: Callable, *args):
+        self.fn, self.args = fn, args
+
+    def __call__(self):
+        return self.fn(*self.args)
+
+
+def executor_parameters(cluster: Cluster, name: str, dependency: str | None = None) -> dict:
+    params = {k: v for k, v in cluster.params.items() if k in GENERIC and v is not None}
+    params["name"] = name
+    if cluster.executor == "slurm":
+        for key in SLURM_ONLY:
+            value = cluster.params.get(key)
+            if value not in (None, [], {}):
+                params[f"slurm_{key}"] = dict(value) if key == "additional_parameters" else value
+        if dependency:
+            params["slurm_dependency"] = dependency
+            extra = dict(params.get("slurm_additional_parameters") or {})
+            extra.setdefault("kill-on-invalid-dep", "yes")
+            params["slurm_additional_parameters"] = extra
+    elif cluster.executor == "local" and cluster.params.get("setup"):
+        params["local_setup"] = list(cluster.params["setup"])
+    return params
+
+
+def make_executor(cluster: Cluster, folder: Path, name: str, dependency: str | None = None):
+    folder.mkdir(parents=True, exist_ok=True)
+    kwargs = {}
+    if cluster.executor in ("slurm", "local"):
+        kwargs[f"{cluster.executor}_max_num_timeout"] = cluster.max_num_timeout
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster.executor, **kwargs)
+    try:
+        executor.update_parameters(**executor_parameters(cluster, name, dependency))
+    except (NameError, AssertionError, ValueError) as err:
+        raise LauncherError(f"cluster={cluster.name}: submitit refused the options: {err}") from err
+    return executor
+
+
+def max_array_size(cluster: Cluster) -> int:
+    """SLURM's MaxArraySize (from `scontrol show config`), or the configured override."""
+    if cluster.max_array_size:
+        return cluster.max_array_size
+    if cluster.executor != "slurm" or not shutil.which("scontrol"):
+        return 1_000_000
+    out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "MaxArraySize":
+            return max(1, int(value.strip()))
+    return 1001
+
+
+def submit(
+    cluster: Cluster,
+    folder: Path,
+    name: str,
+    fn: Callable,
+    tasks: Sequence[tuple[list[str], tuple]],
+    after: Sequence[str] = (),
+) -> list[Submitted]:
+    """Submit `fn(*args)` per task as job arrays (chunked to MaxArraySize); `after`: job ids that
+    must succeed first (SLURM `afterok`; other executors are only handed tasks whose inputs exist)."""
+    if not tasks:
+        return []
+    dependency = "afterok:" + ":".join(sorted({j.split("_")[0] for j in after})) if after else None
+    executor = make_executor(cluster, folder, name, dependency)
+    chunk = max_array_size(cluster)
+    submitted: list[Submitted] = []
+    for start in range(0, len(tasks), chunk):
+        part = tasks[start : start + chunk]
+        with executor.batch():
+            jobs = [executor.submit(Resumable(fn, *args)) for _, args in part]
+        for job, (unit_ids, _) in zip(jobs, part):
+            paths = JobPaths(folder, job_id=job.job_id, task_id=0)
+            submitted.append(Submitted(job.job_id, unit_ids, str(paths.stdout), str(paths.stderr), job))
+    return submitted
+
+
+def run_ranks(cluster: Cluster, folder: Path, name: str, fn: Callable, *args) -> Submitted:
+    """One job of nodes x tasks_per_node ranks, each running fn(*args)."""
+    job = make_executor(cluster, folder, name).submit(Resumable(fn, *args))
+    paths = JobPaths(folder, job_id=job.job_id, task_id=0)
+    return Submitted(job.job_id, [name], str(paths.stdout), str(paths.stderr), job)
+
+
+def wait(jobs: Sequence[Submitted], poll_s: float, on_poll: Callable[[], None] | None = None) -> dict[str, str]:
+    """Wait for the jobs this process submitted; returns job id -> error text of failed ones."""
+    handles = [j for j in jobs if j.handle is not None]
+    debug = [j for j in handles if isinstance(j.handle, submitit.DebugJob)]
+    errors: dict[str, str] = {}
+    for j in debug:  # in-process: runs now, one after the other
+        errors.update(_outcome(j))
+        if on_poll:
+            on_poll()
+    pending = [j for j in handles if j not in debug]
+    while pending:
+        pending = [j for j in pending if not j.handle.done()]
+        if on_poll:
+            on_poll()
+        if pending:
+            time.sleep(poll_s)
+    for j in handles:
+        if j not in debug:
+            errors.update(_outcome(j))
+    return errors
+
+
+def _outcome(job: Submitted) -> dict[str, str]:
+    try:
+        job.handle.results()
+    except Exception as err:  # submitit wraps the job's exception with its traceback
+        return {job.job_id: str(err)}
+    return {}
+
+
+def results(job: Submitted) -> list:
+    """Per-task results of a job this process submitted (raises the job's error)."""
+    return job.handle.results()
+
+
+def job_state(executor: str, folder: str, job_id: str) -> str:
+    """State of a job from an earlier submission: SLURM's (via sacct) or, elsewhere, its files."""
+    if executor == "slurm":
+        try:
+            return submitit.SlurmJob(folder=folder, job_id=job_id).state
+        except Exception:  # sacct missing or failing: fall back to the job's own files
+            pass
+    paths = JobPaths(folder, job_id=job_id, task_id=0)
+    if paths.result_pickle.exists():
+        try:
+            with open(paths.result_pickle, "rb") as f:
+                outcome, _ = pickle.load(f)
+        except Exception:
+            return "UNKNOWN"
+        return "COMPLETED" if outcome == "success" else "FAILED"
+    if executor == "local":
+        try:
+            os.kill(int(job_id), 0)
+            return "RUNNING"
+        except (ValueError, ProcessLookupError, PermissionError):
+            return "UNKNOWN"
+    return "UNKNOWN"
+
+
+def tail(path: str, lines: int) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def cancel(executor: str, job_ids: Sequence[str]) -> None:
+    if executor == "slurm" and job_ids:
+        subprocess.run(["scancel", *job_ids], check=False)

@@ -1,0 +1,252 @@
+"""Preparation units: plain functions of paths that turn archive bytes into the torchvision root.
+
+Each train unit opens the train tar, seeks to its class tars and writes their JPEGs straight into
+`root/.partial/train/<wnid>/`, renamed to `root/train/<wnid>` only when the class is whole and its
+count matches the devkit; no inner .tar ever touches the disk. Each val unit writes its images
+straight into `root/val/<wnid>/` (a temporary sibling per file, renamed when whole). Every member
+is checked before a byte is written: regular file, a name of the ILSVRC2012 pattern, no duplicate,
+inside the archive's bounds. Nothing is ever written outside the root.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from launcher.errors import LauncherError
+from launcher.layout import read_json
+from launcher.tarscan import Member, Window, scan
+
+
+@dataclass(frozen=True)
+class Output:
+    """How files and folders are written: permission bits, group, fsync."""
+
+    file_mode: int = 0o644
+    dir_mode: int = 0o755
+    gid: int = -1
+    fsync: bool = False
+
+    @classmethod
+    def of(cls, file_mode: str = "0644", dir_mode: str = "0755", group: str | None = None, fsync: bool = False):
+        return cls(int(file_mode, 8), int(dir_mode, 8), group_id(group), fsync)
+
+
+def group_id(group: str | None) -> int:
+    if group is None:
+        return -1
+    import grp
+
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise LauncherError(f"storage.group={group!r} is not a group on this machine (see `getent group`).") from None
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def make_dir(path: Path, out: Output) -> None:
+    """mkdir (parents too) with the configured mode and group; an existing folder is left alone."""
+    if path.is_dir():
+        return
+    make_dir(path.parent, out)
+    try:
+        os.mkdir(path, out.dir_mode)
+    except FileExistsError:
+        return
+    if out.dir_mode & ~_UMASK != out.dir_mode or out.dir_mode & 0o7000:
+        os.chmod(path, out.dir_mode)
+    if out.gid >= 0:
+        os.chown(path, -1, out.gid)
+
+
+def write_file(path: Path, data, out: Output, exclusive: bool = True) -> None:
+    """Write `data` to `path` in full; a failure (disk full, read-only) names the path."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if exclusive else os.O_TRUNC)
+    try:
+        fd = os.open(path, flags, out.file_mode)
+        try:
+            if out.file_mode & ~_UMASK != out.file_mode:
+                os.fchmod(fd, out.file_mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if out.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise LauncherError(f"cannot write {path}: {err.strerror or err}") from err
+
+
+def safe_name(name: str) -> bool:
+    """A plain file name: no folder part, no `..`, no NUL."""
+    return bool(name) and "/" not in name and "\0" not in name and name not in (".", "..")
+
+
+def check_member(member: Member, pattern: re.Pattern, label: str, seen: set[str]) -> None:
+    """Refuse anything but a regular file with a name of the expected pattern, once."""
+    what = f"{label}: member {member.name!r}"
+    if member.kind != "file":
+        link = f" -> {member.linkname}" if member.linkname else ""
+        raise LauncherError(f"{what}{link} is a {member.kind}; only regular files are accepted.")
+    if not safe_name(member.name) or not pattern.fullmatch(member.name):
+        raise LauncherError(
+            f"{what} does not match the pattern {pattern.pattern!r}. This is not an ILSVRC2012 "
+            "archive, or a member is nested or renamed; nothing from it was written."
+        )
+    if member.name in seen:
+        raise LauncherError(f"{what} appears twice; the archive is not a valid ILSVRC2012 archive.")
+    seen.add(member.name)
+
+
+def archive_changed(path: str, identity: dict) -> LauncherError | None:
+    st = os.stat(path)
+    if st.st_size != identity["size"] or st.st_mtime_ns != identity["mtime_ns"]:
+        return LauncherError(
+            f"{path} changed since it was indexed (size or time differ). Run `launcher prepare` "
+            "again: it indexes the archive anew."
+        )
+    return None
+
+
+# ---------------------------------------------------------------- train
+
+
+def image_pattern(template: str, wnid: str) -> re.Pattern:
+    return re.compile(template.replace("{wnid}", re.escape(wnid)))
+
+
+def list_class(folder: Path) -> list[list]:
+    """[name, size] of the files of a class folder written whole by an earlier run."""
+    return sorted([e.name, e.stat().st_size] for e in os.scandir(folder))
+
+
+def extract_class(fd: int, member: Member, root: Path, template: str, expected: int | None, out: Output, label: str):
+    """One class tar -> root/train/<wnid>/, via root/.partial/train/<wnid>/; returns [name, size]s."""
+    wnid = member.name[: -len(".tar")]
+    final = root / "train" / wnid
+    if final.is_dir():  # renamed into place only when whole, by an earlier run of this unit
+        files = list_class(final)
+        check_count(files, expected, wnid, label, final)
+        return files
+    tmp = root / ".partial" / "train" / wnid
+    shutil.rmtree(tmp, ignore_errors=True)
+    make_dir(tmp, out)
+    inner = f"{label} member {member.name}"
+    pattern, seen, files = image_pattern(template, wnid), set(), []
+    try:
+        window = Window(fd, member.offset, member.end, inner)
+        for m in scan(fd, member.offset, member.end, inner, window):
+            check_member(m, pattern, inner, seen)
+            write_file(tmp / m.name, window.view(m.offset, m.size, m.name), out)
+            files.append([m.name, m.size])
+        check_count(files, expected, wnid, inner, final)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    files.sort()
+    return files
+
+
+def check_count(files: list, expected: int | None, wnid: str, label: str, where: Path) -> None:
+    if expected is not None and len(files) != expected:
+        raise LauncherError(
+            f"{label}: class {wnid} has {len(files)} images but the devkit's num_train_images "
+            f"says {expected}; {where} was not written. The archive is incomplete or does not "
+            "match the devkit: download it again."
+        )
+
+
+def extract_train(
+    train_tar: str, root: str, index: str, devkit: str, wnids: list[str], image_template: str, out: Output
+) -> dict:
+    """Train unit: the class tars `wnids` of the train tar -> root/train/<wnid>/."""
+    start = time.perf_counter()
+    idx = read_json(Path(index))
+    if err := archive_changed(train_tar, idx["archive"]):
+        raise err
+    counts = read_json(Path(devkit))["devkit"]["num_train_images"]
+    by_wnid = {m[0][: -len(".tar")]: Member(*m, kind="file") for m in idx["members"]}
+    make_dir(Path(root) / "train", out)
+    classes, nbytes = {}, 0
+    fd = os.open(train_tar, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for wnid in sorted(wnids, key=lambda w: by_wnid[w].offset):
+            files = extract_class(fd, by_wnid[wnid], Path(root), image_template, counts.get(wnid), out, train_tar)
+            classes[wnid] = files
+            nbytes += sum(size for _, size in files)
+    finally:
+        os.close(fd)
+    images = sum(len(f) for f in classes.values())
+    return {"classes": classes, "images": images, "bytes": nbytes, "seconds": time.perf_counter() - start}
+
+
+# ---------------------------------------------------------------- val
+
+
+def extract_val(val_tar: str, root: str, index: str, devkit: str, start: int, stop: int, out: Output) -> dict:
+    """Val unit: val images [start, stop) of the index -> root/val/<wnid>/<name>, each written whole."""
+    t0 = time.perf_counter()
+    idx = read_json(Path(index))
+    if err := archive_changed(val_tar, idx["archive"]):
+        raise err
+    val_wnids = read_json(Path(devkit))["devkit"]["val_wnids"]
+    members = idx["members"][start:stop]
+    val_dir = Path(root) / "val"
+    made: set[str] = set()
+    files, nbytes = [], 0
+    fd = os.open(val_tar, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        window = Window(fd, members[0][1] if members else 0, idx["archive"]["size"], val_tar)
+        for name, offset, size, number in members:
+            wnid = val_wnids[number - 1]
+            folder = val_dir / wnid
+            if wnid not in made:
+                make_dir(folder, out)
+                made.add(wnid)
+            tmp = folder / f".{name}.part"
+            write_file(tmp, window.view(offset, size, name), out, exclusive=False)
+            os.rename(tmp, folder / name)
+            files.append([wnid, name, size])
+            nbytes += size
+    finally:
+        os.close(fd)
+    return {"files": files, "images": len(files), "bytes": nbytes, "seconds": time.perf_counter() - t0}
+
+
+# ---------------------------------------------------------------- devkit, md5
+
+
+def write_meta(devkit: str, meta_bin: str) -> dict:
+    """Meta unit: root/meta.bin from the parsed devkit (torch.save, as torchvision writes it)."""
+    from launcher.devkit import Devkit, write_meta_bin
+
+    t0 = time.perf_counter()
+    size = write_meta_bin(Path(meta_bin), Devkit.from_json(read_json(Path(devkit))["devkit"]))
+    return {"bytes": size, "seconds": time.perf_counter() - t0}
+
+
+def check_md5(path: str, expected: str, key: str) -> dict:
+    """Md5 unit: the md5 of a whole archive, compared with dataset.archives.<key>.md5."""
+    t0 = time.perf_counter()
+    digest = hashlib.md5()
+    with open(path, "rb", buffering=0) as f:
+        while block := f.read(8 << 20):
+            digest.update(block)
+    actual = digest.hexdigest()
+    if actual != expected.lower():
+        raise LauncherError(
+            f"md5 mismatch for {path}: expected {expected} (dataset.archives.{key}.md5), got "
+            f"{actual}. The archive is corrupt or another version: download it again, or set "
+            f"dataset.archives.{key}.md5 to the right value (null skips the check)."
+        )
+    return {"md5": actual, "bytes": os.path.getsize(path), "seconds": time.perf_counter() - t0}

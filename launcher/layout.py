@@ -1,0 +1,125 @@
+"""Where everything lives under a root, and the small file primitives every stage uses.
+
+root/meta.bin, root/train/<wnid>/..., root/val/<wnid>/...  what torchvision reads
+root/.partial/                                            class folders being written
+state_dir (default root/.launcher)/
+  devkit.json, index-train.json, index-val.json            what the archives hold
+  units/<unit>.json                                        one completion record per unit
+  complete-<split>.json, manifest-<split>.json             written when a split is whole
+  ledger.jsonl, logs/, runs/, prepare.lock                 submissions, job logs, runs, the lock
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from launcher.errors import LauncherError, UnitBusyError
+
+SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+    state_dir: Path
+
+    @classmethod
+    def of(cls, root: str | Path, state_dir: str | Path) -> Layout:
+        return cls(Path(root).absolute(), Path(state_dir).absolute())
+
+    @property
+    def meta_bin(self) -> Path:
+        return self.root / "meta.bin"
+
+    def split_dir(self, split: str) -> Path:
+        return self.root / split
+
+    @property
+    def partial_dir(self) -> Path:
+        return self.root / ".partial"
+
+    @property
+    def devkit_file(self) -> Path:
+        return self.state_dir / "devkit.json"
+
+    def index_file(self, split: str) -> Path:
+        return self.state_dir / f"index-{split}.json"
+
+    @property
+    def units_dir(self) -> Path:
+        return self.state_dir / "units"
+
+    def unit_record(self, unit_id: str) -> Path:
+        return self.units_dir / f"{unit_id}.json"
+
+    def complete_file(self, split: str) -> Path:
+        return self.state_dir / f"complete-{split}.json"
+
+    def manifest_file(self, split: str) -> Path:
+        return self.state_dir / f"manifest-{split}.json"
+
+    @property
+    def ledger(self) -> Path:
+        return self.state_dir / "ledger.jsonl"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.state_dir / "prepare.lock"
+
+
+def write_json(path: Path, obj, indent: int | None = None) -> None:
+    """Write JSON to a temporary sibling and rename it into place: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=indent, separators=None if indent else (",", ":"))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path, default=None):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return default
+    except ValueError as err:
+        raise LauncherError(f"{path} is not valid JSON ({err}); delete it and run the command again.") from err
+
+
+def append_line(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(obj, separators=(",", ":")) + "\n")
+
+
+class Lock:
+    """An exclusive flock on `path`, taken without waiting; the holder is written into the file."""
+
+    def __init__(self, path: Path, what: str):
+        self.path, self.what, self.fd = Path(path), what, -1
+
+    def __enter__(self) -> Lock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 512, 0).decode(errors="replace").strip() or "another process"
+            os.close(self.fd)
+            raise UnitBusyError(
+                f"{self.what} is busy: {holder} holds {self.path}. Wait for it to finish "
+                "(or stop it), then run the command again."
+            ) from None
+        os.ftruncate(self.fd, 0)
+        holder = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}"
+        os.pwrite(self.fd, holder.encode(), 0)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)

@@ -1,0 +1,170 @@
+"""Read tar archives by their headers: member name, data offset and size, without reading the data.
+
+`scan(fd, start, end)` walks the 512-byte headers of the tar held in bytes [start, end) of a file
+(the whole file, or one class tar inside the train tar) and yields a `Member` per entry, seeking
+past the data. Every header's checksum is checked, sizes are checked against the region (a member
+that claims more bytes than the archive holds is a truncation), and GNU long names and pax
+headers are understood, so odd-but-valid archives pass while broken ones fail with the archive
+and the member named. Reads go through `Window`: few large `pread`s instead of many small ones.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from launcher.errors import LauncherError
+
+BLOCK = 512
+ZERO_BLOCK = bytes(BLOCK)
+POSIX_MAGIC = b"ustar\x0000"
+KINDS = {
+    b"0": "file",
+    b"\0": "file",
+    b"7": "file",
+    b"1": "hardlink",
+    b"2": "symlink",
+    b"3": "device",
+    b"4": "device",
+    b"5": "dir",
+    b"6": "fifo",
+}
+META_TYPES = (b"L", b"K", b"x", b"g")
+
+
+class TarError(LauncherError):
+    """A tar archive that is truncated, corrupt or holds what it must not."""
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    name: str
+    offset: int  # where the member's data starts in the file
+    size: int
+    kind: str  # file, dir, symlink, hardlink, device, fifo, other
+    linkname: str = ""
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.size
+
+
+class Window:
+    """Reads bytes [start, end) of a file through one buffer refilled `chunk` bytes at a time."""
+
+    def __init__(self, fd: int, start: int, end: int, label: str, chunk: int = 16 << 20):
+        self.fd, self.start, self.end, self.label, self.chunk = fd, start, end, label, chunk
+        self.buf = memoryview(b"")
+        self.buf_start = start
+
+    def view(self, offset: int, size: int, member: str = "") -> memoryview:
+        """`size` bytes at `offset`; a short read means the archive is truncated."""
+        lo = offset - self.buf_start
+        if lo < 0 or lo + size > len(self.buf):
+            want = min(max(size, self.chunk), self.end - offset)
+            if want < size:
+                raise truncated(self.label, member, offset + size, self.end)
+            data = os.pread(self.fd, want, offset)
+            if len(data) < size:
+                raise truncated(self.label, member, offset + size, offset + len(data))
+            self.buf, self.buf_start, lo = memoryview(data), offset, 0
+        return self.buf[lo : lo + size]
+
+
+def truncated(label: str, member: str, needed: int, available: int) -> TarError:
+    what = f"member {member!r}" if member else "the next header"
+    return TarError(
+        f"{label} is truncated or corrupt: {what} needs bytes up to offset {needed:,} but the "
+        f"archive ends at {available:,}. Download or copy the archive again."
+    )
+
+
+def octal(field: bytes | memoryview) -> int:
+    """A numeric header field: NUL/space-terminated octal, or GNU base-256 for large values."""
+    raw = bytes(field)
+    if raw[0] & 0x80:
+        return int.from_bytes(raw[1:], "big")
+    digits = raw.split(b"\0", 1)[0].strip()
+    return int(digits, 8) if digits else 0
+
+
+def text(field: bytes | memoryview) -> str:
+    return bytes(field).split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def check_checksum(block: memoryview, label: str, offset: int) -> None:
+    raw = bytes(block)
+    try:
+        stored = octal(raw[148:156])
+    except ValueError:
+        stored = -1
+    body = raw[:148] + raw[156:]
+    unsigned = sum(body) + 256
+    if stored == unsigned:
+        return
+    signed = sum(b - 256 if b > 127 else b for b in body) + 256
+    if stored != signed:
+        raise TarError(
+            f"{label} is corrupt: the tar header at offset {offset:,} fails its checksum "
+            f"(stored {stored}, computed {unsigned}). Download or copy the archive again."
+        )
+
+
+def pax_records(data: bytes) -> dict[str, str]:
+    """`length key=value\\n` records of a pax extended header."""
+    out, pos = {}, 0
+    while pos < len(data):
+        space = data.index(b" ", pos)
+        length = int(data[pos:space])
+        key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
+        out[key.decode()] = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return out
+
+
+def scan(fd: int, start: int, end: int, label: str, window: Window | None = None) -> Iterator[Member]:
+    """Members of the tar in bytes [start, end) of `fd`, in archive order."""
+    win = window or Window(fd, start, end, label, chunk=64 * BLOCK)
+    pos, long_name, long_link, pax = start, None, None, {}
+    while pos + BLOCK <= end:
+        block = win.view(pos, BLOCK)
+        if block == ZERO_BLOCK:
+            return
+        check_checksum(block, label, pos)
+        size = octal(block[124:136])
+        typeflag = bytes(block[156:157])
+        data_at = pos + BLOCK
+        if "size" in pax:
+            size = int(pax["size"])
+        name = long_name or pax.get("path") or header_name(block)
+        if data_at + size > end:
+            raise truncated(label, name, data_at + size, end)
+        if typeflag in META_TYPES:
+            data = bytes(win.view(data_at, size, name))
+            if typeflag == b"L":
+                long_name = text(data)
+            elif typeflag == b"K":
+                long_link = text(data)
+            elif typeflag == b"x":
+                pax = pax_records(data)
+        else:
+            link = long_link or pax.get("linkpath") or text(block[157:257])
+            yield Member(name, data_at, size, KINDS.get(typeflag, "other"), link)
+            long_name, long_link, pax = None, None, {}
+        pos = data_at + (size + BLOCK - 1) // BLOCK * BLOCK
+    if pos < end and end - pos < BLOCK:
+        raise truncated(label, "", pos + BLOCK, end)
+
+
+def header_name(block: memoryview) -> str:
+    name = text(block[0:100])
+    if bytes(block[257:265]) == POSIX_MAGIC:
+        prefix = text(block[345:500])
+        if prefix:
+            name = f"{prefix}/{name}"
+    return name
+
+
+def file_size(fd: int) -> int:
+    return os.fstat(fd).st_size

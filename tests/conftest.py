@@ -1,0 +1,119 @@
+"""Shared fixtures: synthetic archives built once per session, torchvision's own preparation of them
+(the oracle), and helpers that run the launcher in-process or as the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launcher import compose_config
+from launcher.commands import run_command
+from launcher.synth import SynthSpec, synthesize
+
+REPO = Path(__file__).resolve().parents[1]
+FILES = {
+    "devkit": "ILSVRC2012_devkit_t12.tar.gz",
+    "train": "ILSVRC2012_img_train.tar",
+    "val": "ILSVRC2012_img_val.tar",
+}
+META = "ILSVRC2012_devkit_t12/data/meta.mat"
+GROUND_TRUTH = "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt"
+SHAPES = {
+    "small": SynthSpec(classes=10, train_min=4, train_max=8, val_per_class=3, seed=0),
+    "tiny": SynthSpec(classes=3, train_min=1, train_max=3, val_per_class=2, nonleaf=2, seed=1),
+    "uneven": SynthSpec(classes=24, train_min=1, train_max=15, val_per_class=2, nonleaf=0, seed=7, max_side=48),
+}
+
+
+def make_archives(directory: Path, spec: SynthSpec):
+    return synthesize(directory, spec, FILES, META, GROUND_TRUTH)
+
+
+@pytest.fixture(scope="session")
+def archives(tmp_path_factory):
+    """name -> SynthResult of synthetic archives of each shape (built once)."""
+    cache = {}
+
+    def get(name: str = "small"):
+        if name not in cache:
+            cache[name] = make_archives(tmp_path_factory.mktemp(f"archives-{name}"), SHAPES[name])
+        return cache[name]
+
+    return get
+
+
+def torchvision_prepare(archive_dir: Path, root: Path) -> Path:
+    """What torchvision's own parse_devkit/train/val_archive make of the same archives."""
+    import torchvision.datasets.imagenet as tv
+
+    root.mkdir(parents=True)
+    for name in FILES.values():
+        shutil.copy(archive_dir / name, root / name)
+    saved = dict(tv.ARCHIVE_META)
+    try:
+        for key, (name, _) in saved.items():
+            tv.ARCHIVE_META[key] = (name, hashlib.md5((root / name).read_bytes()).hexdigest())
+        tv.parse_devkit_archive(str(root))
+        tv.parse_train_archive(str(root))
+        tv.parse_val_archive(str(root))
+    finally:
+        tv.ARCHIVE_META.clear()
+        tv.ARCHIVE_META.update(saved)
+    return root
+
+
+@pytest.fixture(scope="session")
+def oracle(archives, tmp_path_factory):
+    """name -> torchvision-prepared root of that shape's archives (built once)."""
+    cache = {}
+
+    def get(name: str = "small") -> Path:
+        if name not in cache:
+            cache[name] = torchvision_prepare(archives(name).archive_dir, tmp_path_factory.mktemp(f"oracle-{name}") / "root")
+        return cache[name]
+
+    return get
+
+
+def storage_overrides(archive_dir: Path, root: Path) -> list[str]:
+    return [f"storage.archive_dir={archive_dir}", f"storage.root={root}"]
+
+
+def dataset_overrides(result) -> list[str]:
+    return ["dataset=synthetic", *result.md5_overrides()]
+
+
+def launch(command: str, overrides: list[str]) -> int:
+    """Run a command in this process, as the CLI would after composing (no Hydra run folder)."""
+    return run_command(compose_config(command, overrides))
+
+
+def cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300):
+    """`python -m launcher ...` as a user runs it."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "launcher", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def tree_bytes(root: Path, splits=("train", "val")) -> dict[str, bytes]:
+    """relative path -> bytes of every file under root/<split>."""
+    out = {}
+    for split in splits:
+        base = root / split
+        for dirpath, _, names in os.walk(base):
+            for name in names:
+                path = Path(dirpath) / name
+                out[str(path.relative_to(root))] = path.read_bytes()
+    return out
