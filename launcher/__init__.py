@@ -20,7 +20,6 @@ CONFIG_MODULE = "launcher.conf"
 def compose_config(command: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """Compose the config of `command` with Hydra overrides, as the CLI does (without `hydra.*`)."""
     from hydra import compose, initialize_config_module
-
     from hydra.errors import ConfigCompositionException
 
     from launcher.commands import COMMANDS, unknown_option

@@ -182,6 +182,15 @@ def run_ranks(cluster: Cluster, folder: Path, name: str, fn: Callable, *args) ->
     return Submitted(job.job_id, [name], str(paths.stdout), str(paths.stderr), job)
 
 
+def attach(executor: str, job_id: str, folder: str | None = None) -> Submitted:
+    """A handle on a SLURM job submitted by an earlier process (to wait for it)."""
+    if executor != "slurm":
+        raise LauncherError(f"cannot follow {executor} job {job_id} from another process")
+    folder = folder or "."
+    paths = JobPaths(folder, job_id=job_id, task_id=0)
+    return Submitted(job_id, [], str(paths.stdout), str(paths.stderr), submitit.SlurmJob(folder=folder, job_id=job_id))
+
+
 def wait(jobs: Sequence[Submitted], poll_s: float, on_poll: Callable[[], None] | None = None) -> dict[str, str]:
     """Wait for the jobs this process submitted; returns job id -> error text of failed ones."""
     handles = [j for j in jobs if j.handle is not None]

@@ -19,15 +19,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launcher import dispatch, plan
+from launcher import dispatch, plan, runner
 from launcher.devkit import Devkit, parse_devkit
 from launcher.errors import LauncherError
 from launcher.extract import Output, make_dir
 from launcher.index import archive_identity, index_train, index_val, same_archive
-from launcher.layout import SPLITS, Layout, Lock, append_line, read_json, write_json
+from launcher.layout import SPLITS, Layout, Lock, read_json, write_json
 from launcher.manifest import build_manifest, write_manifest
-from launcher.progress import Progress, human_bytes, table
-from launcher.units import Unit, is_complete, run_unit, run_units
+from launcher.progress import human_bytes, table
+from launcher.units import Unit, is_complete, run_unit
 
 ARCHIVES_OF = {"train": ("devkit", "train"), "val": ("devkit", "val")}
 
@@ -458,116 +458,21 @@ def print_summary(req: PrepareRequest, units: list[Unit], before: set[str], wall
     print(f"wall time {wall:.1f}s; root {req.layout.root}")
 
 
-# ---------------------------------------------------------------- dispatching
-
-
-def ledger_jobs(layout: Layout) -> dict[str, tuple[str, str, str]]:
-    """unit id -> (executor, log folder, job id) of its latest submission."""
-    latest: dict[str, tuple[str, str, str]] = {}
-    if not layout.ledger.exists():
-        return latest
-    for line in layout.ledger.read_text().splitlines():
-        entry = json.loads(line)
-        for job in entry.get("jobs", []):
-            for uid in job["units"]:
-                latest[uid] = (entry["executor"], entry["folder"], job["job_id"])
-    return latest
-
-
-def active_units(layout: Layout, units: list[Unit]) -> dict[str, tuple[str, str]]:
-    """Incomplete units whose latest job is still queued or running: unit id -> (executor, job id)."""
-    latest = ledger_jobs(layout)
-    active = {}
-    for u in units:
-        if u.id in latest and not is_complete(u):
-            executor, folder, job_id = latest[u.id]
-            if dispatch.job_state(executor, folder, job_id) in dispatch.ACTIVE:
-                active[u.id] = (executor, job_id)
-    return active
-
-
-def wait_for_earlier_local_jobs(layout: Layout, units: list[Unit], poll_s: float) -> None:
-    """Jobs of an earlier prepare on this machine that still run: let them finish first."""
-    while True:
-        active = {uid: job for uid, job in active_units(layout, units).items() if job[0] != "slurm"}
-        if not active:
-            return
-        jobs = sorted({job for _, job in active.values()})
-        print(
-            f"waiting for {len(active)} units still running in jobs {', '.join(jobs)} of an earlier prepare",
-            file=sys.stderr,
-        )
-        time.sleep(max(poll_s, 1.0))
-
-
-def job_groups(todo: list[Unit], cluster: dispatch.Cluster) -> list[list[Unit]]:
-    """Units per job: one per array task on SLURM; elsewhere one list per parallel worker."""
-    if cluster.executor == "slurm":
-        return [[u] for u in todo]
-    groups = plan.balanced_groups([u.size for u in todo], cluster.parallelism)
-    return [[todo[i] for i in g] for g in groups]
-
-
-def submit_units(
-    req: PrepareRequest, cluster: dispatch.Cluster, folder: Path, name: str, units: list[Unit], after=()
-) -> list:
-    tasks = [([u.id for u in g], (g,)) for g in job_groups(units, cluster)]
-    return dispatch.submit(cluster, folder, name, run_units, tasks, after=after)
-
-
-def record_submission(req: PrepareRequest, cluster: dispatch.Cluster, folder: Path, p: Plan, jobs: list) -> None:
-    append_line(
-        req.layout.ledger,
-        {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "command": "prepare",
-            "argv": req.argv,
-            "executor": cluster.executor,
-            "cluster": cluster.name,
-            "folder": str(folder),
-            "plan": [u.id for u in [*p.units, *p.finalize.values()]],
-            "jobs": [j.to_json() for j in jobs],
-        },
-    )
-
-
-def dispatch_slurm(req, cluster, folder, p: Plan, todo: list[Unit], active: dict) -> list:
-    """Arrays per split; each split's finalize job waits (afterok) for its arrays."""
+def dispatch_slurm(cluster: dispatch.Cluster, folder: Path, p: Plan, todo: list[Unit], active: dict) -> list:
+    """Arrays per split; each split's finalize job waits (afterok) for its arrays, in SLURM."""
     common = [u for u in todo if u.kind == "meta" or (u.kind == "md5" and u.args["key"] == "devkit")]
-    jobs = submit_units(req, cluster, folder, "prepare-common", common)
-    after_common = [j.job_id for j in jobs] + [job for uid, (_, job) in active.items() if uid in ("meta", "md5-devkit")]
-    for split in req.splits:
+    jobs = runner.submit_units(cluster, folder, "prepare-common", common)
+    running = [job for uid, (_, _, job) in active.items() if uid in ("meta", "md5-devkit")]
+    after_common = [j.job_id for j in jobs] + running
+    for split, fin in p.finalize.items():
         mine = [u for u in todo if u.kind == split or (u.kind == "md5" and u.args["key"] == split)]
-        split_jobs = submit_units(req, cluster, folder, f"prepare-{split}", mine)
+        split_jobs = runner.submit_units(cluster, folder, f"prepare-{split}", mine)
         jobs += split_jobs
-        waiting = [job for uid, (_, job) in active.items() if uid.startswith((split, f"md5-{split}"))]
-        fin = p.finalize[split]
-        if not is_complete(fin):
-            jobs += submit_units(
-                req,
-                cluster,
-                folder,
-                f"prepare-{split}-finalize",
-                [fin],
-                after=after_common + [j.job_id for j in split_jobs] + waiting,
-            )
+        waiting = [job for uid, (_, _, job) in active.items() if uid.startswith((f"{split}-", f"md5-{split}"))]
+        if not is_complete(fin) and fin.id not in active:
+            after = after_common + [j.job_id for j in split_jobs] + waiting
+            jobs += runner.submit_units(cluster, folder, f"prepare-{split}-finalize", [fin], after=after)
     return jobs
-
-
-def follow(req: PrepareRequest, cluster: dispatch.Cluster, p: Plan, jobs: list) -> dict[str, str]:
-    """Wait for the jobs with a live progress line; job id -> error of the failed ones."""
-    watched = [u for u in p.units if not is_complete(u)]
-    total = sum(u.size for u in watched)
-    progress = Progress("prepare", len(watched), total)
-
-    def on_poll():
-        done = [u for u in watched if is_complete(u)]
-        progress.update(len(done), sum(u.size for u in done))
-
-    errors = dispatch.wait(jobs, cluster.poll_s, on_poll)
-    done = [u for u in watched if is_complete(u)]
-    progress.update(len(done), sum(u.size for u in done), failed=len(watched) - len(done), final=True)
-    return errors
 
 
 def finalize_here(p: Plan) -> dict[str, str]:
@@ -598,43 +503,28 @@ def run_prepare(req: PrepareRequest, cluster: dispatch.Cluster) -> int:
         warn_unchecked_md5(req)
         make_output_dirs(req)
         if cluster.executor != "slurm":
-            wait_for_earlier_local_jobs(req.layout, all_units, cluster.poll_s)
+            runner.wait_for_earlier_local_jobs(req.layout, all_units, cluster.poll_s)
         before = {u.id for u in all_units if is_complete(u)}
-        active = active_units(req.layout, all_units) if cluster.executor == "slurm" else {}
+        active = runner.active_units(req.layout, all_units) if cluster.executor == "slurm" else {}
         todo = [u for u in p.units if u.id not in before and u.id not in active]
         folder = req.log_dir / time.strftime("prepare-%Y%m%d-%H%M%S")
         if active:
-            print(
-                f"{len(active)} units are already queued or running; not submitted again: {', '.join(sorted(active))}"
-            )
+            print(f"{len(active)} units already queued or running, not submitted again: {', '.join(sorted(active))}")
         if cluster.executor == "slurm":
-            jobs = dispatch_slurm(req, cluster, folder, p, todo, active)
+            jobs = dispatch_slurm(cluster, folder, p, todo, active)
         else:
-            jobs = submit_units(req, cluster, folder, "prepare", todo)
-        record_submission(req, cluster, folder, p, jobs)
+            jobs = runner.submit_units(cluster, folder, "prepare", todo)
+        runner.record_submission(req.layout, "prepare", req.argv, cluster, folder, [u.id for u in all_units], jobs)
         if not cluster.waits:
-            print_submitted(req, cluster, folder, jobs)
+            runner.print_submitted("prepare", cluster, folder, jobs, req.argv)
             return 0
-        errors = follow(req, cluster, p, jobs)
+        jobs += [dispatch.attach(ex, job, where) for ex, where, job in sorted(set(active.values()))]
+        watched = all_units if cluster.executor == "slurm" else p.units
+        errors = runner.follow("prepare", watched, jobs, cluster)
         if cluster.executor != "slurm":
             errors.update(finalize_here(p))
         print_summary(req, all_units, before, time.time() - t0)
-        if errors:
-            print_errors(errors)
+        if errors or not all(is_complete(u) for u in all_units):
+            runner.print_errors(errors or {"prepare": "some units did not complete; see `launcher status`"})
             return 1
         return 0
-
-
-def print_submitted(req: PrepareRequest, cluster: dispatch.Cluster, folder: Path, jobs: list) -> None:
-    arrays = sorted({j.job_id.split("_")[0] for j in jobs})
-    print(f"submitted {len(jobs)} jobs to {cluster.name} (job ids {', '.join(arrays)}); logs in {folder}")
-    argv = " ".join(a for a in req.argv if not a.startswith("wait="))
-    print(f"follow progress with: launcher status {argv}".rstrip())
-    print(f"or wait here:         launcher prepare {argv} wait=true".rstrip())
-
-
-def print_errors(errors: dict[str, str]) -> None:
-    print("\nfailed:", file=sys.stderr)
-    for job, err in errors.items():
-        lines = err.strip().splitlines()
-        print(f"  {job}: " + "\n    ".join(lines[-12:]), file=sys.stderr)

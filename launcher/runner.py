@@ -1,0 +1,130 @@
+"""Run units on the cluster, for any command: group them into jobs, submit, record the submission
+in the ledger, follow with a progress display, and find what earlier submissions still run.
+
+prepare and verify both go through here; dispatch.py underneath is the one module that knows
+submitit. The ledger (state_dir/ledger.jsonl) has one line per submission: time, command,
+overrides, executor, log folder, the plan's unit ids, and job id <-> units <-> log paths.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from launcher import dispatch, plan
+from launcher.layout import Layout, append_line
+from launcher.progress import Progress
+from launcher.units import Unit, is_complete, run_units
+
+
+def job_groups(todo: list[Unit], cluster: dispatch.Cluster) -> list[list[Unit]]:
+    """Units per job: one per array task on SLURM; elsewhere one list per parallel worker."""
+    if cluster.executor == "slurm":
+        return [[u] for u in todo]
+    groups = plan.balanced_groups([u.size for u in todo], cluster.parallelism)
+    return [[todo[i] for i in g] for g in groups]
+
+
+def submit_units(cluster: dispatch.Cluster, folder: Path, name: str, units: list[Unit], after: Sequence[str] = ()):
+    """Submit units as jobs running `run_units`; the payload is the units: paths and ids only."""
+    tasks = [([u.id for u in g], (g,)) for g in job_groups(units, cluster)]
+    return dispatch.submit(cluster, folder, name, run_units, tasks, after=after)
+
+
+def record_submission(
+    layout: Layout,
+    command: str,
+    argv: list[str],
+    cluster: dispatch.Cluster,
+    folder: Path,
+    plan_ids: list[str],
+    jobs: list,
+) -> None:
+    append_line(
+        layout.ledger,
+        {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "command": command,
+            "argv": argv,
+            "executor": cluster.executor,
+            "cluster": cluster.name,
+            "folder": str(folder),
+            "plan": plan_ids,
+            "jobs": [j.to_json() for j in jobs],
+        },
+    )
+
+
+def ledger_entries(layout: Layout) -> list[dict]:
+    if not layout.ledger.exists():
+        return []
+    return [json.loads(line) for line in layout.ledger.read_text().splitlines() if line.strip()]
+
+
+def ledger_jobs(layout: Layout) -> dict[str, tuple[str, str, str]]:
+    """unit id -> (executor, log folder, job id) of its latest submission."""
+    latest: dict[str, tuple[str, str, str]] = {}
+    for entry in ledger_entries(layout):
+        for job in entry.get("jobs", []):
+            for uid in job["units"]:
+                latest[uid] = (entry["executor"], entry["folder"], job["job_id"])
+    return latest
+
+
+def active_units(layout: Layout, units: list[Unit]) -> dict[str, tuple[str, str, str]]:
+    """Incomplete units whose latest job is still queued or running: id -> (executor, folder, job id)."""
+    latest = ledger_jobs(layout)
+    active = {}
+    for u in units:
+        if u.id in latest and not is_complete(u):
+            executor, folder, job_id = latest[u.id]
+            if dispatch.job_state(executor, folder, job_id) in dispatch.ACTIVE:
+                active[u.id] = (executor, folder, job_id)
+    return active
+
+
+def wait_for_earlier_local_jobs(layout: Layout, units: list[Unit], poll_s: float) -> None:
+    """Jobs of an earlier run on this machine that still run (its launcher was killed): let them end."""
+    while True:
+        active = {uid: job for uid, job in active_units(layout, units).items() if job[0] != "slurm"}
+        if not active:
+            return
+        jobs = sorted({job for _, _, job in active.values()})
+        print(
+            f"waiting for {len(active)} units still running in jobs {', '.join(jobs)} of an earlier run",
+            file=sys.stderr,
+        )
+        time.sleep(max(poll_s, 1.0))
+
+
+def follow(label: str, units: list[Unit], jobs: list, cluster: dispatch.Cluster) -> dict[str, str]:
+    """Wait for the jobs with a live progress line; returns job id -> error of the failed ones."""
+    watched = [u for u in units if not is_complete(u)]
+    progress = Progress(label, len(watched), sum(u.size for u in watched))
+
+    def on_poll(final: bool = False):
+        done = [u for u in watched if is_complete(u)]
+        failed = len(watched) - len(done) if final else 0
+        progress.update(len(done), sum(u.size for u in done), failed=failed, final=final)
+
+    errors = dispatch.wait(jobs, cluster.poll_s, on_poll)
+    on_poll(final=True)
+    return errors
+
+
+def print_submitted(command: str, cluster: dispatch.Cluster, folder: Path, jobs: list, argv: list[str]) -> None:
+    arrays = sorted({j.job_id.split("_")[0] for j in jobs})
+    args = " ".join(a for a in argv if not a.startswith("wait="))
+    print(f"submitted {len(jobs)} jobs to {cluster.name} (job ids {', '.join(arrays)}); logs in {folder}")
+    print(f"follow progress with: launcher status {args}".rstrip())
+    print(f"or wait for them:     launcher {command} {args} wait=true".rstrip())
+
+
+def print_errors(errors: dict[str, str]) -> None:
+    print("\nfailed:", file=sys.stderr)
+    for job, err in errors.items():
+        lines = err.strip().splitlines()
+        print(f"  {job}: " + "\n    ".join(lines[-12:]), file=sys.stderr)
