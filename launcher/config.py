@@ -29,8 +29,6 @@ class StorageConfig:
     state_dir: str = "${.root}/.launcher"
     # submitit job folders and their logs
     log_dir: str = "${.state_dir}/logs"
-    # Hydra's run folders (composed config and the command's log)
-    run_dir: str = "${.state_dir}/runs"
     # unix group given to every folder written (new files inherit it); null = the user's default
     group: str | None = None
     # permission bits of every file written (octal); "0664" shares with the group

@@ -38,17 +38,17 @@ def contiguous_ranges(sizes: Sequence[int], ranges: int) -> list[tuple[int, int]
     return bounds
 
 
-def default_train_shards(classes: int, parallelism: int) -> int:
-    """Enough shards to keep every job busy and lose little to a crash: 4 per parallel job."""
-    return max(1, min(classes, 4 * parallelism))
+SHARD_BYTES = 2 << 30  # a shard reads at most about this much, whatever the parallelism
 
 
-def default_val_shards(val_bytes: int, train_bytes: int, train_shards: int, images: int) -> int:
-    """Val shards of about the size of a train shard."""
-    if not train_bytes:
-        return max(1, min(images, 4))
-    per_shard = train_bytes / max(train_shards, 1)
-    return max(1, min(images, math.ceil(val_bytes / per_shard)))
+def default_train_shards(classes: int, total_bytes: int, parallelism: int) -> int:
+    """4 shards per parallel job (balance, and little lost to a crash), more if shards get big."""
+    return max(1, min(classes, max(4 * parallelism, math.ceil(total_bytes / SHARD_BYTES))))
+
+
+def default_val_shards(images: int, total_bytes: int, parallelism: int) -> int:
+    """One shard per parallel job, more if shards get big."""
+    return max(1, min(images, max(parallelism, math.ceil(total_bytes / SHARD_BYTES))))
 
 
 def shard_id(kind: str, i: int, n: int) -> str:

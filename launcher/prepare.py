@@ -244,8 +244,8 @@ def plan_units(req: PrepareRequest, devkit: Devkit, indexes: dict, parallelism: 
     ]
     for key in req.archive_keys():
         md5 = req.archives[key][1]
-        if md5 and req.check_md5:
-            forget_stale_md5(rec(f"md5-{key}"), req.archive(key))
+        if key in md5_keys(req):
+            forget_stale_md5(rec(f"md5-{key}"), req.archive(key), md5)
             units.append(
                 Unit(
                     f"md5-{key}",
@@ -255,12 +255,11 @@ def plan_units(req: PrepareRequest, devkit: Devkit, indexes: dict, parallelism: 
                     {"path": str(req.archive(key)), "expected": md5, "key": key},
                 )
             )
-    train_bytes = 0
     if "train" in indexes:
         members = indexes["train"]["members"]
         sizes = [m[2] for m in members]
         train_bytes = sum(sizes)
-        n = req.train_shards or plan.default_train_shards(len(members), parallelism)
+        n = req.train_shards or plan.default_train_shards(len(members), train_bytes, parallelism)
         groups = plan.balanced_groups(sizes, n)
         for i, group in enumerate(groups):
             uid = plan.shard_id("train", i, len(groups))
@@ -285,9 +284,7 @@ def plan_units(req: PrepareRequest, devkit: Devkit, indexes: dict, parallelism: 
     if "val" in indexes:
         members = indexes["val"]["members"]
         sizes = [m[2] for m in members]
-        n = req.val_shards or plan.default_val_shards(
-            sum(sizes), train_bytes, len([u for u in units if u.kind == "train"]), len(members)
-        )
+        n = req.val_shards or plan.default_val_shards(len(members), sum(sizes), parallelism)
         ranges = plan.contiguous_ranges(sizes, n)
         for i, (a, b) in enumerate(ranges):
             uid = plan.shard_id("val", i, len(ranges))
@@ -312,9 +309,10 @@ def plan_units(req: PrepareRequest, devkit: Devkit, indexes: dict, parallelism: 
     return Plan(units, finalize, devkit, identity)
 
 
-def forget_stale_md5(record: Path, archive: Path) -> None:
+def forget_stale_md5(record: Path, archive: Path, expected: str) -> None:
+    """An md5 record of another file size or another expected md5 is checked again."""
     done = read_json(record)
-    if done and done.get("bytes") != archive.stat().st_size:
+    if done and (done.get("bytes") != archive.stat().st_size or done.get("md5") != expected.lower()):
         record.unlink()
 
 
@@ -405,6 +403,39 @@ def split_complete(layout: Layout, split: str, identity: dict) -> dict | None:
 # ---------------------------------------------------------------- the whole command
 
 
+def already_complete(req: PrepareRequest) -> list[dict] | None:
+    """The complete records of every split, when the cached devkit and indexes still describe the
+    archives and the records match them; read-only, so a rerun on a complete root writes nothing."""
+    layout = req.layout
+    devkit = read_json(layout.devkit_file)
+    if not same_archive(devkit, req.archive("devkit")):
+        return None
+    identity = {"devkit": devkit["fingerprint"]}
+    for split in req.splits:
+        index = read_json(layout.index_file(split))
+        if not same_archive(index, req.archive(split)):
+            return None
+        identity[split] = index["fingerprint"]
+    done = [split_complete(layout, split, identity) for split in req.splits]
+    if not all(done):
+        return None
+    for key in md5_keys(req):
+        record = read_json(layout.unit_record(f"md5-{key}")) or {}
+        if record.get("md5") != req.archives[key][1].lower():
+            return None
+    return done
+
+
+def md5_keys(req: PrepareRequest) -> list[str]:
+    return [k for k in req.archive_keys() if req.archives[k][1] and req.check_md5]
+
+
+def print_complete(req: PrepareRequest, done: list[dict]) -> None:
+    rows = [[d["split"], d["classes"], d["images"], human_bytes(d["bytes"]), d["finished"]] for d in done]
+    print(f"already complete in {req.layout.root}: nothing to do.")
+    print(table(["split", "classes", "images", "bytes", "finished"], rows))
+
+
 def make_plan(req: PrepareRequest, parallelism: int) -> Plan | None:
     """Check inputs, load devkit and indexes, guard the root; None when every split is complete."""
     devkit, devkit_fp = load_devkit(req)
@@ -489,6 +520,9 @@ def run_prepare(req: PrepareRequest, cluster: dispatch.Cluster) -> int:
     """The prepare command: returns the exit code (0 only when every split is complete)."""
     t0 = time.time()
     check_archives(req)
+    if not req.dry_run and (done := already_complete(req)):
+        print_complete(req, done)
+        return 0
     check_writable(req.layout)
     with Lock(req.layout.lock_file, f"prepare of {req.layout.root}"):
         p = make_plan(req, cluster.parallelism)
@@ -496,10 +530,6 @@ def run_prepare(req: PrepareRequest, cluster: dispatch.Cluster) -> int:
             print_plan(req, p)
             return 0
         all_units = [*p.units, *p.finalize.values()]
-        if all(split_complete(req.layout, s, p.identity) for s in req.splits):
-            print(f"{', '.join(req.splits)} already complete in {req.layout.root}: nothing to do.")
-            print_summary(req, all_units, {u.id for u in all_units}, time.time() - t0)
-            return 0
         warn_unchecked_md5(req)
         make_output_dirs(req)
         if cluster.executor != "slurm":

@@ -213,7 +213,7 @@ def make_synsets(rng: np.random.Generator, spec: SynthSpec, counts: list[int]) -
     leaves.sort(key=lambda s: s.ilsvrc_id)
     parents = []
     for j in range(spec.nonleaf):
-        children = tuple(s.ilsvrc_id for s in leaves[j :: max(spec.nonleaf, 1)])
+        children = tuple(s.ilsvrc_id for s in leaves[j :: spec.nonleaf]) or (leaves[j % len(leaves)].ilsvrc_id,)
         wnid = f"n{numbers[spec.classes + j]:08d}"
         total = sum(s.num_train_images for s in leaves if s.ilsvrc_id in children)
         parents.append(Synset(spec.classes + j + 1, wnid, f"group {j}, synthetic {wnid}", children, total))

@@ -73,7 +73,7 @@ class Window:
 
 
 def truncated(label: str, member: str, needed: int, available: int) -> TarError:
-    what = f"member {member!r}" if member else "the next header"
+    what = f"member {member!r}" if member else "the end-of-archive marker"
     return TarError(
         f"{label} is truncated or corrupt: {what} needs bytes up to offset {needed:,} but the "
         f"archive ends at {available:,}. Download or copy the archive again."
@@ -153,8 +153,7 @@ def scan(fd: int, start: int, end: int, label: str, window: Window | None = None
             yield Member(name, data_at, size, KINDS.get(typeflag, "other"), link)
             long_name, long_link, pax = None, None, {}
         pos = data_at + (size + BLOCK - 1) // BLOCK * BLOCK
-    if pos < end and end - pos < BLOCK:
-        raise truncated(label, "", pos + BLOCK, end)
+    raise truncated(label, "", pos + BLOCK, end)  # no end-of-archive block: cut short
 
 
 def header_name(block: memoryview) -> str:

