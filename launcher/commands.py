@@ -211,20 +211,142 @@ def not_built(name: str, issue: str) -> int:
     return 4
 
 
+def verify_request(cfg: DictConfig):
+    from launcher.verify import VerifyRequest
+
+    d, o = cfg.dataset, cfg.verify
+    return VerifyRequest(
+        layout=layout_of(cfg),
+        archive_dir=Path(cfg.storage.archive_dir).absolute(),
+        archives={k: (d.archives[k].file, d.archives[k].md5) for k in ("devkit", "train", "val")},
+        expected=plain(d.expected),
+        devkit_meta=d.devkit.meta,
+        devkit_ground_truth=d.devkit.ground_truth,
+        devkit_max_bytes=d.devkit.max_bytes,
+        train_image_pattern=d.patterns.train_image,
+        val_image_pattern=d.patterns.val_image,
+        splits=list(cfg.split.splits),
+        level=o.level,
+        fix=o.fix,
+        fix_quality=o.fix_quality,
+        shards=o.shards,
+        check_md5=o.check_md5,
+        report=Path(o.report).absolute(),
+        log_dir=Path(cfg.storage.log_dir).absolute(),
+        argv=task_overrides(),
+    )
+
+
 def cmd_verify(cfg: DictConfig) -> int:
-    return not_built("verify", "the verify issue")
+    from launcher.verify import run_verify
+
+    return run_verify(verify_request(cfg), cluster_of(cfg))
 
 
 def cmd_status(cfg: DictConfig) -> int:
-    return not_built("status", "the dispatch issue")
+    from launcher.status import show_status
+
+    return show_status(layout_of(cfg), cfg.tail)
+
+
+def loader_config(cfg: DictConfig) -> dict:
+    """storage (absolute paths), transform and loader as plain values, for launcher.data in a job."""
+    storage = plain(cfg.storage)
+    for key in ("root", "state_dir"):
+        storage[key] = str(Path(storage[key]).absolute())
+    return {"storage": storage, "transform": plain(cfg.transform), "loader": plain(cfg.loader)}
+
+
+def bench_table(cfg: DictConfig) -> Path:
+    """bench.table, else bench.csv in the sweep folder (under -m) or in the state folder."""
+    if cfg.bench.table:
+        return Path(cfg.bench.table).absolute()
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(HydraConfig.get().sweep.dir).absolute() / "bench.csv"
+    return Path(cfg.storage.state_dir).absolute() / "bench.csv"
+
+
+def bench_request(cfg: DictConfig):
+    from launcher.bench import BenchRequest
+
+    o = cfg.bench
+    return BenchRequest(
+        config=loader_config(cfg),
+        split=o.split,
+        epochs=o.epochs,
+        max_batches=o.max_batches,
+        check_coverage=o.check_coverage,
+        table=bench_table(cfg),
+        overrides=task_overrides(),
+        log_dir=Path(cfg.storage.log_dir).absolute(),
+    )
+
+
+def stage_job(cfg: DictConfig) -> tuple:
+    """(function, args) that stage one node, by stage.mode: a prepared root, or the archives + prepare."""
+    import functools
+
+    from launcher import stage
+
+    o = cfg.stage
+    source = Path(o.source).absolute()
+    keys = ["devkit", *cfg.split.splits]
+    names = [cfg.dataset.archives[k].file for k in keys]
+    mode = o.mode
+    if mode == "auto":
+        mode = "archives" if not (source / "meta.bin").exists() and (source / names[0]).exists() else "root"
+    root, state_dir = Path(cfg.storage.root).absolute(), Path(cfg.storage.state_dir).absolute()
+    if mode == "root":
+        args = (source, root, list(cfg.split.splits), o.source_state_dir, state_dir, None, o.reuse, o.threads, o.wait_s)
+        return stage.stage_root, args
+    if mode == "archives":
+        from launcher.dispatch import Cluster
+        from launcher.prepare import run_prepare
+
+        here = Cluster.from_config({"name": "debug", "executor": "debug", "wait": True})
+        prepare = functools.partial(run_prepare, prepare_request(cfg), here)
+        archive_dir = Path(cfg.storage.archive_dir).absolute()
+        return stage.stage_archives, (source, names, archive_dir, root, prepare, state_dir, None, o.reuse, o.wait_s)
+    from launcher.errors import LauncherError
+
+    raise LauncherError(f"stage.mode={mode!r} is not one of auto, root, archives")
 
 
 def cmd_bench(cfg: DictConfig) -> int:
-    return not_built("bench", "the loaders issue")
+    from launcher.bench import require_root, run_bench
+
+    if cfg.bench.split not in ("train", "val"):
+        from launcher.errors import LauncherError
+
+        raise LauncherError(f"bench.split={cfg.bench.split!r} is not train or val")
+    request = bench_request(cfg)
+    require_root(request.config["storage"]["root"])
+    return run_bench(request, cluster_of(cfg))
 
 
 def cmd_stage(cfg: DictConfig) -> int:
-    return not_built("stage", "the loaders issue")
+    """Stage on every node of the job (cluster=debug: in this process, e.g. under srun)."""
+    from launcher import dispatch
+
+    fn, args = stage_job(cfg)
+    cluster = cluster_of(cfg)
+    folder = Path(cfg.storage.log_dir).absolute() / time.strftime("stage-%Y%m%d-%H%M%S")
+    job = dispatch.run_distributed(cluster, folder, "stage", fn, *args)
+    errors = dispatch.wait([job], cluster.poll_s)
+    if errors:
+        for job_id, err in errors.items():
+            print(f"stage job {job_id} failed:\n  " + "\n  ".join(err.strip().splitlines()[-12:]), file=sys.stderr)
+        return 1
+    for r in dispatch.results(job):
+        what = {"copied": f"copied {r.copied_files} of", "reused": "reused a complete copy of", "waited": "waited for"}
+        print(
+            f"stage: local rank {r.local_rank} on {r.host} {what[r.action]} {r.files} files "
+            f"({r.bytes:,} bytes) in {r.seconds:.1f}s -> {r.root}"
+        )
+    return 0
 
 
 def cmd_demo(cfg: DictConfig) -> int:

@@ -182,6 +182,34 @@ def run_ranks(cluster: Cluster, folder: Path, name: str, fn: Callable, *args) ->
     return Submitted(job.job_id, [name], str(paths.stdout), str(paths.stderr), job)
 
 
+def export_distributed_env() -> dict:
+    """Inside a job task: export MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE from
+    submitit's TorchDistributedEnvironment (for init_process_group's env://) when there are several
+    ranks; returns rank, world_size, local_rank, local_world_size."""
+    env = submitit.JobEnvironment()
+    if env.num_tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    local_world = env.num_tasks // env.num_nodes
+    return {"rank": env.global_rank, "world_size": env.num_tasks, "local_rank": env.local_rank, "local_world_size": local_world}
+
+
+class WithDistributedEnv:
+    """fn(*args), after export_distributed_env() in the rank it runs in."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def __call__(self, *args):
+        export_distributed_env()
+        return self.fn(*args)
+
+
+def run_distributed(cluster: Cluster, folder: Path, name: str, fn: Callable, *args) -> Submitted:
+    """run_ranks, with the torch.distributed env exported in every rank before fn(*args) runs;
+    `results(submitted)` then lists each rank's return value, by rank."""
+    return run_ranks(cluster, folder, name, WithDistributedEnv(fn), *args)
+
+
 def attach(executor: str, job_id: str, folder: str | None = None) -> Submitted:
     """A handle on a SLURM job submitted by an earlier process (to wait for it)."""
     if executor != "slurm":
@@ -226,13 +254,37 @@ def results(job: Submitted) -> list:
     return job.handle.results()
 
 
-def job_state(executor: str, folder: str, job_id: str) -> str:
-    """State of a job from an earlier submission: SLURM's (via sacct) or, elsewhere, its files."""
-    if executor == "slurm":
+def job_states(executor: str, folder: str, job_ids: list[str]) -> dict[str, str]:
+    """States of jobs of an earlier submission: from SLURM (sacct) or, elsewhere, their files."""
+    if executor == "slurm" and shutil.which("sacct"):
+        jobs = [submitit.SlurmJob(folder=folder, job_id=j) for j in job_ids]  # one sacct call for all
         try:
-            return submitit.SlurmJob(folder=folder, job_id=job_id).state
-        except Exception:  # sacct missing or failing: fall back to the job's own files
-            pass
+            states = {j.job_id: (j.state.split() or ["UNKNOWN"])[0].upper() for j in jobs}
+        except Exception:  # accounting unavailable: fall back to the jobs' files
+            states = {j: "UNKNOWN" for j in job_ids}
+        unknown = [j for j, state in states.items() if state == "UNKNOWN"]
+        queued = squeue_states(unknown)  # accounting lags a new submission by a moment
+        states.update({j: queued.get(j) or state_from_files(executor, folder, j) for j in unknown})
+        return states
+    return {j: state_from_files(executor, folder, j) for j in job_ids}
+
+
+def squeue_states(job_ids: list[str]) -> dict[str, str]:
+    """States of queued or running jobs as squeue sees them (array tasks one by one)."""
+    if not job_ids or not shutil.which("squeue"):
+        return {}
+    arrays = sorted({j.split("_")[0] for j in job_ids})
+    out = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(arrays), "-o", "%i|%T"], capture_output=True, text=True)
+    states = dict(line.split("|", 1) for line in out.stdout.splitlines() if "|" in line)
+    return {j: states[j] for j in job_ids if j in states}
+
+
+def job_state(executor: str, folder: str, job_id: str) -> str:
+    return job_states(executor, folder, [job_id])[job_id]
+
+
+def state_from_files(executor: str, folder: str, job_id: str) -> str:
+    """COMPLETED/FAILED from submitit's result file; for a local job, RUNNING while its process lives."""
     paths = JobPaths(folder, job_id=job_id, task_id=0)
     if paths.result_pickle.exists():
         try:

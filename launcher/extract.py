@@ -220,7 +220,13 @@ def extract_val(val_tar: str, root: str, index: str, devkit: str, start: int, st
             nbytes += size
     finally:
         os.close(fd)
-    return {"files": files, "images": len(files), "bytes": nbytes, "seconds": time.perf_counter() - t0}
+    return {
+        "files": files,
+        "range": [start, stop],
+        "images": len(files),
+        "bytes": nbytes,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 # ---------------------------------------------------------------- devkit, md5

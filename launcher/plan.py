@@ -38,17 +38,25 @@ def contiguous_ranges(sizes: Sequence[int], ranges: int) -> list[tuple[int, int]
     return bounds
 
 
-SHARD_BYTES = 2 << 30  # a shard reads at most about this much, whatever the parallelism
+MAX_SHARD_BYTES = 2 << 30  # a shard reads at most about this much, whatever the parallelism
+MIN_SHARD_BYTES = 64 << 20  # where each job costs start-up (SLURM), shards are at least this big
 
 
-def default_train_shards(classes: int, total_bytes: int, parallelism: int) -> int:
-    """4 shards per parallel job (balance, and little lost to a crash), more if shards get big."""
-    return max(1, min(classes, max(4 * parallelism, math.ceil(total_bytes / SHARD_BYTES))))
+def shard_count(total_bytes: int, wanted: int, items: int, min_bytes: int) -> int:
+    """`wanted` shards, fewer if they would be under `min_bytes`, more if over MAX_SHARD_BYTES."""
+    if min_bytes:
+        wanted = min(wanted, math.ceil(total_bytes / min_bytes))
+    return max(1, min(items, max(wanted, math.ceil(total_bytes / MAX_SHARD_BYTES))))
 
 
-def default_val_shards(images: int, total_bytes: int, parallelism: int) -> int:
-    """One shard per parallel job, more if shards get big."""
-    return max(1, min(images, max(parallelism, math.ceil(total_bytes / SHARD_BYTES))))
+def default_train_shards(classes: int, total_bytes: int, parallelism: int, min_bytes: int = 0) -> int:
+    """4 shards per parallel job: balance, and little lost to a crash."""
+    return shard_count(total_bytes, 4 * parallelism, classes, min_bytes)
+
+
+def default_val_shards(images: int, total_bytes: int, parallelism: int, min_bytes: int = 0) -> int:
+    """One shard per parallel job."""
+    return shard_count(total_bytes, parallelism, images, min_bytes)
 
 
 def shard_id(kind: str, i: int, n: int) -> str:

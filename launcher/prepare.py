@@ -131,17 +131,19 @@ def load_devkit(req: PrepareRequest) -> tuple[Devkit, str]:
     return devkit, fp
 
 
-def load_index(req: PrepareRequest, split: str, devkit: Devkit) -> dict:
+def load_index(req: PrepareRequest, split: str, devkit: Devkit) -> tuple[dict, dict | None]:
+    """The index of a split's archive (cached while the archive is unchanged), and the previous
+    index when the archive changed since."""
     path, cache = req.archive(split), req.layout.index_file(split)
     cached = read_json(cache)
     if same_archive(cached, path):
-        return cached
+        return cached, None
     if split == "train":
         index = index_train(path, req.train_class_pattern)
     else:
         index = index_val(path, req.val_image_pattern, len(devkit.val_wnids))
     write_json(cache, index)
-    return index
+    return index, cached
 
 
 def check_against_devkit(req: PrepareRequest, devkit: Devkit, indexes: dict) -> None:
@@ -179,8 +181,33 @@ def check_against_devkit(req: PrepareRequest, devkit: Devkit, indexes: dict) -> 
 # ---------------------------------------------------------------- another dataset in the root?
 
 
-def guard_identity(req: PrepareRequest, identity: dict) -> None:
-    """Refuse a root prepared from other archives (or by another tool) unless prepare.force=true."""
+def conflicts(layout: Layout, split: str, old: dict | None, new: dict, devkit: Devkit) -> list[str]:
+    """Members that changed between two indexes of a split and whose output the root holds already."""
+    if old is None:
+        return []
+    before = {m[0]: m for m in old["members"]}
+    after = {m[0]: m for m in new["members"]}
+    changed = sorted(
+        n for n in before.keys() | after.keys() if (before.get(n) or [0] * 3)[2] != (after.get(n) or [0] * 3)[2]
+    )
+
+    def output(name: str) -> Path:
+        if split == "train":
+            return layout.split_dir("train") / name.removesuffix(".tar")
+        number = (after.get(name) or before[name])[3]
+        return (
+            layout.split_dir("val") / devkit.val_wnids[number - 1] / name
+            if number <= len(devkit.val_wnids)
+            else layout.split_dir("val") / name
+        )
+
+    return [name for name in changed if output(name).exists()]
+
+
+def guard_identity(req: PrepareRequest, identity: dict, clashes: dict[str, list[str]]) -> None:
+    """Refuse a root that holds another dataset's files (or another tool's) unless prepare.force=true.
+    An archive replaced after a failure (a truncated class tar downloaded again) is accepted as long
+    as nothing it changes was prepared already."""
     layout = req.layout
     stored = read_json(layout.state_dir / "identity.json")
     if stored is None:
@@ -196,15 +223,17 @@ def guard_identity(req: PrepareRequest, identity: dict) -> None:
         write_json(layout.state_dir / "identity.json", identity)
         return
     changed = [k for k in identity if k in stored and stored[k] != identity[k]]
-    if changed and not req.force:
+    prepared = [k for k in changed if k == "devkit" and layout.meta_bin.exists() or clashes.get(k)]
+    if prepared and not req.force:
+        examples = "; ".join(f"{k}: {', '.join(clashes[k][:3])}" for k in prepared if clashes.get(k))
         raise LauncherError(
-            f"{layout.root} was prepared from other archives ({', '.join(changed)} differ: the "
-            "index or devkit do not match). Point storage.root at a new folder, or pass "
+            f"{layout.root} was prepared from other archives ({', '.join(prepared)} differ from what the "
+            f"root holds{': ' + examples if examples else ''}). Point storage.root at a new folder, or pass "
             "prepare.force=true to replace what is there."
         )
-    if changed:
-        splits = SPLITS if "devkit" in changed else [s for s in SPLITS if s in changed]
-        reset(layout, splits, meta="devkit" in changed)
+    if prepared:
+        splits = SPLITS if "devkit" in prepared else [s for s in SPLITS if s in prepared]
+        reset(layout, splits, meta="devkit" in prepared)
     write_json(layout.state_dir / "identity.json", {**stored, **identity})
 
 
@@ -229,7 +258,9 @@ def reset(layout: Layout, splits, meta: bool) -> None:
 # ---------------------------------------------------------------- planning
 
 
-def plan_units(req: PrepareRequest, devkit: Devkit, indexes: dict, parallelism: int, identity: dict) -> Plan:
+def plan_units(
+    req: PrepareRequest, devkit: Devkit, indexes: dict, parallelism: int, identity: dict, min_bytes: int
+) -> Plan:
     layout, out = req.layout, req.output
     rec = layout.unit_record
     devkit_json = str(layout.devkit_file)
@@ -259,7 +290,7 @@ def plan_units(req: PrepareRequest, devkit: Devkit, indexes: dict, parallelism: 
         members = indexes["train"]["members"]
         sizes = [m[2] for m in members]
         train_bytes = sum(sizes)
-        n = req.train_shards or plan.default_train_shards(len(members), train_bytes, parallelism)
+        n = req.train_shards or plan.default_train_shards(len(members), train_bytes, parallelism, min_bytes)
         groups = plan.balanced_groups(sizes, n)
         for i, group in enumerate(groups):
             uid = plan.shard_id("train", i, len(groups))
@@ -284,7 +315,7 @@ def plan_units(req: PrepareRequest, devkit: Devkit, indexes: dict, parallelism: 
     if "val" in indexes:
         members = indexes["val"]["members"]
         sizes = [m[2] for m in members]
-        n = req.val_shards or plan.default_val_shards(len(members), sum(sizes), parallelism)
+        n = req.val_shards or plan.default_val_shards(len(members), sum(sizes), parallelism, min_bytes)
         ranges = plan.contiguous_ranges(sizes, n)
         for i, (a, b) in enumerate(ranges):
             uid = plan.shard_id("val", i, len(ranges))
@@ -436,14 +467,33 @@ def print_complete(req: PrepareRequest, done: list[dict]) -> None:
     print(table(["split", "classes", "images", "bytes", "finished"], rows))
 
 
-def make_plan(req: PrepareRequest, parallelism: int) -> Plan | None:
-    """Check inputs, load devkit and indexes, guard the root; None when every split is complete."""
+def make_plan(req: PrepareRequest, parallelism: int, min_bytes: int = 0) -> Plan:
+    """Load devkit and indexes, check them, guard the root, and plan the units."""
     devkit, devkit_fp = load_devkit(req)
-    indexes = {split: load_index(req, split, devkit) for split in req.splits}
+    loaded = {split: load_index(req, split, devkit) for split in req.splits}
+    indexes = {split: new for split, (new, _) in loaded.items()}
     check_against_devkit(req, devkit, indexes)
     identity = {"devkit": devkit_fp, **{s: indexes[s]["fingerprint"] for s in indexes}}
-    guard_identity(req, identity)
-    return plan_units(req, devkit, indexes, parallelism, identity)
+    clashes = {s: conflicts(req.layout, s, old, indexes[s], devkit) for s, (_, old) in loaded.items()}
+    guard_identity(req, identity, clashes)
+    p = plan_units(req, devkit, indexes, parallelism, identity, min_bytes)
+    drop_stale_records(p.units)
+    return p
+
+
+def drop_stale_records(units: list[Unit]) -> None:
+    """A record written for other work under the same id (shards regrouped) is forgotten."""
+    for u in units:
+        done = read_json(Path(u.record)) if u.kind in ("train", "val") else None
+        if done is None:
+            continue
+        same = (
+            set(done.get("classes", ())) == set(u.args["wnids"])
+            if u.kind == "train"
+            else done.get("range") == [u.args["start"], u.args["stop"]]
+        )
+        if not same:
+            Path(u.record).unlink()
 
 
 def print_plan(req: PrepareRequest, p: Plan) -> None:
@@ -525,7 +575,8 @@ def run_prepare(req: PrepareRequest, cluster: dispatch.Cluster) -> int:
         return 0
     check_writable(req.layout)
     with Lock(req.layout.lock_file, f"prepare of {req.layout.root}"):
-        p = make_plan(req, cluster.parallelism)
+        min_bytes = plan.MIN_SHARD_BYTES if cluster.executor == "slurm" else 0
+        p = make_plan(req, cluster.parallelism, min_bytes)
         if req.dry_run:
             print_plan(req, p)
             return 0

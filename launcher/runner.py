@@ -42,7 +42,9 @@ def record_submission(
     folder: Path,
     plan_ids: list[str],
     jobs: list,
+    records_dir: Path | None = None,
 ) -> None:
+    """One ledger line per submission; `records_dir` holds the units' completion records."""
     append_line(
         layout.ledger,
         {
@@ -53,6 +55,7 @@ def record_submission(
             "cluster": cluster.name,
             "folder": str(folder),
             "plan": plan_ids,
+            "records_dir": str(records_dir or layout.units_dir),
             "jobs": [j.to_json() for j in jobs],
         },
     )
@@ -74,16 +77,27 @@ def ledger_jobs(layout: Layout) -> dict[str, tuple[str, str, str]]:
     return latest
 
 
+def latest_states(layout: Layout, unit_ids: list[str]) -> dict[str, tuple[str, str, str, str]]:
+    """unit id -> (executor, folder, job id, job state) of each unit's latest submission."""
+    latest = {uid: job for uid, job in ledger_jobs(layout).items() if uid in unit_ids}
+    by_folder: dict[tuple[str, str], set[str]] = {}
+    for executor, folder, job_id in latest.values():
+        by_folder.setdefault((executor, folder), set()).add(job_id)
+    states = {}
+    for (executor, folder), job_ids in by_folder.items():
+        for job_id, state in dispatch.job_states(executor, folder, sorted(job_ids)).items():
+            states[(folder, job_id)] = state
+    return {uid: (ex, folder, job, states[(folder, job)]) for uid, (ex, folder, job) in latest.items()}
+
+
 def active_units(layout: Layout, units: list[Unit]) -> dict[str, tuple[str, str, str]]:
     """Incomplete units whose latest job is still queued or running: id -> (executor, folder, job id)."""
-    latest = ledger_jobs(layout)
-    active = {}
-    for u in units:
-        if u.id in latest and not is_complete(u):
-            executor, folder, job_id = latest[u.id]
-            if dispatch.job_state(executor, folder, job_id) in dispatch.ACTIVE:
-                active[u.id] = (executor, folder, job_id)
-    return active
+    pending = [u.id for u in units if not is_complete(u)]
+    return {
+        uid: (executor, folder, job)
+        for uid, (executor, folder, job, state) in latest_states(layout, pending).items()
+        if state in dispatch.ACTIVE
+    }
 
 
 def wait_for_earlier_local_jobs(layout: Layout, units: list[Unit], poll_s: float) -> None:

@@ -27,6 +27,8 @@ KINDS = {
     "val": "launcher.extract:extract_val",
     "finalize": "launcher.prepare:finalize_split",
     "verify": "launcher.verify:verify_shard",
+    "verify-md5": "launcher.verify:verify_md5",
+    "verify-report": "launcher.verify:write_report",
 }
 
 
@@ -85,8 +87,10 @@ def run_units(units: list[Unit]) -> list[dict]:
     """What one job runs: every unit in turn; raises at the end if any failed."""
     results, failures = [], []
     for unit in units:
+        print(f"unit {unit.id} ({unit.kind}) started", flush=True)
         try:
             results.append(run_unit(unit))
+            print(f"unit {unit.id} finished", flush=True)
         except LauncherError as err:
             failures.append(f"{unit.id}: {err}")
             print(f"unit {unit.id} failed: {err}", file=sys.stderr, flush=True)

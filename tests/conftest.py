@@ -119,3 +119,26 @@ def tree_bytes(root: Path, splits=("train", "val")) -> dict[str, bytes]:
                 path = Path(dirpath) / name
                 out[str(path.relative_to(root))] = path.read_bytes()
     return out
+
+
+def slurm_available() -> bool:
+    return shutil.which("sinfo") is not None and subprocess.run(["sinfo"], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The local SLURM cluster (slurm/devcluster.sh), started if needed; under CI=true it must run."""
+    if not slurm_available() and os.geteuid() == 0 and shutil.which("sbatch"):
+        subprocess.run(["bash", str(REPO / "slurm" / "devcluster.sh"), "start"], check=False)
+    if not slurm_available():
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but the SLURM cluster is not up: run `bash slurm/devcluster.sh up`")
+        pytest.skip("no SLURM cluster here (bash slurm/devcluster.sh up starts one, as root)")
+    return True
+
+
+def sacct(*args: str) -> list[dict]:
+    """sacct rows as dicts (JobID, JobName, State, ...)."""
+    fields = "JobID,JobName%40,State,ExitCode"
+    out = subprocess.run(["sacct", "-n", "-P", f"--format={fields}", *args], capture_output=True, text=True).stdout
+    return [dict(zip(fields.replace("%40", "").split(","), line.split("|"))) for line in out.splitlines() if line]

@@ -8,10 +8,11 @@ import stat
 
 import pytest
 import torch
-from archive_tools import copy_archives, members, rewrite_class, rewrite_devkit, tar_bytes, truncate, write_tar
-from conftest import FILES, GROUND_TRUTH, META, dataset_overrides, launch, storage_overrides, tree_bytes
 
 from launcher.layout import Layout, Lock, read_json
+
+from archive_tools import copy_archives, members, rewrite_class, rewrite_devkit, tar_bytes, truncate, write_tar
+from conftest import FILES, GROUND_TRUTH, META, dataset_overrides, launch, storage_overrides, tree_bytes
 
 
 def prepare(result, root, *extra, archive_dir=None, cluster="debug"):
@@ -253,3 +254,18 @@ def test_devkit_is_not_gzip(archives, tmp_path, capsys):
     (d / FILES["devkit"]).write_bytes(b"\x00" * 1000)
     err = failing(archives(), tmp_path, capsys, d)
     assert FILES["devkit"] in err and "gzip" in err
+
+
+def test_rerun_after_fixing_the_archive_completes_what_is_missing(archives, oracle, tmp_path, capsys):
+    result = archives()
+    d = broken(result, tmp_path)
+    good = (d / FILES["train"]).read_bytes()
+    rewrite_class(d, 2, write_bytes_cut)
+    root = tmp_path / "root"
+    no_md5 = "dataset.archives.train.md5=null"
+    assert prepare(result, root, no_md5, "prepare.train_shards=4", archive_dir=d) == 1
+    done = {p.name for p in (root / ".launcher" / "units").glob("train-*.json")}
+    assert len(done) == 3
+    (d / FILES["train"]).write_bytes(good)  # downloaded again
+    assert prepare(result, root, no_md5, "prepare.train_shards=4", archive_dir=d) == 0
+    assert_same_as_oracle(root, oracle())
