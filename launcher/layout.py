@@ -74,9 +74,11 @@ class Layout:
 
 
 def write_json(path: Path, obj, indent: int | None = None) -> None:
-    """Write JSON to a temporary sibling and rename it into place: readers never see half a file."""
+    """Write JSON to a temporary sibling and rename it into place: readers never see half a file.
+    The sibling's name is fixed, so one left by a crash is replaced by the next write; writers of
+    one file are serialized by the lock of the root or the unit that owns it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=indent, separators=None if indent else (",", ":"))
     os.replace(tmp, path)
@@ -106,7 +108,7 @@ class Lock:
 
     def __enter__(self) -> Lock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

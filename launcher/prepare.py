@@ -359,23 +359,23 @@ def finalize_unit(req: PrepareRequest, split: str, units: list[Unit], identity: 
         uid,
         "finalize",
         0,
-        str(layout.unit_record(uid)),
+        str(layout.complete_file(split)),  # its completion record is the split's
         {
             "split": split,
             "records": [u.record for u in needs],
             "devkit": str(layout.devkit_file),
             "expected": req.expected.get(split),
             "manifest": str(layout.manifest_file(split)),
-            "complete": str(layout.complete_file(split)),
             "identity": {k: identity[k] for k in ("devkit", split)},
         },
     )
 
 
 def finalize_split(
-    split: str, records: list[str], devkit: str, expected: int | None, manifest: str, complete: str, identity: dict
+    split: str, records: list[str], devkit: str, expected: int | None, manifest: str, identity: dict
 ) -> dict:
-    """Finalize unit: every unit of the split complete -> counts checked -> manifest -> complete record."""
+    """Finalize unit: every unit of the split complete -> counts checked -> manifest. Its completion
+    record (written by the unit runner) is the split's complete-<split>.json."""
     missing = [Path(r).stem for r in records if not os.path.exists(r)]
     if missing:
         raise LauncherError(
@@ -395,7 +395,7 @@ def finalize_split(
     if expected is not None and len(files) != expected:
         raise LauncherError(f"{split} holds {len(files)} images, dataset.expected.{split} is {expected}")
     write_manifest(Path(manifest), build_manifest(split, files, kit["wnid_to_classes"]))
-    summary = {
+    return {
         "split": split,
         "images": len(files),
         "bytes": sum(f[2] for f in files),
@@ -404,8 +404,6 @@ def finalize_split(
         "identity": identity,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    write_json(Path(complete), summary, indent=1)
-    return summary
 
 
 # ---------------------------------------------------------------- output folders
@@ -595,7 +593,8 @@ def run_prepare(req: PrepareRequest, cluster: dispatch.Cluster) -> int:
             jobs = dispatch_slurm(cluster, folder, p, todo, active)
         else:
             jobs = runner.submit_units(cluster, folder, "prepare", todo)
-        runner.record_submission(req.layout, "prepare", req.argv, cluster, folder, [u.id for u in all_units], jobs)
+        records = {u.id: u.record for u in all_units}
+        runner.record_submission(req.layout, "prepare", req.argv, cluster, folder, list(records), jobs, records=records)
         if not cluster.waits:
             runner.print_submitted("prepare", cluster, folder, jobs, req.argv)
             return 0

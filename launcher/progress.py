@@ -32,7 +32,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence], align: str | None = 
 class Progress:
     """Units done out of total, bytes, running and failed jobs; redrawn on a terminal."""
 
-    def __init__(self, label: str, total_units: int, total_bytes: int, stream=None, every_s: float = 10.0):
+    def __init__(self, label: str, total_units: int, total_bytes: int, stream=None, every_s: float = 60.0):
         self.label, self.total_units, self.total_bytes = label, total_units, total_bytes
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
@@ -55,6 +55,6 @@ class Progress:
             return
         now = time.time()
         core = (done_units, failed)
-        if final or (core != self.last_line and now - self.last_time >= 0.5) or now - self.last_time >= self.every_s:
+        if final or core != self.last_line or now - self.last_time >= self.every_s:
             print(line, file=self.stream, flush=True)
             self.last_line, self.last_time = core, now

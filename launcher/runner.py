@@ -43,8 +43,10 @@ def record_submission(
     plan_ids: list[str],
     jobs: list,
     records_dir: Path | None = None,
+    records: dict[str, str] | None = None,
 ) -> None:
-    """One ledger line per submission; `records_dir` holds the units' completion records."""
+    """One ledger line per submission; a unit's completion record is records[id], else
+    records_dir/<id>.json."""
     append_line(
         layout.ledger,
         {
@@ -56,6 +58,7 @@ def record_submission(
             "folder": str(folder),
             "plan": plan_ids,
             "records_dir": str(records_dir or layout.units_dir),
+            "records": records or {},
             "jobs": [j.to_json() for j in jobs],
         },
     )

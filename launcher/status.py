@@ -53,7 +53,8 @@ def command_status(layout: Layout, entry: dict, tail_lines: int) -> tuple[list[l
     logs = {u: j["stderr"] for e in ledger_entries(layout) for j in e["jobs"] for u in j["units"]}
     rows, failures, counts = [], [], Counter()
     for uid in entry["plan"]:
-        state = unit_state(records / f"{uid}.json", jobs.get(uid))
+        record = Path(entry.get("records", {}).get(uid) or records / f"{uid}.json")
+        state = unit_state(record, jobs.get(uid))
         counts[state] += 1
         job = jobs.get(uid)
         rows.append([uid, state, job[2] if job else "", job[3].lower() if job else ""])

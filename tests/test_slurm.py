@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -141,3 +142,50 @@ def test_failed_unit_is_reported_and_resubmitted_alone(slurm_cluster, archives, 
     assert {d: (root / "train" / d).stat().st_mtime_ns for d in extracted} == extracted
     assert tree_bytes(root) == tree_bytes(oracle())
     assert read_json(root / ".launcher" / "complete-train.json")["images"] == sum(result.train_counts.values())
+
+
+@pytest.mark.faults
+def test_cancelled_array_task_then_rerun_completes_only_the_missing(slurm_cluster, archives, oracle, tmp_path):
+    """A node 'fails': one array task is cancelled; the split's finalize job never runs (afterok);
+    a rerun submits the missing unit and finalize only."""
+    root = tmp_path / "root"
+    run = cli("prepare", *args(archives(), root, "prepare.train_shards=3"))
+    assert run.returncode == 0, run.stderr
+    train = next(
+        j
+        for j in json.loads((root / ".launcher" / "ledger.jsonl").read_text())["jobs"]
+        if j["units"] == ["train-0001-of-0003"]
+    )
+    subprocess.run(["scancel", train["job_id"]], check=True)
+    assert wait_until(lambda: (root / ".launcher" / "complete-val.json").exists())
+    assert wait_until(
+        lambda: not subprocess.run(["squeue", "-h", "-u", "root"], capture_output=True, text=True).stdout.strip(),
+        timeout=120,
+    )
+    assert not (root / ".launcher" / "complete-train.json").exists()
+    status = cli("status", *args(archives(), root))
+    assert "train-0001-of-0003" in status.stdout and status.returncode == 1
+    rerun = cli("prepare", *args(archives(), root, "prepare.train_shards=3", "wait=true"))
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    last = json.loads((root / ".launcher" / "ledger.jsonl").read_text().splitlines()[-1])
+    assert sorted(u for j in last["jobs"] for u in j["units"]) == ["finalize-train", "train-0001-of-0003"]
+    assert_same_as_oracle(root, oracle())
+
+
+@pytest.mark.faults
+def test_login_side_killed_while_waiting_then_status_and_rerun_recover(slurm_cluster, archives, oracle, tmp_path):
+    import signal
+
+    root = tmp_path / "root"
+    cmd = [sys.executable, "-m", "launcher", "prepare", *args(archives(), root, "wait=true")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    assert wait_until(lambda: (root / ".launcher" / "ledger.jsonl").exists(), timeout=60, step=0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    status = cli("status", *args(archives(), root))
+    assert status.returncode == 0 and "prepare: submitted" in status.stdout
+    rerun = cli("prepare", *args(archives(), root, "wait=true"))
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert_same_as_oracle(root, oracle())
+    final = cli("status", *args(archives(), root))
+    assert final.returncode == 0 and "queued" not in final.stdout and "failed" not in final.stdout
