@@ -41,10 +41,14 @@ def wait_until(predicate, timeout=180, step=1.0):
 
 def test_prepare_on_slurm_uses_arrays_and_equals_torchvision(slurm_cluster, archives, oracle, tmp_path):
     root = tmp_path / "root"
-    run = cli("prepare", *args(archives(), root, "wait=true", "prepare.train_shards=3", "prepare.val_shards=2"))
+    extra = ["wait=true", "prepare.train_shards=5", "prepare.val_shards=2", "cluster.max_array_size=3"]
+    run = cli("prepare", *args(archives(), root, *extra))
     assert run.returncode == 0, run.stdout + run.stderr
     assert_same_as_oracle(root, oracle())
     ids = ledger_job_ids(root)
+    entry = json.loads((root / ".launcher" / "ledger.jsonl").read_text().splitlines()[-1])
+    train_arrays = {j["job_id"].split("_")[0] for j in entry["jobs"] if j["units"][0].startswith("train-")}
+    assert len(train_arrays) == 2, "5 train units with MaxArraySize 3 go out as two arrays"
     arrays = {j.split("_")[0] for j in ids if "_" in j}
     assert arrays, f"no job arrays among {ids}"
     for array in arrays:
@@ -62,6 +66,10 @@ def test_non_blocking_submit_then_status(slurm_cluster, archives, oracle, tmp_pa
     assert "submitted" in run.stdout and "launcher status" in run.stdout and "logs in" in run.stdout
     assert not (root / ".launcher" / "complete-val.json").exists(), "returned only after the work was done"
     assert time.time() - start < 30
+    entry = json.loads((root / ".launcher" / "ledger.jsonl").read_text())
+    finalize = next(j["job_id"] for j in entry["jobs"] if j["units"] == ["finalize-val"])
+    shown = subprocess.run(["scontrol", "show", "job", finalize], capture_output=True, text=True).stdout
+    assert "Dependency=afterok:" in shown or "JobState=COMPLETED" in shown, shown
     early = cli("status", *args(archives(), root))
     assert early.returncode == 0 and ("queued" in early.stdout or "running" in early.stdout)
     assert wait_until(
@@ -189,3 +197,12 @@ def test_login_side_killed_while_waiting_then_status_and_rerun_recover(slurm_clu
     assert_same_as_oracle(root, oracle())
     final = cli("status", *args(archives(), root))
     assert final.returncode == 0 and "queued" not in final.stdout and "failed" not in final.stdout
+
+
+def test_max_array_size_comes_from_scontrol(slurm_cluster):
+    from launcher.dispatch import Cluster, max_array_size
+
+    shown = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True).stdout
+    expected = int(next(line.split("=")[1] for line in shown.splitlines() if line.startswith("MaxArraySize")))
+    assert max_array_size(Cluster(name="slurm", executor="slurm")) == expected
+    assert max_array_size(Cluster(name="slurm", executor="slurm", max_array_size=7)) == 7
