@@ -155,6 +155,8 @@ class ClusterConfig:
 
 @dataclass
 class TransformConfig:
+    # hydra.utils.instantiate(cfg.transform, train=True) builds the v2 pipeline
+    _target_: str = "launcher.data.transforms_from_options"
     # name of this choice: standard, randaugment, autoaugment, trivialaugment, none
     name: str = MISSING
     # automatic augmentation policy added to train: null, randaugment, autoaugment, trivialaugment
@@ -169,9 +171,9 @@ class TransformConfig:
     hflip: float = 0.5
     # eval center-crop size
     eval_crop_size: int = 224
-    # eval crop ratio: images are resized to eval_crop_size / crop_ratio before the crop
+    # eval crop ratio: images are resized to floor(eval_crop_size / crop_ratio) before the crop
     crop_ratio: float = 0.875
-    # interpolation: bilinear, bicubic, nearest
+    # interpolation of every resize (antialiased): bilinear, bicubic, nearest
     interpolation: str = "bilinear"
     # RandAugment: number of operations per image
     num_ops: int = 2
@@ -181,32 +183,45 @@ class TransformConfig:
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     # normalization std (RGB, 0..1 scale)
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
-    # output of the pipeline: float (normalized) or uint8 (normalize on the device)
+    # output of the pipeline: float (normalized) or uint8 (launcher.data.normalize_on_device on the GPU)
     output: str = "float"
+
+
+def _loader_dataset() -> dict[str, Any]:
+    return {
+        "_target_": "launcher.data.load_imagenet",
+        "root": "${storage.root}",
+        "state_dir": "${storage.state_dir}",
+        "use_manifest": "${..use_manifest}",
+    }
 
 
 @dataclass
 class LoaderConfig:
+    # hydra.utils.instantiate(cfg.loader, dataset={"split": "train", "transform": tf}) builds the DataLoader
+    _target_: str = "launcher.data.loader_from_options"
     # name of this choice
     name: str = MISSING
     # batch size per rank
     batch_size: int = 256
     # eval batch size per rank; null = batch_size
     eval_batch_size: int | None = None
-    # loader worker processes per rank; null = the cores of this task
+    # loader worker processes per rank; null = the cores of this task (SLURM_CPUS_PER_TASK)
     num_workers: int | None = None
-    # pin host memory for faster copies to the GPU
+    # pin host memory for faster copies to the GPU (only when a GPU is there)
     pin_memory: bool = True
     # keep workers alive between epochs
     persistent_workers: bool = True
     # batches prefetched per worker
     prefetch_factor: int = 2
-    # drop the last incomplete train batch
+    # drop the last incomplete train batch (and DistributedSampler's padding); eval never drops
     drop_last: bool = True
-    # base seed of shuffling and augmentation
+    # base seed of shuffling (the same on every rank) and augmentation (offset by rank)
     seed: int = 0
     # read the prepare manifest when present (no directory walk)
     use_manifest: bool = True
+    # instantiate(cfg.loader.dataset, split="val", transform=tf) builds the dataset of storage.root
+    dataset: dict[str, Any] = field(default_factory=_loader_dataset)
 
 
 @dataclass
@@ -259,6 +274,8 @@ class VerifyOptions:
     level: str = "header"
     # re-encode the odd files (PNG named .JPEG, CMYK) to RGB JPEG
     fix: bool = False
+    # JPEG quality of the files verify.fix re-encodes
+    fix_quality: int = 95
     # verify shards; null = twice the parallel jobs
     shards: int | None = None
     # also check the archives' md5s when the archives are present
@@ -319,10 +336,11 @@ class BenchOptions:
     epochs: int = 1
     # stop after this many batches per epoch; null = the whole epoch
     max_batches: int | None = None
-    # check that the ranks together covered the split
+    # check that the ranks together covered the split (each val image once, train once per epoch)
     check_coverage: bool = True
-    # sweep table (CSV; a Markdown rendering is written beside it)
-    table: str = "${storage.state_dir}/bench.csv"
+    # table the run's row is appended to (CSV + a .md rendering); null = bench.csv in the sweep
+    # folder under -m, else ${storage.state_dir}/bench.csv
+    table: str | None = None
 
 
 @dataclass
@@ -333,16 +351,26 @@ class BenchConfig(CommandConfig):
 
 @dataclass
 class StageOptions:
-    # prepared root to copy to node-local storage.root
+    # what to stage: a prepared root (copied to storage.root) or the folder of the three archives
     source: str = MISSING
-    # reuse a complete staged copy
+    # what source holds: root, archives (copied to storage.archive_dir, then prepared here) or auto
+    mode: str = "auto"
+    # launcher's records of the source root (manifests); null = <source>/.launcher
+    source_state_dir: str | None = None
+    # reuse a complete staged copy of the same source
     reuse: bool = True
+    # files copied at once
+    threads: int = 8
+    # seconds the other local ranks wait for local rank 0 to finish staging
+    wait_s: float = 3600
 
 
 @dataclass
 class StageConfig(CommandConfig):
     # options of `stage`
     stage: StageOptions = field(default_factory=StageOptions)
+    # options of the prepare step on the node (stage.mode=archives)
+    prepare: PrepareOptions = field(default_factory=PrepareOptions)
 
 
 @dataclass

@@ -190,7 +190,12 @@ def export_distributed_env() -> dict:
     if env.num_tasks > 1:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
     local_world = env.num_tasks // env.num_nodes
-    return {"rank": env.global_rank, "world_size": env.num_tasks, "local_rank": env.local_rank, "local_world_size": local_world}
+    return {
+        "rank": env.global_rank,
+        "world_size": env.num_tasks,
+        "local_rank": env.local_rank,
+        "local_world_size": local_world,
+    }
 
 
 class WithDistributedEnv:

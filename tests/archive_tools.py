@@ -7,9 +7,9 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from conftest import FILES
-
 from launcher.synth import add_bytes, tar_bytes, tar_info, write_tar, write_tar_gz
+
+from conftest import FILES
 
 
 def copy_archives(result, dest: Path) -> Path:

@@ -6,9 +6,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import cli
 
 from launcher.commands import COMMANDS
+
+from conftest import cli
 
 
 def test_help_lists_every_command():

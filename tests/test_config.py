@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from conftest import REPO, cli
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
 from launcher import compose_config
 from launcher.commands import COMMANDS
 from launcher.config import GROUP_SCHEMAS
+
+from conftest import REPO, cli
 
 OPTIONS = [(group, path.stem) for group in GROUP_SCHEMAS for path in sorted((REPO / "conf" / group).glob("*.yaml"))]
 NEEDS_ROOT = {"lustre", "nfs"}

@@ -8,11 +8,12 @@ import tarfile
 import numpy as np
 import pytest
 import scipy.io
-from conftest import FILES, GROUND_TRUTH, META, SHAPES, cli, make_archives
 from PIL import Image
 
 from launcher.errors import LauncherError
 from launcher.synth import SYNSET_FIELDS, SynthSpec, md5_of
+
+from conftest import FILES, GROUND_TRUTH, META, SHAPES, cli, make_archives
 
 
 def devkit_member(result, name: str) -> bytes:

@@ -7,10 +7,11 @@ import os
 import tarfile
 
 import pytest
-from archive_tools import device, hostile_tar, link
-from conftest import FILES
 
 from launcher.tarscan import TarError, scan
+
+from archive_tools import device, hostile_tar, link
+from conftest import FILES
 
 
 def scan_bytes(data: bytes, label="t.tar"):

@@ -1,0 +1,402 @@
+"""Loader benchmarks (a script, not a test): the two performance rows of the loaders issue, side by side.
+
+1. Dataset construction: `launcher.data.build_dataset` (prepare manifest) vs
+   `torchvision.datasets.ImageNet(root, split)` (directory scan) on the same root of >= 1000 classes,
+   as is and with every directory operation (os.scandir, os.listdir, os.stat) costing 0.5 ms more,
+   as on Lustre. Targets: ratio <= 0.1 and <= 0.02. Those rows are builds after the first, which
+   read the manifest's columns cache; a third row shows the first build (JSON parse + cache write).
+2. Train pipeline images/s (RandomResizedCrop 224 + flip + normalize, ~500x375 JPEGs of ~100 KB,
+   2 workers, batch 64): torchvision's ImageNet + PIL + transforms.ToTensor/Normalize vs
+   `launcher.data.build_loader` with float output (target >= 1.6x) and uint8 output (>= 2.5x).
+   Throughput is that of a second epoch (persistent workers), so worker start-up is not counted;
+   the CPU time of that epoch (main process + workers, from /proc) per image is shown beside it:
+   on a machine shared with other jobs it is the steadier figure.
+
+Runs alternate between the contenders; medians of `--runs` runs and their ratios are printed as a
+Markdown table. Data is generated once under --workdir (default /dev/shm/launcher-bench-loaders).
+
+    python benchmarks/bench_loaders.py                 # both parts, 3 runs
+    python benchmarks/bench_loaders.py --part pipeline --runs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+LUSTRE_DELAY_S = 0.0005
+
+
+# ---------------------------------------------------------------- data
+
+
+def wnid(i: int) -> str:
+    return f"n{10_000_000 + i:08d}"
+
+
+def write_meta(root: Path, wnids: list[str], val_wnids: list[str]) -> None:
+    import torch
+
+    torch.save(({w: (f"class {w}",) for w in wnids}, val_wnids), root / "meta.bin")
+
+
+def write_manifest(root: Path, split: str, files: list[tuple[str, str, int]], wnids: list[str]) -> None:
+    from launcher.manifest import build_manifest, write_manifest
+
+    manifest = build_manifest(split, files, {w: [f"class {w}"] for w in wnids})
+    write_manifest(root / ".launcher" / f"manifest-{split}.json", manifest)
+
+
+def many_files_root(base: Path, classes: int, per_class: int) -> Path:
+    """A prepared root with `classes` x `per_class` empty train files (scanning does not read them)."""
+    root = base / f"scan-{classes}x{per_class}"
+    if (root / ".launcher" / "manifest-train.json").exists():
+        return root
+    print(f"writing {classes * per_class:,} empty files under {root} ...", file=sys.stderr)
+    wnids = [wnid(i) for i in range(classes)]
+    files = []
+    for w in wnids:
+        folder = root / "train" / w
+        folder.mkdir(parents=True, exist_ok=True)
+        for n in range(per_class):
+            name = f"{w}_{n}.JPEG"
+            os.close(os.open(folder / name, os.O_CREAT | os.O_WRONLY, 0o644))
+            files.append((w, name, 0))
+    write_meta(root, wnids, [])
+    write_manifest(root, "train", files, wnids)
+    return root
+
+
+def photo_like(rng: np.random.Generator, width: int, height: int):
+    """Smooth structure + mid-frequency texture + sensor-like noise: ~100 KB as a q90 500x375 JPEG."""
+    from PIL import Image
+
+    low = rng.integers(0, 256, (height // 25 + 1, width // 25 + 1, 3), dtype=np.uint8)
+    low = np.asarray(Image.fromarray(low).resize((width, height), Image.BICUBIC), dtype=np.float32)
+    mid = rng.integers(0, 256, (height // 2 + 1, width // 2 + 1, 3), dtype=np.uint8)
+    mid = np.asarray(Image.fromarray(mid).resize((width, height), Image.BILINEAR), dtype=np.float32)
+    pixels = low * 0.7 + mid * 0.3 + rng.normal(0, 12, (height, width, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def jpeg_root(base: Path, images: int, classes: int = 10) -> Path:
+    """A prepared root of `images` realistic JPEGs (500x375 and the other usual ImageNet shapes)."""
+    root = base / f"jpeg-{images}"
+    if (root / ".launcher" / "manifest-train.json").exists():
+        return root
+    print(f"writing {images} JPEGs under {root} ...", file=sys.stderr)
+    rng = np.random.default_rng(0)
+    shapes = [(500, 375), (375, 500), (500, 333), (500, 400)]
+    wnids = [wnid(i) for i in range(classes)]
+    files = []
+    for k in range(images):
+        w = wnids[k % classes]
+        folder = root / "train" / w
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"{w}_{k}.JPEG"
+        photo_like(rng, *shapes[rng.integers(len(shapes))]).save(folder / name, quality=90)
+        files.append((w, name, (folder / name).stat().st_size))
+    write_meta(root, wnids, [])
+    write_manifest(root, "train", files, wnids)
+    return root
+
+
+# ---------------------------------------------------------------- timing helpers
+
+
+class SlowDirectoryOps:
+    """Every os.scandir / os.listdir / os.stat costs `delay` seconds more (a Lustre metadata RPC)."""
+
+    NAMES = ("scandir", "listdir", "stat")
+
+    def __init__(self, delay: float):
+        self.delay, self.saved = delay, {}
+
+    def __enter__(self):
+        for name in self.NAMES:
+            original = self.saved[name] = getattr(os, name)
+            setattr(os, name, self.slow(original))
+        return self
+
+    def slow(self, fn: Callable) -> Callable:
+        delay = self.delay
+
+        def wrapper(*args, **kwargs):
+            end = time.perf_counter() + delay
+            while time.perf_counter() < end:  # busy-wait: sleep() overshoots by ~0.1 ms
+                pass
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    def __exit__(self, *exc):
+        for name, fn in self.saved.items():
+            setattr(os, name, fn)
+
+
+def alternate(contenders: dict[str, Callable[[], float]], runs: int) -> dict[str, list[float]]:
+    """Run each contender `runs` times, alternating; returns name -> measurements."""
+    out: dict[str, list[float]] = {name: [] for name in contenders}
+    for r in range(runs):
+        for name, fn in contenders.items():
+            gc.collect()
+            value = fn()
+            out[name].append(value)
+            shown = ", ".join(f"{v:,.3f}" for v in value) if isinstance(value, tuple) else f"{value:,.3f}"
+            print(f"  run {r + 1}/{runs} {name}: {shown}", file=sys.stderr, flush=True)
+    return out
+
+
+def markdown(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- part 1: dataset construction
+
+
+def construction(root: Path, runs: int) -> str:
+    import torchvision
+
+    from launcher.data import build_dataset
+
+    cfg = {"storage": {"root": str(root), "state_dir": str(root / ".launcher")}}
+    reference = torchvision.datasets.ImageNet(str(root), "train")
+    ours = build_dataset(cfg, "train", transform=None)
+    assert ours.samples == reference.samples and ours.classes == reference.classes, "datasets differ"
+    n, classes = len(ours), len(ours.classes)
+    del reference, ours
+
+    def timed(fn: Callable, slow: bool) -> Callable[[], float]:
+        def run() -> float:
+            with SlowDirectoryOps(LUSTRE_DELAY_S) if slow else _nothing():
+                t = time.perf_counter()
+                fn()
+                return time.perf_counter() - t
+
+        return run
+
+    def cold() -> None:  # the first build after prepare: parse the JSON manifest, write the columns cache
+        (root / ".launcher" / "manifest-train.columns").unlink(missing_ok=True)
+        build_dataset(cfg, "train", transform=None)
+
+    rows = []
+    for slow, first in ((False, False), (True, False), (False, True)):
+        label = "+0.5 ms per directory op" if slow else "as is (tmpfs)"
+        label += ", first build (no columns cache)" if first else ""
+        print(f"dataset construction, {label}", file=sys.stderr)
+        m = alternate(
+            {
+                "torchvision": timed(lambda: torchvision.datasets.ImageNet(str(root), "train"), slow),
+                "launcher": timed(cold if first else lambda: build_dataset(cfg, "train", transform=None), slow),
+            },
+            runs,
+        )
+        tv, us = statistics.median(m["torchvision"]), statistics.median(m["launcher"])
+        target = None if first else 0.02 if slow else 0.1
+        met = ("yes" if us / tv <= target else "NO") if target else ""
+        rows.append([label, f"{tv:.3f}", f"{us:.3f}", f"{us / tv:.4f}", f"<= {target}" if target else "", met])
+    title = f"Dataset construction: {n:,} train images, {classes} classes, median of {runs} (seconds)"
+    headers = ["directory ops", "torchvision ImageNet", "launcher build_dataset", "ratio", "target", "met"]
+    return f"### {title}\n\n" + markdown(headers, rows)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+# ---------------------------------------------------------------- part 2: train pipeline
+
+
+def pil_loader(root: Path, workers: int, batch: int):
+    import torch
+    import torchvision
+    from torchvision import transforms as T
+
+    transform = T.Compose(
+        [
+            T.RandomResizedCrop(224),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
+    dataset = torchvision.datasets.ImageNet(str(root), "train", transform=transform)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch, shuffle=True, num_workers=workers, persistent_workers=True
+    )
+
+
+def decode_v2_loader(root: Path, workers: int, batch: int):
+    """For scale: torchvision.io.decode_image + transforms.v2 per sample, the default collate."""
+    import torch
+    import torchvision
+    from torchvision.transforms import v2
+
+    from launcher.data import decode_file
+
+    transform = v2.Compose(
+        [
+            v2.RandomResizedCrop(224, antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
+    dataset = torchvision.datasets.ImageNet(str(root), "train", transform=transform, loader=decode_file)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch, shuffle=True, num_workers=workers, persistent_workers=True
+    )
+
+
+def launcher_loader(root: Path, workers: int, batch: int, output: str):
+    from launcher.data import build_loader
+
+    cfg = {
+        "storage": {"root": str(root), "state_dir": str(root / ".launcher")},
+        "transform": {"name": "standard", "output": output},
+        "loader": {"batch_size": batch, "num_workers": workers, "drop_last": False, "pin_memory": False},
+    }
+    return build_loader(cfg, "train")
+
+
+def cpu_seconds(loader) -> float:
+    """CPU time (user + system) of this process and of the loader's live worker processes."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    total = usage.ru_utime + usage.ru_stime
+    tick = os.sysconf("SC_CLK_TCK")
+    for worker in getattr(loader._iterator, "_workers", []):
+        with open(f"/proc/{worker.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def second_epoch_rate(make: Callable[[], object], expect: tuple) -> Callable[[], tuple[float, float]]:
+    """(images/s, CPU ms per image of all processes) of a second epoch (persistent workers)."""
+
+    def run() -> tuple[float, float]:
+        loader = make()
+        for epoch in range(2):
+            if hasattr(loader.sampler, "set_epoch"):
+                loader.sampler.set_epoch(epoch)
+            if epoch == 1:
+                cpu0 = cpu_seconds(loader)
+            n, t = 0, time.perf_counter()
+            for images, _ in loader:
+                n += len(images)
+            seconds = time.perf_counter() - t
+        cpu = cpu_seconds(loader) - cpu0
+        assert images.dtype == expect[0] and tuple(images.shape[1:]) == expect[1], (images.dtype, images.shape)
+        del loader
+        return n / seconds, cpu / n * 1e3
+
+    return run
+
+
+def pipeline(root: Path, runs: int, workers: int, batch: int, reference: bool) -> str:
+    import torch
+
+    shape = (3, 224, 224)
+    contenders = {
+        "torchvision ImageNet + PIL + ToTensor/Normalize": second_epoch_rate(
+            lambda: pil_loader(root, workers, batch), (torch.float32, shape)
+        ),
+        "launcher build_loader, float output": second_epoch_rate(
+            lambda: launcher_loader(root, workers, batch, "float"), (torch.float32, shape)
+        ),
+        "launcher build_loader, uint8 output": second_epoch_rate(
+            lambda: launcher_loader(root, workers, batch, "uint8"), (torch.uint8, shape)
+        ),
+    }
+    if reference:
+        contenders["(for scale) decode_image + v2, default collate"] = second_epoch_rate(
+            lambda: decode_v2_loader(root, workers, batch), (torch.float32, shape)
+        )
+    print("train pipeline", file=sys.stderr)
+    m = alternate(contenders, runs)
+    baseline = "torchvision ImageNet + PIL + ToTensor/Normalize"
+    base = statistics.median(v[0] for v in m[baseline])
+    base_cpu = statistics.median(v[1] for v in m[baseline])
+    targets = {"launcher build_loader, float output": 1.6, "launcher build_loader, uint8 output": 2.5}
+    rows = []
+    for name, values in m.items():
+        med = statistics.median(v[0] for v in values)
+        cpu = statistics.median(v[1] for v in values)
+        target = targets.get(name)
+        rows.append(
+            [
+                name,
+                f"{med:,.0f}",
+                " / ".join(f"{v[0]:,.0f}" for v in values),
+                f"{med / base:.2f}x",
+                f">= {target}x" if target else "",
+                ("yes" if med / base >= target else "NO") if target else "",
+                f"{cpu:.2f}",
+                f"{base_cpu / cpu:.2f}x",
+            ]
+        )
+    sizes = [p.stat().st_size for p in (root / "train").glob("*/*.JPEG")]
+    title = (
+        f"Train pipeline: {len(sizes)} JPEGs (~500x375, mean {statistics.mean(sizes) / 1e3:.0f} KB), "
+        f"RandomResizedCrop 224 + flip, {workers} workers, batch {batch}; second-epoch images/s, "
+        f"median of {runs}"
+    )
+    headers = ["pipeline", "images/s", "runs", "vs PIL", "target", "met", "CPU ms/image", "CPU vs PIL"]
+    note = ""
+    spread = max(max(v[0] for v in values) / min(v[0] for v in values) for values in m.values())
+    if spread > 1.3:
+        note = (
+            f"\n\nWARNING: images/s of one pipeline varied up to {spread:.1f}x between runs: other jobs share "
+            "this machine, so the images/s ratios are not reliable; the CPU columns (CPU time of the epoch "
+            "per image, all processes) are the steadier comparison."
+        )
+    return f"### {title}\n\n" + markdown(headers, rows) + note
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=Path("/dev/shm/launcher-bench-loaders"))
+    parser.add_argument("--part", choices=["all", "dataset", "pipeline"], default="all")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--classes", type=int, default=1000, help="classes of the construction root")
+    parser.add_argument("--per-class", type=int, default=300, help="files per class of the construction root")
+    parser.add_argument("--images", type=int, default=1000, help="JPEGs of the pipeline root")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--no-reference", action="store_true", help="skip the decode_image + v2 reference row")
+    parser.add_argument("--out", type=Path, help="also write the tables (Markdown) here")
+    args = parser.parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    tables = []
+    if args.part in ("all", "dataset"):
+        tables.append(construction(many_files_root(args.workdir, args.classes, args.per_class), args.runs))
+    if args.part in ("all", "pipeline"):
+        root = jpeg_root(args.workdir, args.images)
+        tables.append(pipeline(root, args.runs, args.workers, args.batch, not args.no_reference))
+    text = "\n\n".join(tables)
+    print(f"\n{text}\n\n(python {' '.join(sys.argv)}; {os.cpu_count()} cores)")
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,373 @@
+"""launcher.data: the manifest dataset equals torchvision's ImageNet, transforms, samplers, loaders."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from hydra.utils import instantiate
+from PIL import Image
+from torch.utils.data import DistributedSampler
+from torchvision.transforms import v2
+
+from launcher import compose_config
+from launcher import data as D
+from launcher.config import LoaderConfig, TransformConfig
+from launcher.errors import LauncherError
+
+from conftest import REPO, dataset_overrides, launch, storage_overrides
+
+ATTRIBUTES = ("classes", "wnids", "class_to_idx", "wnid_to_idx", "samples", "targets", "imgs", "root", "split")
+
+
+@pytest.fixture(scope="session")
+def prepared(archives, tmp_path_factory):
+    """name -> a root `launcher prepare` made of that shape's archives (built once)."""
+    cache = {}
+
+    def get(name: str = "small") -> Path:
+        if name not in cache:
+            result = archives(name)
+            root = tmp_path_factory.mktemp(f"prepared-{name}") / "root"
+            overrides = [*storage_overrides(result.archive_dir, root), *dataset_overrides(result), "cluster=debug"]
+            assert launch("prepare", overrides) == 0
+            cache[name] = root
+        return cache[name]
+
+    return get
+
+
+def config(root: Path, *overrides: str):
+    return compose_config("bench", [f"storage.root={root}", *overrides])
+
+
+# ---------------------------------------------------------------- the dataset
+
+
+@pytest.mark.parametrize("shape", ["small", "uneven"])
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_manifest_dataset_equals_torchvision(prepared, shape, split):
+    root = prepared(shape)
+    ours = D.build_dataset(config(root), split)
+    theirs = torchvision.datasets.ImageNet(str(root), split)
+    assert isinstance(ours, torchvision.datasets.ImageNet)
+    for name in ATTRIBUTES:
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert len(ours) == len(theirs) and ours.extensions == theirs.extensions
+    assert all(isinstance(c, tuple) for c in ours.classes)
+
+
+def test_relative_root_gives_torchvisions_relative_paths(prepared, monkeypatch):
+    root = prepared()
+    monkeypatch.chdir(root.parent)
+    ours = D.build_dataset(config(Path("root")), "val")
+    assert ours.samples == torchvision.datasets.ImageNet("root", "val").samples
+    assert ours.samples[0][0].startswith("root/val/")
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_manifest_construction_walks_no_directory(prepared, monkeypatch, tmp_path, cached):
+    """A constant number of metadata operations: no scandir/listdir/walk; stats of meta.bin, the
+    split folder and the manifest, then one read (the columns cache) when cached."""
+    root = prepared("uneven")
+    state = tmp_path / "state"
+    shutil.copytree(root / ".launcher", state, ignore=shutil.ignore_patterns("*.columns", "logs", "units"))
+    cfg = config(root, f"storage.state_dir={state}")
+    if cached:
+        D.build_dataset(cfg, "train", transform=None)
+        assert (state / "manifest-train.columns").exists()
+    counts = {"stat": 0, "open": 0}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("directory walked")
+
+    real_stat, real_open = os.stat, open
+
+    def counting_stat(*args, **kwargs):
+        counts["stat"] += 1
+        return real_stat(*args, **kwargs)
+
+    def counting_open(*args, **kwargs):
+        counts["open"] += 1
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(os, "scandir", refuse)
+    monkeypatch.setattr(os, "listdir", refuse)
+    monkeypatch.setattr(os, "walk", refuse)
+    monkeypatch.setattr(os, "stat", counting_stat)
+    monkeypatch.setattr("builtins.open", counting_open)
+    dataset = D.build_dataset(cfg, "train", transform=None)
+    monkeypatch.undo()
+    assert len(dataset) > 100
+    # cold: two cache files looked for, the manifest read, the cache written
+    assert counts["stat"] <= (3 if cached else 4) and counts["open"] == (1 if cached else 4), counts
+    assert list(dataset.samples) == torchvision.datasets.ImageNet(str(root), "train").samples
+
+
+def test_columns_cache_follows_the_manifest(prepared, tmp_path, monkeypatch):
+    """A changed manifest is read again; one in another order than ImageFolder's is used as it is;
+    a read-only state folder caches in the user's cache folder."""
+    root = prepared()
+    state = tmp_path / "state"
+    shutil.copytree(root / ".launcher", state, ignore=shutil.ignore_patterns("*.columns", "logs", "units"))
+    cfg = config(root, f"storage.state_dir={state}")
+    first = D.build_dataset(cfg, "val", transform=None)
+    assert isinstance(first.samples, D.SampleList) and (state / "manifest-val.columns").exists()
+    path = state / "manifest-val.json"
+    manifest = json.loads(path.read_text())
+    for column in ("paths", "targets", "sizes"):  # one image fewer: still ImageFolder's order
+        del manifest[column][-1]
+    path.write_text(json.dumps(manifest))
+    fewer = D.build_dataset(cfg, "val", transform=None)
+    assert len(fewer) == len(first) - 1 and list(fewer.samples) == list(first.samples)[:-1]
+    manifest["paths"] = [manifest["paths"][-1], *manifest["paths"][:-1]]  # not ImageFolder's order
+    manifest["targets"] = [manifest["targets"][-1], *manifest["targets"][:-1]]
+    path.write_text(json.dumps(manifest))
+    odd = D.build_dataset(cfg, "val", transform=None)
+    assert isinstance(odd.samples, list) and odd.targets == manifest["targets"]
+    assert odd.samples[0] == (os.path.join(str(root), "val", manifest["paths"][0]), manifest["targets"][0])
+    shutil.copy(root / ".launcher" / "manifest-val.json", path)
+    (state / "manifest-val.columns").unlink()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    state.chmod(0o555)
+    try:
+        again = D.build_dataset(cfg, "val", transform=None)
+    finally:
+        state.chmod(0o755)
+    assert again.samples == first.samples
+    if os.geteuid() != 0:  # root writes into read-only folders
+        assert list((tmp_path / "cache" / "launcher").glob("manifest-val-*.columns"))
+
+
+def test_samples_behave_like_torchvisions_list(prepared):
+    root = prepared()
+    ours, theirs = (
+        D.build_dataset(config(root), "train").samples,
+        torchvision.datasets.ImageNet(str(root), "train").samples,
+    )
+    assert ours == theirs and theirs == ours
+    assert not ours != theirs  # noqa: SIM202  (__ne__ as well)
+    assert ours[0] == theirs[0] and ours[-1] == theirs[-1] and ours[3:9] == theirs[3:9] and len(ours) == len(theirs)
+    assert ours != theirs[:-1] and ours != [*theirs[:-1], (theirs[-1][0], theirs[-1][1] + 1)]
+    with pytest.raises(IndexError):
+        ours[len(theirs)]
+    import pickle
+
+    assert pickle.loads(pickle.dumps(ours)) == theirs
+
+
+def test_without_manifest_falls_back_to_torchvisions_scan(prepared, tmp_path):
+    root = prepared()
+    state = root / ".launcher"
+    ours = D.build_dataset(config(root, f"storage.state_dir={tmp_path}/empty"), "train")
+    assert D.manifest_for(tmp_path / "empty", "train") is None and D.manifest_for(state, "train") is not None
+    theirs = torchvision.datasets.ImageNet(str(root), "train")
+    for name in ATTRIBUTES:
+        assert getattr(ours, name) == getattr(theirs, name), name
+    off = D.build_dataset(config(root, "loader.use_manifest=false"), "val")
+    assert off.samples == torchvision.datasets.ImageNet(str(root), "val").samples
+
+
+def test_unprepared_root_says_run_prepare_and_never_extracts(archives, tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    for name in archives("tiny").files.values():  # torchvision would extract these
+        shutil.copy(name, root / Path(name).name)
+    before = sorted(p.name for p in root.iterdir())
+    with pytest.raises(LauncherError, match="launcher prepare") as err:
+        D.build_dataset(config(root), "train")
+    assert "meta.bin" in str(err.value)
+    assert sorted(p.name for p in root.iterdir()) == before
+
+
+def test_odd_files_decode_like_pil(prepared, archives, tmp_path):
+    """CMYK, PNG named .JPEG, grayscale: decoded to RGB uint8 with the same pixels as PIL's loader."""
+    root = prepared()
+    odd = [root / rel for rel in archives().odd_files]
+    assert len(odd) == 3
+    bmp = tmp_path / "n00000000_1.JPEG"  # a format torchvision.io cannot read: PIL decodes it
+    Image.new("RGB", (5, 4), (10, 200, 30)).save(bmp, format="BMP")
+    for path in [*odd, bmp]:
+        ours = D.decode_file(str(path))
+        with Image.open(path) as im:
+            theirs = v2.functional.pil_to_tensor(im.convert("RGB"))
+        assert ours.dtype == torch.uint8 and ours.shape[0] == 3
+        assert torch.equal(ours, theirs), path.name
+
+
+# ---------------------------------------------------------------- transforms
+
+
+OPTIONS = sorted(p.stem for p in (REPO / "conf" / "transform").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+def test_every_transform_option_builds_and_runs(option):
+    cfg = compose_config(
+        "bench", [f"transform={option}", "transform.train_crop_size=48", "transform.eval_crop_size=40"]
+    )
+    image = torch.randint(0, 256, (3, 70, 90), dtype=torch.uint8)
+    train, evaluate = D.build_transforms(cfg.transform, True), D.build_transforms(cfg.transform, False)
+    assert isinstance(train, v2.Compose) and isinstance(evaluate, v2.Compose)
+    out = train(image)
+    assert out.shape == (3, 48, 48) and out.dtype == torch.float32
+    assert evaluate(image).shape == (3, 40, 40)
+    kinds = {type(t).__name__ for t in train.transforms}
+    policy = {"randaugment": "RandAugment", "autoaugment": "AutoAugment", "trivialaugment": "TrivialAugmentWide"}
+    assert (policy[option] in kinds) if option in policy else not kinds & set(policy.values())
+    assert ("RandomResizedCrop" in kinds) == (option != "none")
+    assert "RandomResizedCrop" not in {type(t).__name__ for t in evaluate.transforms}
+
+
+def test_transform_values_come_from_config():
+    node = {
+        "train_crop_size": 64,
+        "eval_crop_size": 56,
+        "crop_ratio": 0.8,
+        "interpolation": "bicubic",
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.25, 0.25, 0.25],
+        "scale": [0.5, 1.0],
+        "hflip": 0.0,
+    }
+    train, evaluate = D.build_transforms(node, True), D.build_transforms(node, False)
+    rrc = next(t for t in train.transforms if isinstance(t, v2.RandomResizedCrop))
+    assert tuple(rrc.size) == (64, 64) and rrc.scale == (0.5, 1.0) and rrc.interpolation == v2.InterpolationMode.BICUBIC
+    assert not any(isinstance(t, v2.RandomHorizontalFlip) for t in train.transforms)
+    resize = next(t for t in evaluate.transforms if isinstance(t, v2.Resize))
+    assert resize.size == [70]  # floor(56 / 0.8)
+    norm = next(t for t in evaluate.transforms if isinstance(t, v2.Normalize))
+    assert norm.mean == [0.5, 0.5, 0.5] and norm.std == [0.25, 0.25, 0.25]
+    uint8 = D.build_transforms({**node, "output": "uint8"}, False)
+    assert uint8(torch.zeros(3, 80, 80, dtype=torch.uint8)).dtype == torch.uint8
+    for bad in ({"interpolation": "lanczos"}, {"output": "half"}, {"policy": "mixup"}, {"crop_size": 3}):
+        with pytest.raises(LauncherError):
+            D.build_transforms(bad, True)
+
+
+def test_defaults_agree_with_the_schemas():
+    schema = {f.name: f for f in dataclasses.fields(TransformConfig)}
+    for key, value in D.TRANSFORM_DEFAULTS.items():
+        default = (
+            schema[key].default_factory()
+            if schema[key].default_factory is not dataclasses.MISSING
+            else schema[key].default
+        )
+        assert key == "name" or default == value, key
+    assert set(schema) - set(D.TRANSFORM_DEFAULTS) == {"_target_"}
+    loader = {f.name: f.default for f in dataclasses.fields(LoaderConfig)}
+    assert set(loader) - set(D.LOADER_DEFAULTS) == {"_target_", "dataset"}
+    assert all(loader[k] == v for k, v in D.LOADER_DEFAULTS.items() if k != "name")
+
+
+@pytest.mark.parametrize("output", ["float", "uint8"])
+def test_in_place_batch_equals_per_sample_pipeline(prepared, output):
+    """__getitems__ + collate (one tensor, written in place) == the v2 pipeline per sample, stacked."""
+    cfg = config(prepared(), f"transform.output={output}", "transform.train_crop_size=40")
+    dataset = D.build_dataset(cfg, "train")
+    indices = [3, 0, 17, 8, 25]
+    torch.manual_seed(5)
+    images, targets = D.collate(dataset.__getitems__(indices))
+    torch.manual_seed(5)
+    expected = torch.stack([dataset[i][0] for i in indices])
+    assert images.shape == (5, 3, 40, 40) and images.dtype == expected.dtype
+    assert torch.equal(images, expected)
+    assert targets.tolist() == [dataset.targets[i] for i in indices]
+
+
+def test_uint8_output_normalized_on_device_equals_float_output(prepared):
+    root = prepared()
+    floats = D.build_dataset(config(root, "transform.train_crop_size=32"), "train")
+    uint8 = D.build_dataset(config(root, "transform.train_crop_size=32", "transform.output=uint8"), "train")
+    indices = list(range(0, 40, 3))
+    torch.manual_seed(1)
+    expected, _ = D.collate(floats.__getitems__(indices))
+    torch.manual_seed(1)
+    raw, _ = D.collate(uint8.__getitems__(indices))
+    assert raw.dtype == torch.uint8
+    got = D.normalize_on_device(raw, uint8.transform.mean, uint8.transform.std, device="cpu")
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
+
+
+# ---------------------------------------------------------------- samplers, ranks, loaders
+
+
+@pytest.mark.parametrize("size,world", [(10, 3), (7, 2), (5, 8), (30, 1), (0, 2)])
+def test_eval_sampler_covers_every_index_exactly_once(size, world):
+    seen = [i for rank in range(world) for i in D.EvalSampler(size, rank, world)]
+    assert sorted(seen) == list(range(size))
+    assert sum(len(D.EvalSampler(size, r, world)) for r in range(world)) == size
+    padded = [i for r in range(world) for i in DistributedSampler(range(size), world, r, shuffle=False)]
+    assert (len(padded) != size) == (size % world != 0)  # what EvalSampler avoids
+
+
+def test_rank_and_world_from_env(monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(key, raising=False)
+    assert D.rank_and_world() == (0, 1)
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert D.rank_and_world() == (3, 4)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert D.rank_and_world() == (1, 2)
+
+
+def test_loader_takes_every_option(prepared, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    overrides = [
+        "loader.batch_size=6",
+        "loader.eval_batch_size=5",
+        "loader.num_workers=1",
+        "loader.prefetch_factor=3",
+        "loader.persistent_workers=false",
+        "loader.seed=7",
+        "loader.drop_last=true",
+    ]
+    cfg = config(prepared(), *overrides)
+    train, val = D.build_loader(cfg, "train"), D.build_loader(cfg, "val")
+    assert isinstance(train.sampler, DistributedSampler)
+    s = train.sampler
+    assert (s.rank, s.num_replicas, s.seed, s.shuffle, s.drop_last) == (1, 2, 7, True, True)
+    assert (train.batch_size, train.num_workers, train.prefetch_factor, train.persistent_workers) == (6, 1, 3, False)
+    assert train.drop_last and not train.pin_memory  # no GPU here
+    assert isinstance(val.sampler, D.EvalSampler) and (val.sampler.rank, val.sampler.world_size) == (1, 2)
+    assert val.batch_size == 5 and not val.drop_last
+    before = list(train.sampler)
+    D.set_epoch(train, 1)
+    assert sorted(list(train.sampler)) != before or len(before) < 2
+
+
+def test_loader_epoch_through_workers_with_plain_dicts(prepared):
+    root = prepared("uneven")
+    cfg = {
+        "storage": {"root": str(root), "state_dir": str(root / ".launcher")},
+        "transform": {"train_crop_size": 32, "eval_crop_size": 32},
+        "loader": {"batch_size": 8, "num_workers": 2, "drop_last": False},
+    }
+    loader = D.build_loader(cfg, "val")
+    batches = list(loader)
+    assert sum(len(y) for _, y in batches) == len(loader.dataset)
+    for x, y in batches:
+        assert x.dtype == torch.float32 and x.shape[1:] == (3, 32, 32) and x.shape[0] == len(y)
+    assert torch.cat([y for _, y in batches]).tolist() == loader.dataset.targets  # eval order, one rank
+
+
+def test_instantiate_builds_every_object(prepared):
+    root = prepared()
+    cfg = config(root, "transform=randaugment", "loader.batch_size=4", "loader.num_workers=0")
+    tf = instantiate(cfg.transform, train=True)
+    assert isinstance(tf, D.Pipeline) and any(isinstance(t, v2.RandAugment) for t in tf.transforms)
+    dataset = instantiate(cfg.loader.dataset, split="val", transform=instantiate(cfg.transform, train=False))
+    assert isinstance(dataset, D.ImageNet) and dataset.samples == D.build_dataset(cfg, "val").samples
+    loader = instantiate(cfg.loader, dataset={"split": "train", "transform": tf})
+    assert isinstance(loader, torch.utils.data.DataLoader) and isinstance(loader.sampler, DistributedSampler)
+    x, y = next(iter(loader))
+    assert x.shape == (4, 3, 224, 224) and len(y) == 4
