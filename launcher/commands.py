@@ -379,6 +379,11 @@ def cmd_demo(cfg: DictConfig) -> int:
     if code:
         return code
     print("demo 3/4 verify: not built yet (the verify issue)")
-    print("demo 4/4 loader epoch: not built yet (the loaders issue)")
+    print("demo 4/4 loader: one epoch of the train loader, as a training job would build it")
+    from launcher.bench import run_bench
+
+    code = run_bench(bench_request(cfg), cluster_of(cfg))
+    if code:
+        return code
     print(f"demo: done in {time.time() - t0:.1f}s; torchvision root {Path(cfg.storage.root).absolute()}")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import pytest
 from launcher.layout import read_json
 
 from archive_tools import copy_archives, rewrite_class, tar_bytes
-from conftest import cli, dataset_overrides, sacct, storage_overrides, tree_bytes
+from conftest import REPO, cli, dataset_overrides, sacct, storage_overrides, tree_bytes
 from test_prepare import assert_same_as_oracle
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -206,3 +207,45 @@ def test_max_array_size_comes_from_scontrol(slurm_cluster):
     expected = int(next(line.split("=")[1] for line in shown.splitlines() if line.startswith("MaxArraySize")))
     assert max_array_size(Cluster(name="slurm", executor="slurm")) == expected
     assert max_array_size(Cluster(name="slurm", executor="slurm", max_array_size=7)) == 7
+
+
+def test_training_example_on_two_ranks(slurm_cluster, archives, tmp_path):
+    """slurm/train_example.sbatch: 2 ranks stage the root once, then see every val image once."""
+    result = archives()
+    shared = tmp_path / "shared"
+    assert (
+        cli(
+            "prepare", *storage_overrides(result.archive_dir, shared), *dataset_overrides(result), "cluster=debug"
+        ).returncode
+        == 0
+    )
+    local = tmp_path / "node-local" / "imagenet"
+    out = tmp_path / "job.out"
+    run = subprocess.run(
+        [
+            "sbatch",
+            "--wait",
+            f"--output={out}",
+            "--mem-per-cpu=1G",
+            "slurm/train_example.sbatch",
+            f"storage.root={shared}",
+            "loader.batch_size=4",
+            "loader.num_workers=0",
+            "loader.drop_last=false",
+            "transform.train_crop_size=32",
+            "transform.eval_crop_size=32",
+        ],
+        cwd=REPO,
+        env={**os.environ, "STAGE_TO": str(local)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    log = out.read_text() if out.exists() else ""
+    assert run.returncode == 0, run.stderr + log
+    n_train, n_val = sum(result.train_counts.values()), len(result.val_wnids)
+    counts = re.search(r"ranks=2 train images/epoch=(\d+) val images=(\d+)", log)
+    assert counts, log
+    assert int(counts.group(2)) == n_val
+    assert n_train <= int(counts.group(1)) <= n_train + 1  # DistributedSampler pads train to even shares
+    assert (local / "meta.bin").exists() and tree_bytes(local) == tree_bytes(shared)

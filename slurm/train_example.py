@@ -1,0 +1,67 @@
+"""A training job's data side, reusing launcher's configs: what each rank of `srun` runs.
+
+    srun python slurm/train_example.py storage=lustre storage.root=/lustre/datasets/imagenet \
+        transform=randaugment loader.batch_size=128
+
+1. compose the same configs prepare used (any Hydra override works here too);
+2. stage the prepared root to node-local disk once per node (local rank 0 copies, the others wait);
+3. join torch.distributed from SLURM's variables (gloo on CPU, nccl on GPU);
+4. build the loaders; call set_epoch every epoch; evaluate every val image exactly once.
+The model is left out: this shows how ranks find their data.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import torch
+import torch.distributed as dist
+
+from launcher import compose_config
+from launcher.data import build_loader, normalize_on_device, set_epoch
+from launcher.stage import stage_root
+
+
+def init_distributed() -> tuple[int, int]:
+    """torch.distributed from srun's SLURM_PROCID/SLURM_NTASKS; the first node hosts the rendezvous."""
+    rank, world = int(os.environ.get("SLURM_PROCID", 0)), int(os.environ.get("SLURM_NTASKS", 1))
+    if world > 1:
+        nodes = os.environ.get("SLURM_JOB_NODELIST", "localhost")
+        first = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True).stdout.split()
+        os.environ.setdefault("MASTER_ADDR", first[0] if first else "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(20000 + int(os.environ.get("SLURM_JOB_ID", 0)) % 20000))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=rank, world_size=world)
+    return rank, world
+
+
+def main(overrides: list[str]) -> None:
+    rank, world = init_distributed()
+    cfg = compose_config("bench", overrides)
+    if os.environ.get("SLURM_TMPDIR") or os.environ.get("STAGE_TO"):  # node-local copy, once per node
+        shared = cfg.storage.root
+        local = os.environ.get("STAGE_TO") or os.path.join(os.environ["SLURM_TMPDIR"], "imagenet")
+        stage_root(shared, local)
+        cfg = compose_config("bench", [*overrides, f"storage.root={local}"])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    train, val = build_loader(cfg, "train"), build_loader(cfg, "val")
+    seen = torch.zeros(2, dtype=torch.long)
+    for epoch in range(int(os.environ.get("EPOCHS", 1))):
+        set_epoch(train, epoch)  # every rank reshuffles the same way: each sample once per epoch
+        for images, labels in train:
+            if cfg.transform.output == "uint8":
+                images = normalize_on_device(images, cfg.transform.mean, cfg.transform.std, device)
+            seen[0] += len(labels)  # forward/backward go here
+    for _images, labels in val:  # no padding: every val image on exactly one rank
+        seen[1] += len(labels)
+    if world > 1:
+        dist.all_reduce(seen)
+    if rank == 0:
+        print(f"ranks={world} train images/epoch={seen[0].item()} val images={seen[1].item()}", flush=True)
+    if world > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
