@@ -5,6 +5,7 @@ Nothing heavy is imported before a command runs: `--help` answers without torch.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from launcher.commands import COMMANDS
@@ -33,6 +34,8 @@ def usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("-sc", "--shell-completion"):
+        return shell_completion(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0 if argv else 2
@@ -44,6 +47,28 @@ def main(argv: list[str] | None = None) -> int:
     from launcher.commands import run_with_hydra
 
     return run_with_hydra(command, overrides)
+
+
+def shell_completion(argv: list[str]) -> int:
+    """Hydra's shell completion, with the command word in front of the overrides:
+    `eval "$(launcher -sc install=bash)"`, then `launcher prepare clu<TAB>`."""
+    from launcher.commands import run_with_hydra
+
+    if len(argv) < 2 or not argv[1].startswith("query="):
+        return run_with_hydra("prepare", argv, program="launcher")  # install=/uninstall= print the script
+    words = os.environ.get("COMP_LINE", "").split()
+    start = words.index("launcher") + 1 if "launcher" in words else 1
+    words = words[start:]
+    typing_command = not words or (len(words) == 1 and not os.environ.get("COMP_LINE", "").endswith(" "))
+    if typing_command:
+        print(" ".join(c for c in COMMANDS if c.startswith(words[0] if words else "")))
+        return 0
+    if words[0] not in COMMANDS:
+        return 0
+    os.environ["COMP_LINE"] = " ".join(["launcher", *words[1:]]) + (
+        " " if os.environ["COMP_LINE"].endswith(" ") else ""
+    )
+    return run_with_hydra(words[0], argv, program="launcher")
 
 
 if __name__ == "__main__":

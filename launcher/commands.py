@@ -39,7 +39,7 @@ COMMANDS = {
 # ---------------------------------------------------------------- running under Hydra
 
 
-def run_with_hydra(command: str, overrides: list[str]) -> int:
+def run_with_hydra(command: str, overrides: list[str], program: str | None = None) -> int:
     """Run `command` as a Hydra app (so --help, --cfg, --info, -m work as in any Hydra app)."""
     import hydra
 
@@ -55,7 +55,7 @@ def run_with_hydra(command: str, overrides: list[str]) -> int:
 
     task.__module__ = "launcher"  # Hydra names the job after this unless hydra.job.name is set
     saved = sys.argv
-    sys.argv = [f"launcher {command}", *overrides]
+    sys.argv = [program or f"launcher {command}", *overrides]
     try:
         hydra.main(version_base=None, config_path="pkg://launcher.conf", config_name=command)(task)()
     finally:

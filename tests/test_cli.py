@@ -65,3 +65,22 @@ def test_console_script_equals_module(tmp_path):
     assert exe, "the `launcher` console script is not installed"
     result = subprocess.run([exe, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout == cli("--help").stdout
+
+
+@pytest.mark.parametrize(
+    "line,expected",
+    [
+        ("launcher pre", "prepare"),
+        ("launcher prepare clu", "cluster="),
+        ("launcher prepare cluster=", "cluster=slurm"),
+        ("python -m launcher verify verify.le", "verify.level="),
+    ],
+)
+def test_tab_completion(line, expected):
+    result = cli("-sc", "query=bash", env={"COMP_LINE": line})
+    assert result.returncode == 0 and expected in result.stdout.split(), result.stdout + result.stderr
+
+
+def test_tab_completion_install_script():
+    result = cli("-sc", "install=bash")
+    assert result.returncode == 0 and "complete -p launcher" in result.stdout
