@@ -457,12 +457,17 @@ def fault_cases() -> int:
     import test_slurm
 
     tests = [f for name, f in globals().items() if name.startswith("test_") and inspect.isfunction(f)]
-    params = {"test_sigkill_at_any_moment_then_rerun": len(MOMENTS),
-              "test_hostile_archive_is_refused_and_nothing_escapes": len(HOSTILE),
-              "test_corrupt_header_checksum": 2}
+    params = {
+        "test_sigkill_at_any_moment_then_rerun": len(MOMENTS),
+        "test_hostile_archive_is_refused_and_nothing_escapes": len(HOSTILE),
+        "test_corrupt_header_checksum": 2,
+    }
     own = sum(params.get(f.__name__, 1) for f in tests if f.__name__ != "test_fault_suite_size")
-    slurm = [f for name, f in vars(test_slurm).items() if name.startswith("test_")
-             and any(m.name == "faults" for m in getattr(f, "pytestmark", []))]
+    slurm = [
+        f
+        for name, f in vars(test_slurm).items()
+        if name.startswith("test_") and any(m.name == "faults" for m in getattr(f, "pytestmark", []))
+    ]
     return own + len(slurm) + 2  # + the requeue and preemption cases of test_slurm
 
 
