@@ -57,11 +57,12 @@ def in_process(args: list[str], capsys) -> Run:
     return Run(code, out, err)
 
 
-def run_traced(args, syscalls, inject_at=None, log=None):
-    """`python -m launcher ...` under strace; with inject_at=N the N-th of `syscalls` gets SIGKILL."""
+def run_traced(args, syscalls, inject_at=None, path=None, log=None):
+    """`python -m launcher ...` under strace; with `path` and inject_at=N, the N-th of `syscalls` on
+    that path gets SIGKILL (strace counts per path and process, whatever else the run writes)."""
     cmd = ["strace", "-f", "-qq", "-y", "-e", f"trace={syscalls}", "-o", str(log or os.devnull)]
     if inject_at:
-        cmd += ["-e", f"inject={syscalls}:signal=SIGKILL:when={inject_at}"]
+        cmd += ["-P", str(path), "-e", f"inject={syscalls}:signal=SIGKILL:when={inject_at}"]
     return subprocess.run([*cmd, sys.executable, "-m", "launcher", *args], capture_output=True, text=True, timeout=300)
 
 
@@ -76,13 +77,13 @@ def leftovers(root: Path) -> list[str]:
 # ---------------------------------------------------------------- crash at any moment
 
 MOMENTS = {
-    # name: (syscalls, how to find the call in a traced clean run)
+    # name: (syscalls, the path the call touches in a traced clean run[#which of the matching calls])
     "writing devkit.json": (RENAMES, r"devkit\.json"),
     "writing the train index": (RENAMES, r"index-train\.json"),
     "writing the val index": (RENAMES, r"index-val\.json"),
     "committing meta.bin": (RENAMES, r"meta\.bin\.part"),
-    "committing the first class": (RENAMES, r"\.partial/train/n\d+\", \"[^\"]*/train/n\d+\""),
-    "committing the last class": (RENAMES, r"\.partial/train/n\d+\", \"[^\"]*/train/n\d+\"#-1"),
+    "committing the first class": (RENAMES, r"\.partial/train/n\d+$"),
+    "committing the last class": (RENAMES, r"\.partial/train/n\d+$#-1"),
     "recording the first train unit": (RENAMES, r"units/\.train-[-\w]+\.json\.tmp"),
     "recording the last train unit": (RENAMES, r"units/\.train-\d+#-1"),
     "committing the first val image": (RENAMES, r"/val/n\d+/\.ILSVRC2012_val_\d+\.JPEG\.part"),
@@ -96,17 +97,21 @@ MOMENTS = {
     "mid-class, early": ("write", r"\.partial/train/n\d+/n\d+_\d+\.JPEG#q1"),
     "mid-class, half-way": ("write", r"\.partial/train/n\d+/n\d+_\d+\.JPEG#mid"),
     "mid-class, late": ("write", r"\.partial/train/n\d+/n\d+_\d+\.JPEG#q3"),
-    "writing a val image's bytes": ("write", r"/val/n\d+/\.ILSVRC2012_val_\d+\.JPEG\.part>#mid"),
+    "writing a val image's bytes": ("write", r"/val/n\d+/\.ILSVRC2012_val_\d+\.JPEG\.part$#mid"),
     "writing the train manifest's bytes": ("write", r"\.manifest-train\.json"),
     "writing meta.bin's bytes": ("write", r"meta\.bin\.part"),
-    "writing a unit record's bytes": ("write", r"units/\.train-\d+[^>]*>#mid"),
+    "writing a unit record's bytes": ("write", r"units/\.train-\d+#mid"),
     "writing the ledger": ("write", r"ledger\.jsonl"),
 }
 
 
+CALL = re.compile(r'^\d+ (?:write\(\d+<(?P<fd>[^>]+)>|rename\w*\((?:\S+<(?P<dir>[^>]*)>, )?"(?P<src>[^"]+)")')
+
+
 @pytest.fixture(scope="session")
 def clean_run(archives, tmp_path_factory):
-    """A clean prepare (the reference root) and its traced renames and writes, in order."""
+    """A clean prepare (the reference root) and, per traced syscall set, its root and the paths its
+    calls touched (the written file, the renamed source), in order."""
     result = archives("uneven")
     base = tmp_path_factory.mktemp("clean")
     traces = {}
@@ -115,17 +120,20 @@ def clean_run(archives, tmp_path_factory):
         log = base / f"{syscalls.split(',')[0]}.strace"
         run = run_traced(prepare_args(result, root), syscalls, log=log)
         assert run.returncode == 0, run.stderr
-        traces[syscalls] = [line for line in log.read_text().splitlines() if re.search(r"(rename|write)\w*\(", line)]
+        calls = [m for m in map(CALL.match, log.read_text().splitlines()) if m]
+        traces[syscalls] = (root, [m["fd"] or os.path.join(m["dir"] or "", m["src"]) for m in calls])
     return result, root, traces
 
 
-def call_index(trace: list[str], spec: str) -> int:
-    """1-based index of the call matching `pattern[#first|#-1|#mid|#q1|#q3]` in the traced run."""
+def target_call(paths: list[str], spec: str) -> tuple[str, int]:
+    """The call matching `pattern[#first|#-1|#mid|#q1|#q3]` in a traced run, as (its path, which
+    call on that path it is, 1-based)."""
     pattern, _, which = spec.partition("#")
-    hits = [i + 1 for i, line in enumerate(trace) if re.search(pattern, line)]
+    hits = [i for i, path in enumerate(paths) if re.search(pattern, path)]
     assert hits, f"no call matches {pattern!r}"
     position = {"": 0, "-1": len(hits) - 1, "mid": len(hits) // 2, "q1": len(hits) // 4, "q3": 3 * len(hits) // 4}
-    return hits[position[which]]
+    i = hits[position[which]]
+    return paths[i], paths[: i + 1].count(paths[i])
 
 
 @pytest.mark.slow
@@ -133,10 +141,13 @@ def call_index(trace: list[str], spec: str) -> int:
 def test_sigkill_at_any_moment_then_rerun(moment, clean_run, tmp_path, capsys):
     result, reference, traces = clean_run
     syscalls, spec = MOMENTS[moment]
-    n = call_index(traces[syscalls], spec)
+    clean_root, paths = traces[syscalls]
+    path, n = target_call(paths, spec)
     root = tmp_path / "root"
-    crashed = run_traced(prepare_args(result, root), syscalls, inject_at=n)
-    assert crashed.returncode in (-9, 137), f"not killed at call {n}: {crashed.returncode} {crashed.stderr[-500:]}"
+    path = str(root) + path.removeprefix(str(clean_root))
+    crashed = run_traced(prepare_args(result, root), syscalls, inject_at=n, path=path)
+    killed = crashed.returncode in (-9, 137)
+    assert killed, f"not killed at call {n} on {path}: {crashed.returncode} {crashed.stderr[-500:]}"
     rerun = in_process(prepare_args(result, root), capsys)
     assert rerun.returncode == 0, rerun.stderr
     assert tree_bytes(root) == tree_bytes(reference)
