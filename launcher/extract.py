@@ -54,36 +54,51 @@ os.umask(_UMASK)
 
 def make_dir(path: Path, out: Output) -> None:
     """mkdir (parents too) with the configured mode and group; an existing folder is left alone."""
-    if path.is_dir():
-        return
-    make_dir(path.parent, out)
     try:
-        os.mkdir(path, out.dir_mode)
+        os.mkdir(path, out.dir_mode)  # one syscall in the common case: the parent exists
     except FileExistsError:
         return
+    except FileNotFoundError:  # a parent is missing: make it, then try once more
+        make_dir(path.parent, out)
+        try:
+            os.mkdir(path, out.dir_mode)
+        except FileExistsError:
+            return
     if out.dir_mode & ~_UMASK != out.dir_mode or out.dir_mode & 0o7000:
         os.chmod(path, out.dir_mode)
     if out.gid >= 0:
         os.chown(path, -1, out.gid)
 
 
-def write_file(path: Path, data, out: Output, exclusive: bool = True) -> None:
-    """Write `data` to `path` in full; a failure (disk full, read-only) names the path."""
+def write_file(path: Path | str, data, out: Output, exclusive: bool = True, dir_fd: int | None = None) -> None:
+    """Write `data` to `path` in full (relative to the open folder `dir_fd` if given: no path lookup
+    per file); a failure (disk full, read-only) names the path."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if exclusive else os.O_TRUNC)
     try:
-        fd = os.open(path, flags, out.file_mode)
+        fd = os.open(path, flags, out.file_mode, dir_fd=dir_fd)
         try:
-            if out.file_mode & ~_UMASK != out.file_mode:
+            if out.file_mode & ~_UMASK != out.file_mode:  # the umask took bits away: put them back
                 os.fchmod(fd, out.file_mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            written = os.write(fd, data)
+            if written < len(data):  # short writes are rare (signals, some network file systems)
+                view = memoryview(data)[written:]
+                while view:
+                    view = view[os.write(fd, view) :]
             if out.fsync:
                 os.fsync(fd)
         finally:
             os.close(fd)
     except OSError as err:
-        raise LauncherError(f"cannot write {path}: {err.strerror or err}") from err
+        where = f"{folder_of(dir_fd)}/{path}" if dir_fd is not None else path
+        raise LauncherError(f"cannot write {where}: {err.strerror or err}") from err
+
+
+def folder_of(dir_fd: int) -> str:
+    """The path of an open folder (for error messages)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{dir_fd}")
+    except OSError:
+        return "<folder>"
 
 
 def safe_name(name: str) -> bool:
@@ -138,16 +153,21 @@ def extract_class(fd: int, member: Member, root: Path, template: str, expected: 
         check_count(files, expected, wnid, label, final)
         return files
     tmp = root / ".partial" / "train" / wnid
-    shutil.rmtree(tmp, ignore_errors=True)
+    if os.path.lexists(tmp):  # left by a run that stopped half-way
+        shutil.rmtree(tmp, ignore_errors=True)
     make_dir(tmp, out)
     inner = f"{label} member {member.name}"
     pattern, seen, files = image_pattern(template, wnid), set(), []
     try:
-        window = Window(fd, member.offset, member.end, inner)
-        for m in scan(fd, member.offset, member.end, inner, window):
-            check_member(m, pattern, inner, seen)
-            write_file(tmp / m.name, window.view(m.offset, m.size, m.name), out)
-            files.append([m.name, m.size])
+        folder = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            window = Window(fd, member.offset, member.end, inner)
+            for m in scan(fd, member.offset, member.end, inner, window):
+                check_member(m, pattern, inner, seen)
+                write_file(m.name, window.view(m.offset, m.size, m.name), out, dir_fd=folder)
+                files.append([m.name, m.size])
+        finally:
+            os.close(folder)
         check_count(files, expected, wnid, inner, final)
         os.rename(tmp, final)
     except BaseException:
@@ -201,7 +221,7 @@ def extract_val(val_tar: str, root: str, index: str, devkit: str, start: int, st
         raise err
     val_wnids = read_json(Path(devkit))["devkit"]["val_wnids"]
     members = idx["members"][start:stop]
-    val_dir = Path(root) / "val"
+    val_dir = os.path.join(root, "val")
     made: set[str] = set()
     files, nbytes = [], 0
     fd = os.open(val_tar, os.O_RDONLY | os.O_CLOEXEC)
@@ -209,13 +229,13 @@ def extract_val(val_tar: str, root: str, index: str, devkit: str, start: int, st
         window = Window(fd, members[0][1] if members else 0, idx["archive"]["size"], val_tar)
         for name, offset, size, number in members:
             wnid = val_wnids[number - 1]
-            folder = val_dir / wnid
+            folder = f"{val_dir}/{wnid}"  # plain strings: pathlib costs more than the syscalls here
             if wnid not in made:
-                make_dir(folder, out)
+                make_dir(Path(folder), out)
                 made.add(wnid)
-            tmp = folder / f".{name}.part"
+            tmp = f"{folder}/.{name}.part"
             write_file(tmp, window.view(offset, size, name), out, exclusive=False)
-            os.rename(tmp, folder / name)
+            os.rename(tmp, f"{folder}/{name}")
             files.append([wnid, name, size])
             nbytes += size
     finally:
@@ -233,21 +253,48 @@ def extract_val(val_tar: str, root: str, index: str, devkit: str, start: int, st
 
 
 def write_meta(devkit: str, meta_bin: str) -> dict:
-    """Meta unit: root/meta.bin from the parsed devkit (torch.save, as torchvision writes it)."""
-    from launcher.devkit import Devkit, write_meta_bin
+    """Meta unit: root/meta.bin from the parsed devkit, as torchvision writes it, without torch."""
+    from launcher.devkit import Devkit
 
     t0 = time.perf_counter()
-    size = write_meta_bin(Path(meta_bin), Devkit.from_json(read_json(Path(devkit))["devkit"]))
+    kit = Devkit.from_json(read_json(Path(devkit))["devkit"])
+    size = write_torch_save(Path(meta_bin), (kit.wnid_to_classes, kit.val_wnids))
     return {"bytes": size, "seconds": time.perf_counter() - t0}
+
+
+def write_torch_save(path: Path, obj) -> int:
+    """What `torch.save(obj, path)` writes for an object of plain Python values (no tensors): a zip of
+    `<stem>/data.pkl` (a protocol-2 pickle, byte for byte torch's) beside torch's version records.
+    Written with zipfile so that the meta unit does not import torch (~3 s of a worker's CPU);
+    `torch.load(path, weights_only=True)` reads it as it reads torch's own. Atomic: tmp + rename."""
+    import pickle
+    import zipfile
+
+    stem, data = path.name.rsplit(".", 1)[0], pickle.dumps(obj, protocol=2)
+    records = {
+        "data.pkl": data,
+        ".format_version": b"1",
+        ".storage_alignment": b"64",
+        "byteorder": b"little",
+        "version": b"3\n",
+        ".data/serialization_id": hashlib.sha1(data).hexdigest().encode(),  # torch: a random id
+    }
+    tmp = path.with_name(f"{path.name}.part")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
+        for name, record in records.items():
+            archive.writestr(zipfile.ZipInfo(f"{stem}/{name}", date_time=(1980, 1, 1, 0, 0, 0)), record)
+    os.replace(tmp, path)
+    return path.stat().st_size
 
 
 def check_md5(path: str, expected: str, key: str) -> dict:
     """Md5 unit: the md5 of a whole archive, compared with dataset.archives.<key>.md5."""
     t0 = time.perf_counter()
-    digest = hashlib.md5()
+    digest, buf = hashlib.md5(), bytearray(1 << 20)  # one buffer, reused: no allocation per read
+    view = memoryview(buf)
     with open(path, "rb", buffering=0) as f:
-        while block := f.read(8 << 20):
-            digest.update(block)
+        while n := f.readinto(buf):
+            digest.update(view[:n])
     actual = digest.hexdigest()
     if actual != expected.lower():
         raise LauncherError(

@@ -80,30 +80,30 @@ def truncated(label: str, member: str, needed: int, available: int) -> TarError:
     )
 
 
-def octal(field: bytes | memoryview) -> int:
+def octal(field: bytes) -> int:
     """A numeric header field: NUL/space-terminated octal, or GNU base-256 for large values."""
-    raw = bytes(field)
-    if raw[0] & 0x80:
-        return int.from_bytes(raw[1:], "big")
-    digits = raw.split(b"\0", 1)[0].strip()
+    if field[0] & 0x80:
+        return int.from_bytes(field[1:], "big")
+    digits = field.split(b"\0", 1)[0].strip()
     return int(digits, 8) if digits else 0
 
 
-def text(field: bytes | memoryview) -> str:
-    return bytes(field).split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+def text(field: bytes) -> str:
+    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
 
-def check_checksum(block: memoryview, label: str, offset: int) -> None:
-    raw = bytes(block)
+def check_checksum(header: bytes, label: str, offset: int) -> None:
+    """The header's checksum: the sum of its bytes with the checksum field read as spaces (the
+    unsigned sum, as every tar writes it; old tars wrote the signed sum, accepted as well)."""
     try:
-        stored = octal(raw[148:156])
+        stored = octal(header[148:156])
     except ValueError:
         stored = -1
-    body = raw[:148] + raw[156:]
-    unsigned = sum(body) + 256
+    unsigned = sum(header) - sum(header[148:156]) + 8 * 32
     if stored == unsigned:
         return
-    signed = sum(b - 256 if b > 127 else b for b in body) + 256
+    body = header[:148] + header[156:]
+    signed = sum(b - 256 if b > 127 else b for b in body) + 8 * 32
     if stored != signed:
         raise TarError(
             f"{label} is corrupt: the tar header at offset {offset:,} fails its checksum "
@@ -125,23 +125,23 @@ def pax_records(data: bytes) -> dict[str, str]:
 
 def scan(fd: int, start: int, end: int, label: str, window: Window | None = None) -> Iterator[Member]:
     """Members of the tar in bytes [start, end) of `fd`, in archive order."""
-    win = window or Window(fd, start, end, label, chunk=64 * BLOCK)
+    # Without a window from the caller only headers are read: one 512-byte pread per member (an
+    # ImageNet member is ~110 KB, so reading ahead would copy data nobody looks at).
+    win = window or Window(fd, start, end, label, chunk=BLOCK)
     pos, long_name, long_link, pax = start, None, None, {}
     while pos + BLOCK <= end:
-        block = win.view(pos, BLOCK)
-        if block == ZERO_BLOCK:
+        header = win.view(pos, BLOCK).tobytes()  # one copy of 512 bytes; fields are sliced from it
+        if header == ZERO_BLOCK:
             return
-        check_checksum(block, label, pos)
-        size = octal(block[124:136])
-        typeflag = bytes(block[156:157])
+        check_checksum(header, label, pos)
+        size = member_size(header, pax, label, pos)
+        typeflag = header[156:157]
         data_at = pos + BLOCK
-        if "size" in pax:
-            size = int(pax["size"])
-        name = long_name or pax.get("path") or header_name(block)
+        name = long_name or pax.get("path") or header_name(header)
         if data_at + size > end:
             raise truncated(label, name, data_at + size, end)
         if typeflag in META_TYPES:
-            data = bytes(win.view(data_at, size, name))
+            data = win.view(data_at, size, name).tobytes()
             if typeflag == b"L":
                 long_name = text(data)
             elif typeflag == b"K":
@@ -149,17 +149,32 @@ def scan(fd: int, start: int, end: int, label: str, window: Window | None = None
             elif typeflag == b"x":
                 pax = pax_records(data)
         else:
-            link = long_link or pax.get("linkpath") or text(block[157:257])
+            link = long_link or pax.get("linkpath") or text(header[157:257])
             yield Member(name, data_at, size, KINDS.get(typeflag, "other"), link)
             long_name, long_link, pax = None, None, {}
         pos = data_at + (size + BLOCK - 1) // BLOCK * BLOCK
     raise truncated(label, "", pos + BLOCK, end)  # no end-of-archive block: cut short
 
 
-def header_name(block: memoryview) -> str:
-    name = text(block[0:100])
-    if bytes(block[257:265]) == POSIX_MAGIC:
-        prefix = text(block[345:500])
+def member_size(header: bytes, pax: dict[str, str], label: str, offset: int) -> int:
+    """The data size of a member (a pax `size` record overrides the header's); never negative, so the
+    walk always moves forward."""
+    try:
+        size = int(pax["size"]) if "size" in pax else octal(header[124:136])
+    except ValueError:
+        size = -1
+    if size < 0:
+        raise TarError(
+            f"{label} is corrupt: the tar header at offset {offset:,} gives no valid size. Download or copy "
+            "the archive again."
+        )
+    return size
+
+
+def header_name(header: bytes) -> str:
+    name = text(header[0:100])
+    if header[257:265] == POSIX_MAGIC:
+        prefix = text(header[345:500])
         if prefix:
             name = f"{prefix}/{name}"
     return name
