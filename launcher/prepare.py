@@ -18,8 +18,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from launcher import dispatch, plan, runner
+from launcher import plan
 from launcher.devkit import Devkit, parse_devkit
 from launcher.errors import LauncherError
 from launcher.extract import Output, make_dir
@@ -28,6 +29,9 @@ from launcher.layout import SPLITS, Layout, Lock, read_json, write_json
 from launcher.manifest import build_manifest, write_manifest
 from launcher.progress import human_bytes, table
 from launcher.units import Unit, is_complete, run_unit
+
+if TYPE_CHECKING:
+    from launcher import dispatch
 
 ARCHIVES_OF = {"train": ("devkit", "train"), "val": ("devkit", "val")}
 
@@ -538,7 +542,10 @@ def print_summary(req: PrepareRequest, units: list[Unit], before: set[str], wall
 
 
 def dispatch_slurm(cluster: dispatch.Cluster, folder: Path, p: Plan, todo: list[Unit], active: dict) -> list:
-    """Arrays per split; each split's finalize job waits (afterok) for its arrays, in SLURM."""
+    """Arrays per split. Without waiting, each split's finalize job waits (afterok) for its arrays in
+    SLURM; when this process waits anyway, it finalizes itself, as on the other executors."""
+    from launcher import runner
+
     common = [u for u in todo if u.kind == "meta" or (u.kind == "md5" and u.args["key"] == "devkit")]
     jobs = runner.submit_units(cluster, folder, "prepare-common", common)
     running = [job for uid, (_, _, job) in active.items() if uid in ("meta", "md5-devkit")]
@@ -548,7 +555,7 @@ def dispatch_slurm(cluster: dispatch.Cluster, folder: Path, p: Plan, todo: list[
         split_jobs = runner.submit_units(cluster, folder, f"prepare-{split}", mine)
         jobs += split_jobs
         waiting = [job for uid, (_, _, job) in active.items() if uid.startswith((f"{split}-", f"md5-{split}"))]
-        if not is_complete(fin) and fin.id not in active:
+        if not cluster.waits and not is_complete(fin) and fin.id not in active:
             after = after_common + [j.job_id for j in split_jobs] + waiting
             jobs += runner.submit_units(cluster, folder, f"prepare-{split}-finalize", [fin], after=after)
     return jobs
@@ -571,6 +578,8 @@ def run_prepare(req: PrepareRequest, cluster: dispatch.Cluster) -> int:
     if not req.dry_run and (done := already_complete(req)):
         print_complete(req, done)
         return 0
+    from launcher import dispatch, runner  # submitit: not needed when everything is complete
+
     check_writable(req.layout)
     with Lock(req.layout.lock_file, f"prepare of {req.layout.root}"):
         min_bytes = plan.MIN_SHARD_BYTES if cluster.executor == "slurm" else 0
@@ -599,10 +608,8 @@ def run_prepare(req: PrepareRequest, cluster: dispatch.Cluster) -> int:
             runner.print_submitted("prepare", cluster, folder, jobs, req.argv)
             return 0
         jobs += [dispatch.attach(ex, job, where) for ex, where, job in sorted(set(active.values()))]
-        watched = all_units if cluster.executor == "slurm" else p.units
-        errors = runner.follow("prepare", watched, jobs, cluster)
-        if cluster.executor != "slurm":
-            errors.update(finalize_here(p))
+        errors = runner.follow("prepare", p.units, jobs, cluster)
+        errors.update(finalize_here(p))
         print_summary(req, all_units, before, time.time() - t0)
         if errors or not all(is_complete(u) for u in all_units):
             runner.print_errors(errors or {"prepare": "some units did not complete; see `launcher status`"})
