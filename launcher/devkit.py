@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
 import tarfile
 import zlib
 from dataclasses import dataclass
@@ -156,21 +155,3 @@ def parse_devkit(path: Path, meta_member: str, ground_truth_member: str, max_byt
     id_to_wnid, wnid_to_classes, counts = parse_meta_mat(members[meta_member], f"{path}:{meta_member}")
     val_wnids = parse_ground_truth(members[ground_truth_member], id_to_wnid, f"{path}:{ground_truth_member}")
     return Devkit(wnid_to_classes=wnid_to_classes, num_train_images=counts, val_wnids=val_wnids)
-
-
-def write_meta_bin(path: Path, devkit: Devkit) -> int:
-    """torchvision's meta.bin: torch.save((wnid_to_classes, val_wnids)), written atomically."""
-    import torch
-
-    tmp = Path(f"{path}.part")
-    torch.save((devkit.wnid_to_classes, devkit.val_wnids), tmp)
-    os.replace(tmp, path)
-    return path.stat().st_size
-
-
-def load_meta_bin(path: Path) -> tuple[dict[str, tuple[str, ...]], list[str]]:
-    """meta.bin as torchvision loads it."""
-    import torch
-
-    wnid_to_classes, val_wnids = torch.load(path, weights_only=True)
-    return wnid_to_classes, val_wnids

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from launcher import torchfile
 from launcher.errors import LauncherError
 from launcher.layout import read_json
 from launcher.tarscan import Member, Window, scan
@@ -258,33 +259,8 @@ def write_meta(devkit: str, meta_bin: str) -> dict:
 
     t0 = time.perf_counter()
     kit = Devkit.from_json(read_json(Path(devkit))["devkit"])
-    size = write_torch_save(Path(meta_bin), (kit.wnid_to_classes, kit.val_wnids))
+    size = torchfile.save(Path(meta_bin), (kit.wnid_to_classes, kit.val_wnids))
     return {"bytes": size, "seconds": time.perf_counter() - t0}
-
-
-def write_torch_save(path: Path, obj) -> int:
-    """What `torch.save(obj, path)` writes for an object of plain Python values (no tensors): a zip of
-    `<stem>/data.pkl` (a protocol-2 pickle, byte for byte torch's) beside torch's version records.
-    Written with zipfile so that the meta unit does not import torch (~3 s of a worker's CPU);
-    `torch.load(path, weights_only=True)` reads it as it reads torch's own. Atomic: tmp + rename."""
-    import pickle
-    import zipfile
-
-    stem, data = path.name.rsplit(".", 1)[0], pickle.dumps(obj, protocol=2)
-    records = {
-        "data.pkl": data,
-        ".format_version": b"1",
-        ".storage_alignment": b"64",
-        "byteorder": b"little",
-        "version": b"3\n",
-        ".data/serialization_id": hashlib.sha1(data).hexdigest().encode(),  # torch: a random id
-    }
-    tmp = path.with_name(f"{path.name}.part")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
-        for name, record in records.items():
-            archive.writestr(zipfile.ZipInfo(f"{stem}/{name}", date_time=(1980, 1, 1, 0, 0, 0)), record)
-    os.replace(tmp, path)
-    return path.stat().st_size
 
 
 def check_md5(path: str, expected: str, key: str) -> dict:

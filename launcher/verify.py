@@ -497,15 +497,15 @@ def verify_md5(path: str, expected: str, key: str) -> dict:
 
 
 def load_meta(root: Path) -> tuple[dict, list]:
-    """meta.bin loaded exactly as torchvision's `datasets.imagenet.load_meta_file` does (the file
-    exists, then `torch.load(path, weights_only=True)`), without importing torchvision: that
-    import alone costs verify about 2 s of start-up. tests/test_verify.py checks both agree."""
-    import torch
+    """meta.bin loaded as torchvision's `datasets.imagenet.load_meta_file` does (the file exists,
+    then `torch.load(path, weights_only=True)`), without importing torch or torchvision for a
+    meta.bin of plain values (about 2 s of start-up). tests/test_verify.py checks both agree."""
+    from launcher import torchfile
 
     path = root / "meta.bin"
     if not path.is_file():
         raise RuntimeError(f"The meta file {path} is not present in the root directory or is corrupted.")
-    return torch.load(path, weights_only=True)
+    return torchfile.load(path)
 
 
 def expected_layout(req: VerifyRequest, findings: list) -> dict:

@@ -287,12 +287,14 @@ def moved_train_image(root, odd, archives):
 
 
 def other_devkit_meta(root, odd, archives):
-    from launcher.devkit import parse_devkit, write_meta_bin
+    from launcher import torchfile
+    from launcher.devkit import parse_devkit
 
     from conftest import GROUND_TRUTH, META
 
     tiny = archives("tiny")
-    write_meta_bin(root / "meta.bin", parse_devkit(tiny.files["devkit"], META, GROUND_TRUTH, 1 << 28))
+    kit = parse_devkit(tiny.files["devkit"], META, GROUND_TRUTH, 1 << 28)
+    torchfile.save(root / "meta.bin", (kit.wnid_to_classes, kit.val_wnids))
     return {"meta.bin": "from another devkit"}
 
 
