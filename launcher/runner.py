@@ -14,23 +14,28 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from launcher import dispatch, plan
+from launcher import dispatch
 from launcher.layout import Layout, append_line
 from launcher.progress import Progress
 from launcher.units import Unit, is_complete, run_units
 
 
 def job_groups(todo: list[Unit], cluster: dispatch.Cluster) -> list[list[Unit]]:
-    """Units per job: one per array task on SLURM; elsewhere one list per parallel worker."""
+    """Units per job: one per array task on SLURM. Elsewhere one job per parallel worker, all with
+    the same queue of every unit, largest first: each job claims the next unclaimed one (see
+    `run_units`), so a worker that finishes early takes more, whatever a byte costs in each kind."""
     if cluster.executor == "slurm":
         return [[u] for u in todo]
-    groups = plan.balanced_groups([u.size for u in todo], cluster.parallelism)
-    return [[todo[i] for i in g] for g in groups]
+    queue = sorted(todo, key=lambda u: -u.size)
+    return [queue] * min(cluster.parallelism, len(queue))
 
 
 def submit_units(cluster: dispatch.Cluster, folder: Path, name: str, units: list[Unit], after: Sequence[str] = ()):
     """Submit units as jobs running `run_units`; the payload is the units: paths and ids only."""
-    tasks = [([u.id for u in g], (g,)) for g in job_groups(units, cluster)]
+    groups = job_groups(units, cluster)
+    shared = cluster.executor != "slurm" and len(groups) > 1  # local workers: one queue, claimed
+    claims = str(folder / f"claims-{name}") if shared else None
+    tasks = [([u.id for u in g], (g, claims)) for g in groups]
     return dispatch.submit(cluster, folder, name, run_units, tasks, after=after)
 
 
@@ -70,27 +75,41 @@ def ledger_entries(layout: Layout) -> list[dict]:
     return [json.loads(line) for line in layout.ledger.read_text().splitlines() if line.strip()]
 
 
-def ledger_jobs(layout: Layout) -> dict[str, tuple[str, str, str]]:
-    """unit id -> (executor, log folder, job id) of its latest submission."""
-    latest: dict[str, tuple[str, str, str]] = {}
+def ledger_jobs(layout: Layout) -> dict[str, list[tuple[str, str, str]]]:
+    """unit id -> [(executor, log folder, job id)] of its latest submission: one job on SLURM; on
+    local workers every job of the submission (they share one queue of units)."""
+    latest: dict[str, list[tuple[str, str, str]]] = {}
     for entry in ledger_entries(layout):
+        mine: dict[str, list[tuple[str, str, str]]] = {}
         for job in entry.get("jobs", []):
             for uid in job["units"]:
-                latest[uid] = (entry["executor"], entry["folder"], job["job_id"])
+                mine.setdefault(uid, []).append((entry["executor"], entry["folder"], job["job_id"]))
+        latest.update(mine)
     return latest
 
 
 def latest_states(layout: Layout, unit_ids: list[str]) -> dict[str, tuple[str, str, str, str]]:
-    """unit id -> (executor, folder, job id, job state) of each unit's latest submission."""
-    latest = {uid: job for uid, job in ledger_jobs(layout).items() if uid in unit_ids}
+    """unit id -> (executor, folder, job id, job state) of each unit's latest submission; of jobs
+    sharing a queue, one still active if any, else one that failed if any, else the last."""
+    wanted = set(unit_ids)
+    latest = {uid: jobs for uid, jobs in ledger_jobs(layout).items() if uid in wanted}
     by_folder: dict[tuple[str, str], set[str]] = {}
-    for executor, folder, job_id in latest.values():
-        by_folder.setdefault((executor, folder), set()).add(job_id)
+    for jobs in latest.values():
+        for executor, folder, job_id in jobs:
+            by_folder.setdefault((executor, folder), set()).add(job_id)
     states = {}
     for (executor, folder), job_ids in by_folder.items():
         for job_id, state in dispatch.job_states(executor, folder, sorted(job_ids)).items():
             states[(folder, job_id)] = state
-    return {uid: (ex, folder, job, states[(folder, job)]) for uid, (ex, folder, job) in latest.items()}
+
+    def pick(jobs: list[tuple[str, str, str]]) -> tuple[str, str, str, str]:
+        ranked = [(ex, folder, job, states[(folder, job)]) for ex, folder, job in jobs]
+        for wanted_states in (dispatch.ACTIVE, dispatch.FAILED):
+            if hit := [r for r in ranked if r[3] in wanted_states]:
+                return hit[0]
+        return ranked[-1]
+
+    return {uid: pick(jobs) for uid, jobs in latest.items()}
 
 
 def active_units(layout: Layout, units: list[Unit]) -> dict[str, tuple[str, str, str]]:

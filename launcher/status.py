@@ -50,7 +50,7 @@ def latest_by_command(layout: Layout) -> dict[str, dict]:
 def command_status(layout: Layout, entry: dict, tail_lines: int) -> tuple[list[list], list[str], Counter]:
     records = Path(entry.get("records_dir", layout.units_dir))
     jobs = latest_states(layout, entry["plan"])
-    logs = {u: j["stderr"] for e in ledger_entries(layout) for j in e["jobs"] for u in j["units"]}
+    logs = {(e["folder"], j["job_id"]): j["stderr"] for e in ledger_entries(layout) for j in e["jobs"]}
     rows, failures, counts = [], [], Counter()
     for uid in entry["plan"]:
         record = Path(entry.get("records", {}).get(uid) or records / f"{uid}.json")
@@ -59,7 +59,7 @@ def command_status(layout: Layout, entry: dict, tail_lines: int) -> tuple[list[l
         job = jobs.get(uid)
         rows.append([uid, state, job[2] if job else "", job[3].lower() if job else ""])
         if state == "failed":
-            log = logs.get(uid, "")
+            log = logs.get((job[1], job[2]), "")
             failures.append(f"--- {uid} (job {job[2]}, log {log})\n" + dispatch.tail(log, tail_lines).rstrip())
     return rows, failures, counts
 

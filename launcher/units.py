@@ -83,10 +83,25 @@ def run_unit(unit: Unit) -> dict:
     return result
 
 
-def run_units(units: list[Unit]) -> list[dict]:
-    """What one job runs: every unit in turn; raises at the end if any failed."""
+def claim(claims: Path, unit_id: str) -> bool:
+    """True for the one job of a submission that creates claims/<unit id> first."""
+    try:
+        os.close(os.open(claims / unit_id, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        return True
+    except FileExistsError:
+        return False
+
+
+def run_units(units: list[Unit], claims: str | None = None) -> list[dict]:
+    """What one job runs: every unit in turn; raises at the end if any failed. With `claims` (a
+    folder shared by the jobs of one submission, which all get the same queue) only the units this
+    job claims first: the jobs pull from one queue."""
     results, failures = [], []
+    if claims:
+        Path(claims).mkdir(parents=True, exist_ok=True)
     for unit in units:
+        if claims and not claim(Path(claims), unit.id):
+            continue
         print(f"unit {unit.id} ({unit.kind}) started", flush=True)
         try:
             results.append(run_unit(unit))
