@@ -105,7 +105,8 @@ MOMENTS = {
 }
 
 
-CALL = re.compile(r'^\d+ (?:write\(\d+<(?P<fd>[^>]+)>|rename\w*\((?:\S+<(?P<dir>[^>]*)>, )?"(?P<src>[^"]+)")')
+# strace -f -o: "<pid> <call>", the pid padded to the width of the largest pid
+CALL = re.compile(r'^\d+\s+(?:write\(\d+<(?P<fd>[^>]+)>|rename\w*\((?:\S+<(?P<dir>[^>]*)>, )?"(?P<src>[^"]+)")')
 
 
 @pytest.fixture(scope="session")
