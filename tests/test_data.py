@@ -281,6 +281,55 @@ def test_in_place_batch_equals_per_sample_pipeline(prepared, output):
     assert targets.tolist() == [dataset.targets[i] for i in indices]
 
 
+@pytest.mark.parametrize(
+    "size, scale, ratio",
+    [
+        ((375, 500), (0.08, 1.0), (3 / 4, 4 / 3)),
+        ((10, 300), (0.08, 1.0), (3 / 4, 4 / 3)),
+        ((300, 10), (0.9, 1.0), (3 / 4, 4 / 3)),
+        ((50, 60), (0.5, 1.0), (0.2, 5.0)),
+        ((1, 1), (0.08, 1.0), (3 / 4, 4 / 3)),
+    ],
+)
+def test_crop_box_draws_what_make_params_draws(size, scale, ratio):
+    """Same box and same random state after it, including the central-crop fallback (narrow images)."""
+    step = v2.RandomResizedCrop(224, scale=scale, ratio=ratio)
+    for seed in range(200):
+        torch.manual_seed(seed)
+        p = step.make_params([torch.empty(3, *size)])
+        expected = (p["top"], p["left"], p["height"], p["width"]), torch.rand(1)
+        torch.manual_seed(seed)
+        got = D.crop_box(step, *size), torch.rand(1)
+        assert got[0] == expected[0] and torch.equal(got[1], expected[1]), seed
+
+
+@pytest.mark.skipif(D._jpeg is None, reason="built without libjpeg's headers: no fused decode")
+@pytest.mark.parametrize("output", ["float", "uint8"])
+def test_crop_decoded_alone_gives_the_v2_pipelines_pixels(prepared, output, monkeypatch):
+    """Every train file (odd ones too: CMYK, PNG named .JPEG, grayscale) through the fused path equals
+    torchvision's v2 pipeline on the whole decode, draw for draw; JPEGs went through the fused path."""
+    fused, real = [], D._jpeg
+
+    class Spy:
+        size = staticmethod(real.size)
+
+        @staticmethod
+        def decode_crop(*args):
+            fused.append(args)
+            return real.decode_crop(*args)
+
+    monkeypatch.setattr(D, "_jpeg", Spy)
+    dataset = D.build_dataset(config(prepared(), f"transform.output={output}"), "train")
+    pipeline = dataset.transform
+    for k, (path, _) in enumerate(dataset.samples):
+        torch.manual_seed(k)
+        got = pipeline.finish(pipeline.head_of_file(path))
+        torch.manual_seed(k)
+        expected = v2.Compose(pipeline.transforms)(D.decode_file(path))
+        assert torch.equal(got, expected), path
+    assert 0 < len(fused) < len(dataset.samples)  # the odd files went the usual way
+
+
 def test_uint8_output_normalized_on_device_equals_float_output(prepared):
     root = prepared()
     floats = D.build_dataset(config(root, "transform.train_crop_size=32"), "train")
