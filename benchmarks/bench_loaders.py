@@ -510,17 +510,14 @@ def row_b5(ctx):
     )
     why = {
         "launcher build_loader, float output": "the images/s of one pipeline vary by up to a third between runs "
-        "here (2 workers and the main process on 2 shared cores); the CPU column is the steadier one. Per "
-        "image, the full JPEG decode (~1.3–1.4 ms for 500×375 with libjpeg-turbo) and the antialiased resize "
-        "(~0.3 ms) are most of ours; the float tail (uint8 → float, normalize, ~0.35 ms) is kept bit-identical "
-        "to v2's ToDtype + Normalize (a test compares). What would close it: the uint8 mode (normalize on "
-        "the GPU), or decoding fewer pixels (next row).",
-        "launcher build_loader, uint8 output": "bounded by the JPEG decode: decoding the whole 500×375 image "
-        "(~1.3–1.4 ms) plus the resize (~0.3 ms) is ~1.7 ms of work against a budget of PIL's CPU / 2.5 "
-        "(~1.8 ms) before any loader overhead. What would close it: decode only the crop (RandomResizedCrop "
-        "keeps 8–100 % of the area, ~54 % on average; libjpeg-turbo 3's partial decode, not exposed by "
-        "torchvision.io), DCT-domain downscaling when the crop is ≥ 2× the output, GPU decode (nvJPEG, DALI), "
-        "or pre-resized storage (FFCV-style).",
+        "here (2 workers and the main process on 2 shared cores); the CPU column is the steadier one. Of "
+        "ours' CPU per image, the entropy decoding of the JPEG's rows down to the crop's last (~0.8 ms for a "
+        "whole 500×375 q90 image) cannot be skipped on a CPU, and this VM spends ~0.5 ms of kernel time per "
+        "image faulting in the 600 KB of fresh shared memory a float sample takes (PIL's collate pays it too).",
+        "launcher build_loader, uint8 output": "bounded by the JPEG's entropy decoding (~0.8 ms of the ~1.2 ms "
+        "a whole 500×375 q90 image takes here), which must run down to the crop's last row; what is left "
+        "after it is the crop's IDCT and colour conversion, the antialiased resize (~0.24 ms) and ~0.1 ms "
+        "of loader work. What would close it: GPU decode (nvJPEG, DALI) or pre-resized storage (FFCV-style).",
     }
     for name, label, target in contenders:
         f = figures[name]
@@ -540,12 +537,13 @@ def row_b5(ctx):
             )
         )
     prose = (
-        "Per image, PIL decodes and converts on the way (ToTensor, then Normalize as separate float "
-        "passes) and the default collate copies every sample into the batch. Ours decodes with "
-        "torchvision.io (libjpeg-turbo) into uint8, crops and resizes in uint8, and writes each sample "
-        "straight into one shared-memory batch tensor (normalizing in place for float output), so "
-        "collate passes it on without a copy. What is left is the JPEG decode of the full image "
-        "(~1.4 ms for 500×375 on this CPU) and the antialiased resize (~0.4 ms)."
+        "Per image, PIL decodes the whole JPEG and converts on the way (ToTensor, then Normalize as "
+        "separate float passes), and the default collate copies every sample into the batch. Ours draws "
+        "the RandomResizedCrop box from the JPEG header and decodes only that box (launcher._jpeg, "
+        "libjpeg-turbo: rows below it are never decoded, rows above and columns beside it are entropy-"
+        "decoded but not transformed or colour-converted; the pixels equal those of the whole decode, cut, "
+        "a test compares), resizes it in uint8 and writes each sample straight into one shared-memory batch "
+        "tensor (normalizing in place for float output), so collate passes it on without a copy."
     )
     return Section("B5", "train loader throughput", rows, prose + "\n\n" + text, {"pipeline": figures})
 

@@ -138,6 +138,7 @@ def bench_rank(req: BenchRequest) -> dict:
             "first_batch_s": first_batch_s or 0.0,
             "dataset_s": dataset_s,
             "workers": loader.num_workers,
+            "decode": decode_mode(dataset.transform),
             "coverage": coverage if rank == 0 else [],
         }
     finally:
@@ -265,6 +266,17 @@ def summarize(results: list[dict]) -> dict:
     }
 
 
+def decode_mode(transform) -> str:
+    """How the loader decodes: the crop alone (launcher._jpeg) or whole images, and why."""
+    from launcher import data
+
+    if getattr(transform, "fuses_crop", False):
+        return "only each JPEG's random crop (launcher._jpeg)"
+    if data._jpeg is None:
+        return "whole images (launcher._jpeg was not built: install with libjpeg's headers, e.g. libjpeg62-turbo-dev)"
+    return "whole images (the transform does not start with RandomResizedCrop)"
+
+
 def print_report(req: BenchRequest, results: list[dict], s: dict) -> None:
     from launcher.progress import table
 
@@ -295,6 +307,7 @@ def print_report(req: BenchRequest, results: list[dict], s: dict) -> None:
     )
     headers = ["rank", "host", "workers", "images", "seconds", "images/s", "first batch s", "dataset s"]
     print(table(headers, rows, "llrrrrrr"))
+    print(f"decode: {results[0]['decode']}")
     for epoch, c in enumerate(s["epochs"]):
         what = "ok" if c["ok"] else "FAILED: " + "; ".join(c["problems"])
         extent = "partial epoch" if c["partial"] else f"expected {c['expected']}"
