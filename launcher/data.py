@@ -16,6 +16,8 @@
   eval), an optional policy (`randaugment`, `autoaugment`, `trivialaugment`), then float32 +
   Normalize. `transform.output=uint8` stops at uint8: normalize on the GPU with
   `normalize_on_device(images, mean, std, device)`, which gives the same values as float output.
+  A uint8 batch is channels-last (HWC in memory, as DALI and FFCV hand it over; the float batch on
+  the GPU stays so, the layout convnets train fastest in under AMP).
 - `build_loader(cfg, split)`: a DataLoader with every `loader` option, per rank. Train uses a
   `DistributedSampler` (world size 1 when alone): call `set_epoch(loader, epoch)` (or
   `loader.sampler.set_epoch(epoch)`) at the start of each epoch. Eval uses `EvalSampler`: rank r
@@ -221,7 +223,10 @@ class Pipeline(v2.Compose):
     def write(self, image: torch.Tensor, out: torch.Tensor) -> None:
         """out[...] = self.finish(image), with no new tensor but a uint8 scratch for float output."""
         if self.output == "uint8":
-            copy_uint8(image, out)
+            if image.stride() == out.stride():
+                out.copy_(image)  # channels-last to channels-last: one straight copy
+            else:
+                copy_uint8(image, out)
             return
         if image.dtype == torch.uint8 and not image.is_contiguous():
             image = copy_uint8(image, torch.empty(image.shape, dtype=torch.uint8))
@@ -347,7 +352,8 @@ def normalize_on_device(
 ) -> torch.Tensor:
     """A uint8 batch (B, 3, H, W) from a `transform.output=uint8` loader -> normalized `dtype` on
     `device` (the GPU: copy 4x fewer bytes, normalize there, as DALI and FFCV do). The values equal
-    those of `transform.output=float` for the same images."""
+    those of `transform.output=float` for the same images; the memory format (channels-last for our
+    uint8 batches) is kept: `.contiguous()` it if a model needs NCHW memory."""
     x = images.to(device, non_blocking=non_blocking) if device is not None else images
     x = x.to(torch.float32).mul_(1.0 / 255)
     x = x.sub_(torch.as_tensor(mean, device=x.device).view(-1, 1, 1))
@@ -405,18 +411,29 @@ class ImageNet(torchvision.datasets.ImageNet):
         transform = self.transform
         if not isinstance(transform, Pipeline) or self.target_transform is not None:
             return [self[i] for i in indices]
-        if self.loader is decode_file:
-            images = [transform.head_of_file(self.samples[i][0]) for i in indices]
-        else:
-            images = [transform.head(self.loader(self.samples[i][0])) for i in indices]
-        shape = images[0].shape
-        if any(im.shape != shape for im in images):  # sizes differ (no crop): the usual collate
-            return [(transform.finish(im), self.samples[i][1]) for im, i in zip(images, indices)]
-        dtype = torch.float32 if transform.output == "float" else torch.uint8
-        batch = empty_batch((len(images), *shape), dtype)
-        for k, image in enumerate(images):
-            transform.write(image, batch[k])
-        return [(batch[k], self.samples[i][1]) for k, i in enumerate(indices)]
+        out, batch = [], None
+        for k, i in enumerate(indices):
+            path, target = self.samples[i]
+            image = transform.head_of_file(path) if self.loader is decode_file else transform.head(self.loader(path))
+            if k == 0:
+                batch = new_batch(len(indices), image.shape, transform.output)
+            if batch is not None and image.shape == batch.shape[1:]:
+                transform.write(image, batch[k])  # while the image is still in the cache
+                out.append((batch[k], target))
+            else:  # sizes differ (no crop): each sample on its own, the usual collate
+                batch = None
+                out.append((transform.finish(image), target))
+        return out
+
+
+def new_batch(size: int, shape: tuple[int, ...], output: str) -> torch.Tensor:
+    """The batch `__getitems__` writes: float32 and contiguous, or uint8 and channels-last (HWC in
+    memory, the layout decoding and resizing leave an image in, and the one DALI and FFCV hand over),
+    so a uint8 sample is copied in one straight pass."""
+    if output == "float" or len(shape) != 3:
+        return empty_batch((size, *shape), torch.float32 if output == "float" else torch.uint8)
+    channels, height, width = shape
+    return empty_batch((size, height, width, channels), torch.uint8).permute(0, 3, 1, 2)
 
 
 def empty_batch(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -429,18 +446,22 @@ def empty_batch(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 
 
 def collate(batch: list) -> Any:
-    """default_collate, except that a batch `ImageNet.__getitems__` already wrote is passed on as is."""
-    first = batch[0][0] if batch and isinstance(batch[0], tuple) else None
+    """default_collate, except that a batch `ImageNet.__getitems__` already wrote (every image a view,
+    in order, of one whole tensor) is passed on as that tensor, without a copy."""
+    images = [s[0] for s in batch] if batch and all(isinstance(s, tuple) for s in batch) else []
+    first = images[0] if images else None
     base = getattr(first, "_base", None)
-    if (
-        isinstance(base, torch.Tensor)
-        and base.shape[0] == len(batch)
-        and all(
-            s[0]._base is base and s[0].storage_offset() == k * base.stride(0) + base.storage_offset()
-            for k, s in enumerate(batch)
-        )
-    ):
-        return [base, torch.tensor([s[1] for s in batch])]
+    if isinstance(base, torch.Tensor) and base.numel() == len(images) * first.numel():
+        step, start = first.numel(), first.storage_offset()
+        if all(
+            im._base is base
+            and im.shape == first.shape
+            and im.stride() == first.stride()
+            and im.storage_offset() == start + k * step
+            for k, im in enumerate(images)
+        ):
+            whole = first.as_strided((len(images), *first.shape), (step, *first.stride()), start)
+            return [whole, torch.tensor([s[1] for s in batch])]
     return default_collate(batch)
 
 

@@ -278,6 +278,8 @@ def test_in_place_batch_equals_per_sample_pipeline(prepared, output):
     expected = torch.stack([dataset[i][0] for i in indices])
     assert images.shape == (5, 3, 40, 40) and images.dtype == expected.dtype
     assert torch.equal(images, expected)
+    layout = torch.channels_last if output == "uint8" else torch.contiguous_format  # uint8: HWC in memory
+    assert images.is_contiguous(memory_format=layout)
     assert targets.tolist() == [dataset.targets[i] for i in indices]
 
 
@@ -407,6 +409,16 @@ def test_loader_epoch_through_workers_with_plain_dicts(prepared):
     for x, y in batches:
         assert x.dtype == torch.float32 and x.shape[1:] == (3, 32, 32) and x.shape[0] == len(y)
     assert torch.cat([y for _, y in batches]).tolist() == loader.dataset.targets  # eval order, one rank
+    cfg["transform"]["output"] = "uint8"  # train batches cross the worker boundary as written, channels-last
+    train = D.build_loader(cfg, "train")
+    batches = list(train)
+    assert sum(len(y) for _, y in batches) == len(train.dataset)
+    for x, y in batches:
+        assert (
+            x.dtype == torch.uint8
+            and x.shape == (len(y), 3, 32, 32)
+            and x.is_contiguous(memory_format=torch.channels_last)
+        )
 
 
 def test_instantiate_builds_every_object(prepared):
