@@ -273,7 +273,10 @@ def decode_mode(transform) -> str:
     if getattr(transform, "fuses_crop", False):
         return "only each JPEG's random crop (launcher._jpeg)"
     if data._jpeg is None:
-        return "whole images (launcher._jpeg was not built: install with libjpeg's headers, e.g. libjpeg62-turbo-dev)"
+        return (
+            "whole images (launcher._jpeg is not importable: it was built without libjpeg's headers, e.g. "
+            "libjpeg62-turbo-dev, or this runs from a source tree an install did not compile it into)"
+        )
     return "whole images (the transform does not start with RandomResizedCrop)"
 
 

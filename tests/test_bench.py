@@ -64,7 +64,7 @@ def test_bench_one_rank_in_process(prepared, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     assert "coverage train epoch 0" in out and "coverage train epoch 1" in out and "FAILED" not in out
-    assert "decode: only each JPEG's random crop" in out or "decode: whole images (launcher._jpeg was not" in out
+    assert "decode: only each JPEG's random crop" in out or "decode: whole images (launcher._jpeg is not" in out
     (row,) = rows(table)
     assert row["ranks"] == "1" and row["coverage"] == "ok" and float(row["images_per_s"]) > 0
     assert "| run |" in table.with_suffix(".md").read_text()
