@@ -41,6 +41,7 @@ import json
 import math
 import os
 import sys
+import threading
 from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -175,6 +176,12 @@ class Pipeline(v2.Compose):
             v2.ToImage,
             v2.RandomResizedCrop,
         ]
+        # ... and at most a flip after it, uint8 out (standard train): resize straight into the batch
+        self.writes_crop = (
+            self.fuses_crop
+            and output == "uint8"
+            and all(type(step) is v2.RandomHorizontalFlip for step in uint8_steps[2:])
+        )
         self.mean, self.std, self.output = list(mean), list(std), output
         self._mean = torch.tensor(self.mean).view(-1, 1, 1)
         self._std = torch.tensor(self.std).view(-1, 1, 1)
@@ -190,9 +197,20 @@ class Pipeline(v2.Compose):
         """head(decode_file(path)), the same pixels; a JPEG under a leading RandomResizedCrop has only
         its crop decoded (launcher._jpeg: rows below it are never read, pixels beside it never
         converted), which saves a fifth to a half of the decode."""
-        if not self.fuses_crop:
+        crop = self.decode_crop(path) if self.fuses_crop else None
+        if crop is None:
             return self.head(decode_file(path))
-        crop = self.transforms[1]
+        step = self.transforms[1]
+        image = v2.functional.resize_image(
+            crop, list(step.size), interpolation=step.interpolation, antialias=step.antialias
+        )
+        for step in self.transforms[2 : self.head_steps]:
+            image = apply_step(step, image)
+        return image
+
+    def decode_crop(self, path: str) -> torch.Tensor | None:
+        """The RandomResizedCrop box of the JPEG at `path`, drawn as the step draws it and decoded
+        alone (channels-last uint8), or None, before any draw, for what is not such a JPEG."""
         with open(path, "rb") as f:
             data = f.read()
         try:
@@ -200,19 +218,26 @@ class Pipeline(v2.Compose):
                 raise ValueError(path)
             height, width = _jpeg.size(data)
         except ValueError:  # not a JPEG libjpeg turns into RGB (PNG, CMYK, ...): the usual way
-            return self.head(decode_file(path))
-        box = crop_box(crop, height, width)
+            return None
+        box = crop_box(self.transforms[1], height, width)
         try:
             pixels = _jpeg.decode_crop(data, *box)
-            image = torch.frombuffer(pixels, dtype=torch.uint8).view(box[2], box[3], 3).permute(2, 0, 1)
         except ValueError:  # broken past the header: let torchvision.io (or PIL) decide, same crop
-            image = v2.functional.crop_image(decode_file(path), *box)
-        image = v2.functional.resize_image(
-            image, list(crop.size), interpolation=crop.interpolation, antialias=crop.antialias
-        )
-        for step in self.transforms[2 : self.head_steps]:
-            image = apply_step(step, image)
-        return image
+            return v2.functional.crop_image(decode_file(path), *box)
+        return torch.frombuffer(pixels, dtype=torch.uint8).view(box[2], box[3], 3).permute(2, 0, 1)
+
+    def write_file(self, path: str, out: torch.Tensor) -> None:
+        """out[...] = self.finish(self.head_of_file(path)), the same pixels and draws; with
+        `writes_crop` the resized crop goes straight into `out` (and is flipped there)."""
+        if not self.writes_crop:
+            return self.write(self.head_of_file(path), out)
+        crop = self.decode_crop(path)
+        if crop is None:
+            return self.write(self.head(decode_file(path)), out)
+        resize_into(crop, out, self.transforms[1])
+        for step in self.transforms[2 : self.head_steps]:  # RandomHorizontalFlip
+            if draw_uniform() < float32(step.p):  # v2: torch.rand(1) >= p keeps the image
+                out.copy_(out.flip(-1))
 
     def finish(self, image: torch.Tensor) -> torch.Tensor:
         """The rest: self(x) == self.finish(self.head(x)) for the same random draws."""
@@ -246,18 +271,19 @@ def copy_uint8(image: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 
 def crop_box(step: v2.RandomResizedCrop, height: int, width: int) -> tuple[int, int, int, int]:
     """(top, left, height, width) as `step.make_params` draws it for a height x width image: the same
-    torch random numbers in the same order (tests compare), without its per-call tensor overhead."""
+    torch random numbers in the same order (tests compare), without its per-call tensors."""
     scale, ratio = step.scale, step.ratio
     low, high = log_ratios(tuple(ratio))
     area = height * width
+    real, integer = SCRATCH.real, SCRATCH.integer
     for _ in range(10):
-        target_area = area * torch.empty(1).uniform_(scale[0], scale[1]).item()
-        aspect_ratio = torch.exp(torch.empty(1).uniform_(low, high)).item()
+        target_area = area * real.uniform_(scale[0], scale[1]).item()
+        aspect_ratio = real.uniform_(low, high).exp_().item()
         w = int(round(math.sqrt(target_area * aspect_ratio)))
         h = int(round(math.sqrt(target_area / aspect_ratio)))
         if 0 < w <= width and 0 < h <= height:
-            top = int(torch.randint(0, height - h + 1, size=(1,)).item())
-            left = int(torch.randint(0, width - w + 1, size=(1,)).item())
+            top = integer.random_(0, height - h + 1).item()  # what torch.randint(0, n, (1,)) runs
+            left = integer.random_(0, width - w + 1).item()
             return top, left, h, w
     in_ratio = width / height  # ten misses: the central crop, clamped to the ratio range
     if in_ratio < min(ratio):
@@ -267,6 +293,52 @@ def crop_box(step: v2.RandomResizedCrop, height: int, width: int) -> tuple[int, 
     else:
         w, h = width, height
     return (height - h) // 2, (width - w) // 2, h, w
+
+
+class Scratch(threading.local):
+    """One-element tensors (per thread) that the per-image random draws fill: `real.uniform_(a, b)`
+    is what torch.rand and torch.empty(1).uniform_ run, `integer.random_(a, b)` what torch.randint
+    runs, without a new tensor for each draw."""
+
+    def __init__(self):
+        self.real = torch.empty(1)
+        self.integer = torch.empty(1, dtype=torch.int64)
+
+
+SCRATCH = Scratch()
+
+
+def draw_uniform() -> float:
+    """torch.rand(1).item(), drawn into the scratch tensor."""
+    return SCRATCH.real.uniform_().item()
+
+
+@functools.lru_cache(maxsize=16)
+def float32(value: float) -> float:
+    """`value` rounded to float32, as torch rounds a Python number it compares with a float32 tensor."""
+    return float(numpy.float32(value))
+
+
+# torchvision's resize_image runs torch's own uint8 kernel for antialiased bilinear on these CPUs
+NATIVE_UINT8_BILINEAR = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+
+
+def resize_into(image: torch.Tensor, out: torch.Tensor, step: v2.RandomResizedCrop) -> None:
+    """out[...] = resize_image(image) to step.size, the same pixels. For a channels-last uint8 image
+    and slot under antialiased bilinear, torch's kernel writes the slot itself (no image between)."""
+    image, slot = image.unsqueeze(0), out.unsqueeze(0)
+    if (
+        NATIVE_UINT8_BILINEAR
+        and step.interpolation == v2.InterpolationMode.BILINEAR
+        and step.antialias
+        and image.dtype == slot.dtype == torch.uint8
+        and image.shape[-2:] != slot.shape[-2:]
+        and image.is_contiguous(memory_format=torch.channels_last)
+        and slot.is_contiguous(memory_format=torch.channels_last)
+    ):
+        torch.ops.aten._upsample_bilinear2d_aa.out(image, list(slot.shape[-2:]), False, None, None, out=slot)
+    else:
+        out.copy_(v2.functional.resize_image(image[0], list(step.size), step.interpolation, antialias=step.antialias))
 
 
 @functools.lru_cache(maxsize=16)
@@ -292,7 +364,7 @@ def apply_step(step: Any, image: Any) -> Any:
             antialias=step.antialias,
         )
     if kind is v2.RandomHorizontalFlip:
-        return image if torch.rand(1) >= step.p else v2.functional.horizontal_flip_image(image)
+        return image if draw_uniform() >= float32(step.p) else v2.functional.horizontal_flip_image(image)
     return step(image)
 
 
@@ -412,6 +484,14 @@ class ImageNet(torchvision.datasets.ImageNet):
         if not isinstance(transform, Pipeline) or self.target_transform is not None:
             return [self[i] for i in indices]
         out, batch = [], None
+        if transform.writes_crop and self.loader is decode_file:  # every image comes out crop-sized
+            batch = new_batch(len(indices), (3, *transform.transforms[1].size), transform.output)
+            for k, i in enumerate(indices):
+                path, target = self.samples[i]
+                slot = batch[k]
+                transform.write_file(path, slot)
+                out.append((slot, target))
+            return out
         for k, i in enumerate(indices):
             path, target = self.samples[i]
             image = transform.head_of_file(path) if self.loader is decode_file else transform.head(self.loader(path))

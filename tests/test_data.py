@@ -266,21 +266,45 @@ def test_defaults_agree_with_the_schemas():
     assert all(loader[k] == v for k, v in D.LOADER_DEFAULTS.items() if k != "name")
 
 
-@pytest.mark.parametrize("output", ["float", "uint8"])
-def test_in_place_batch_equals_per_sample_pipeline(prepared, output):
-    """__getitems__ + collate (one tensor, written in place) == the v2 pipeline per sample, stacked."""
-    cfg = config(prepared(), f"transform.output={output}", "transform.train_crop_size=40")
+@pytest.mark.parametrize("output, hflip", [("float", 0.5), ("uint8", 0.5), ("uint8", 0.3)])
+def test_in_place_batch_equals_per_sample_pipeline(prepared, output, hflip, monkeypatch):
+    """__getitems__ + collate (one tensor, written in place) == the v2 pipeline per sample, stacked;
+    uint8 batches get each JPEG's resized crop straight from torch's kernel, flipped or not."""
+    cfg = config(prepared(), f"transform.output={output}", "transform.train_crop_size=40", f"transform.hflip={hflip}")
     dataset = D.build_dataset(cfg, "train")
-    indices = [3, 0, 17, 8, 25]
+    real, written = D.resize_into, []
+    monkeypatch.setattr(D, "resize_into", lambda *args: written.append(args) or real(*args))
+    indices = list(range(len(dataset)))[::-1][:40]
     torch.manual_seed(5)
     images, targets = D.collate(dataset.__getitems__(indices))
     torch.manual_seed(5)
     expected = torch.stack([dataset[i][0] for i in indices])
-    assert images.shape == (5, 3, 40, 40) and images.dtype == expected.dtype
+    assert images.shape == (len(indices), 3, 40, 40) and images.dtype == expected.dtype
     assert torch.equal(images, expected)
     layout = torch.channels_last if output == "uint8" else torch.contiguous_format  # uint8: HWC in memory
     assert images.is_contiguous(memory_format=layout)
     assert targets.tolist() == [dataset.targets[i] for i in indices]
+    assert bool(written) == (output == "uint8" and D._jpeg is not None)
+
+
+@pytest.mark.parametrize("size", [(40, 40), (224, 224), (97, 61)])
+@pytest.mark.parametrize("layout", ["channels-last", "planes"])
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_resize_into_a_slot_equals_resize_image(size, layout, interpolation):
+    """Straight into a channels-last batch slot (torch's uint8 kernel) or by the usual way: the
+    pixels of v2's resize_image, upscaling, downscaling and same size."""
+    mode = D.INTERPOLATIONS[interpolation]
+    step = v2.RandomResizedCrop(size, interpolation=mode, antialias=True)
+    generator = torch.Generator().manual_seed(sum(size))
+    for height, width in [(40, 40), (300, 200), (75, 500), (23, 31)]:
+        image = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8, generator=generator).permute(2, 0, 1)
+        if layout == "planes":
+            image = image.contiguous()
+        batch = torch.zeros(3, *size, 3, dtype=torch.uint8).permute(0, 3, 1, 2)
+        D.resize_into(image, batch[1], step)
+        expected = v2.functional.resize_image(image, list(size), interpolation=mode, antialias=True)
+        assert torch.equal(batch[1], expected), (height, width)
+        assert not batch[0].any() and not batch[2].any()
 
 
 @pytest.mark.parametrize(
