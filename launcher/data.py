@@ -56,6 +56,7 @@ from torchvision.datasets.vision import VisionDataset
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import v2
 
+from launcher import shared_batches
 from launcher.errors import LauncherError
 from launcher.manifest import read_manifest
 
@@ -517,17 +518,21 @@ def new_batch(size: int, shape: tuple[int, ...], output: str) -> torch.Tensor:
 
 
 def empty_batch(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialized tensor; in a DataLoader worker in shared memory, as default_collate makes it."""
+    """An uninitialized tensor; in a DataLoader worker in shared memory that the worker reuses once
+    the main process has let go of it (launcher.shared_batches), with room for the targets."""
     if get_worker_info() is None:
         return torch.empty(shape, dtype=dtype)
-    template = torch.empty(0, dtype=dtype)
+    if shared_batches.AVAILABLE:
+        return shared_batches.empty(shape, dtype, extra=8 * shape[0])
+    template = torch.empty(0, dtype=dtype)  # a fresh shared-memory file, as default_collate takes
     storage = template._typed_storage()._new_shared(math.prod(shape), device="cpu")
     return template.new(storage).resize_(*shape)
 
 
 def collate(batch: list) -> Any:
     """default_collate, except that a batch `ImageNet.__getitems__` already wrote (every image a view,
-    in order, of one whole tensor) is passed on as that tensor, without a copy."""
+    in order, of one whole tensor) is passed on as that tensor, without a copy (from a worker: with
+    the targets, in its reused shared memory)."""
     images = [s[0] for s in batch] if batch and all(isinstance(s, tuple) for s in batch) else []
     first = images[0] if images else None
     base = getattr(first, "_base", None)
@@ -541,7 +546,7 @@ def collate(batch: list) -> Any:
             for k, im in enumerate(images)
         ):
             whole = first.as_strided((len(images), *first.shape), (step, *first.stride()), start)
-            return [whole, torch.tensor([s[1] for s in batch])]
+            return shared_batches.batch(whole, [s[1] for s in batch])
     return default_collate(batch)
 
 

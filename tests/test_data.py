@@ -433,6 +433,9 @@ def test_loader_epoch_through_workers_with_plain_dicts(prepared):
     for x, y in batches:
         assert x.dtype == torch.float32 and x.shape[1:] == (3, 32, 32) and x.shape[0] == len(y)
     assert torch.cat([y for _, y in batches]).tolist() == loader.dataset.targets  # eval order, one rank
+    cfg["loader"]["num_workers"] = 0  # the same pixels as computed here (workers reuse their shared memory)
+    assert torch.equal(torch.cat([x for x, _ in batches]), torch.cat([x for x, _ in D.build_loader(cfg, "val")]))
+    cfg["loader"]["num_workers"] = 2
     cfg["transform"]["output"] = "uint8"  # train batches cross the worker boundary as written, channels-last
     train = D.build_loader(cfg, "train")
     batches = list(train)
@@ -443,6 +446,23 @@ def test_loader_epoch_through_workers_with_plain_dicts(prepared):
             and x.shape == (len(y), 3, 32, 32)
             and x.is_contiguous(memory_format=torch.channels_last)
         )
+
+
+@pytest.mark.parametrize("output", ["float", "uint8"])
+def test_workers_without_memfd_send_torchs_shared_memory(prepared, monkeypatch, output):
+    """Where os.memfd_create is missing (not Linux) each batch is a fresh torch shared-memory tensor."""
+    monkeypatch.setattr(D.shared_batches, "AVAILABLE", False)  # inherited by the forked workers
+    root = prepared("uneven")
+    cfg = {
+        "storage": {"root": str(root), "state_dir": str(root / ".launcher")},
+        "transform": {"eval_crop_size": 32, "output": output},
+        "loader": {"batch_size": 8, "num_workers": 2, "drop_last": False},
+    }
+    through_workers = list(D.build_loader(cfg, "val"))
+    cfg["loader"]["num_workers"] = 0
+    here = list(D.build_loader(cfg, "val"))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(through_workers, here))
+    assert len(through_workers) == len(here)
 
 
 def test_instantiate_builds_every_object(prepared):
