@@ -153,10 +153,15 @@ class SharedBatch:
 
 class MainMap(mmap.mmap):
     """The main process's map of a worker's segment: freed with the last tensor over it, which hands
-    the segment back to the worker."""
+    the segment back to the worker (only in the process that received it, not in a fork of it)."""
+
+    def __new__(cls, fd: int, size: int):
+        mapped = super().__new__(cls, fd, size)
+        mapped.pid = os.getpid()
+        return mapped
 
     def __del__(self):
-        if not self.closed:
+        if not self.closed and self.pid == os.getpid():
             self[0] = 0
 
 

@@ -146,3 +146,16 @@ def test_out_of_memory_names_the_loader_options(pool, monkeypatch):
     with pytest.raises(OSError, match=r"shared batch of 1,024 bytes .*lower loader.batch_size"):
         S.empty((960,), torch.uint8)
     assert not pool.segments
+
+
+def test_a_fork_dropping_its_copy_of_a_batch_does_not_release_it(pool):
+    received = send(written_batch(3, 4))
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        del received  # the child's copy of the batch goes: the parent still holds the segment
+        gc.collect()
+        os._exit(0 if not pool.segments[0].free() else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and not pool.segments[0].free()
+    del received
+    assert pool.segments[0].free()
