@@ -123,7 +123,9 @@ def executor_parameters(cluster: Cluster, name: str, dependency: str | None = No
 
 
 def make_executor(cluster: Cluster, folder: Path, name: str, dependency: str | None = None):
-    folder.mkdir(parents=True, exist_ok=True)
+    from launcher import safefs
+
+    safefs.make_dirs(folder)  # a link planted in the log folder's path is refused, not followed
     kwargs = {}
     if cluster.executor in ("slurm", "local"):
         kwargs[f"{cluster.executor}_max_num_timeout"] = cluster.max_num_timeout

@@ -13,12 +13,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher import torchfile
+from launcher import safefs, torchfile
 from launcher.errors import LauncherError
 from launcher.layout import read_json
 from launcher.tarscan import Member, Window, scan
@@ -32,6 +32,8 @@ class Output:
     dir_mode: int = 0o755
     gid: int = -1
     fsync: bool = False
+    # prepare.force=true: a link planted where an output belongs is unlinked (never its target)
+    replace: bool = False
 
     @classmethod
     def of(cls, file_mode: str = "0644", dir_mode: str = "0755", group: str | None = None, fsync: bool = False):
@@ -49,49 +51,17 @@ def group_id(group: str | None) -> int:
         raise LauncherError(f"storage.group={group!r} is not a group on this machine (see `getent group`).") from None
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
 def make_dir(path: Path, out: Output) -> None:
-    """mkdir (parents too) with the configured mode and group; an existing folder is left alone."""
-    try:
-        os.mkdir(path, out.dir_mode)  # one syscall in the common case: the parent exists
-    except FileExistsError:
-        return
-    except FileNotFoundError:  # a parent is missing: make it, then try once more
-        make_dir(path.parent, out)
-        try:
-            os.mkdir(path, out.dir_mode)
-        except FileExistsError:
-            return
-    if out.dir_mode & ~_UMASK != out.dir_mode or out.dir_mode & 0o7000:
-        os.chmod(path, out.dir_mode)
-    if out.gid >= 0:
-        os.chown(path, -1, out.gid)
+    """The folder `path` (parents too) with the configured mode and group, made component by
+    component below its anchor (root or state folder) without following links; an existing folder
+    is left alone, a link or file in its place refused (or with out.replace, a link unlinked)."""
+    safefs.make_dirs(path, out, replace=out.replace)
 
 
-def write_file(path: Path | str, data, out: Output, exclusive: bool = True, dir_fd: int | None = None) -> None:
-    """Write `data` to `path` in full (relative to the open folder `dir_fd` if given: no path lookup
-    per file); a failure (disk full, read-only) names the path."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if exclusive else os.O_TRUNC)
-    try:
-        fd = os.open(path, flags, out.file_mode, dir_fd=dir_fd)
-        try:
-            if out.file_mode & ~_UMASK != out.file_mode:  # the umask took bits away: put them back
-                os.fchmod(fd, out.file_mode)
-            written = os.write(fd, data)
-            if written < len(data):  # short writes are rare (signals, some network file systems)
-                view = memoryview(data)[written:]
-                while view:
-                    view = view[os.write(fd, view) :]
-            if out.fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as err:
-        where = f"{folder_of(dir_fd)}/{path}" if dir_fd is not None else path
-        raise LauncherError(f"cannot write {where}: {err.strerror or err}") from err
+def write_file(name: str, data, out: Output, folder: safefs.Dir) -> None:
+    """Write `data` to the new file `name` of the opened `folder` in full (O_CREAT|O_EXCL|O_NOFOLLOW:
+    one openat+write+close); a failure (disk full, read-only, something there) names the path."""
+    folder.write_new(name, data, out)
 
 
 def folder_of(dir_fd: int) -> str:
@@ -140,39 +110,46 @@ def image_pattern(template: str, wnid: str) -> re.Pattern:
     return re.compile(template.replace("{wnid}", re.escape(wnid)))
 
 
-def list_class(folder: Path) -> list[list]:
+def list_class(folder: safefs.Dir) -> list[list]:
     """[name, size] of the files of a class folder written whole by an earlier run."""
-    return sorted([e.name, e.stat().st_size] for e in os.scandir(folder))
+    return sorted([e.name, e.stat(follow_symlinks=False).st_size] for e in folder.entries())
 
 
-def extract_class(fd: int, member: Member, root: Path, template: str, expected: int | None, out: Output, label: str):
-    """One class tar -> root/train/<wnid>/, via root/.partial/train/<wnid>/; returns [name, size]s."""
+def extract_class(
+    fd: int,
+    member: Member,
+    dirs: tuple[safefs.Dir, safefs.Dir],
+    template: str,
+    expected: int | None,
+    out: Output,
+    label: str,
+):
+    """One class tar -> root/train/<wnid>/, via root/.partial/train/<wnid>/; returns [name, size]s.
+    `dirs` are the opened root/train and root/.partial/train: nothing below them follows a link."""
+    train, partial = dirs
     wnid = member.name[: -len(".tar")]
-    final = root / "train" / wnid
-    if final.is_dir():  # renamed into place only when whole, by an earlier run of this unit
-        files = list_class(final)
-        check_count(files, expected, wnid, label, final)
+    final = train.lstat(wnid)
+    if final is not None and stat.S_ISLNK(final.st_mode) and out.replace:
+        train.unlink_entry(wnid)
+    elif final is not None:  # renamed into place only when whole, by an earlier run of this unit
+        with train.sub(wnid) as folder:
+            files = list_class(folder)
+        check_count(files, expected, wnid, label, Path(train.join(wnid)))
         return files
-    tmp = root / ".partial" / "train" / wnid
-    if os.path.lexists(tmp):  # left by a run that stopped half-way
-        shutil.rmtree(tmp, ignore_errors=True)
-    make_dir(tmp, out)
+    partial.remove_tree(wnid)  # left by a run that stopped half-way (a link there: unlinked itself)
     inner = f"{label} member {member.name}"
     pattern, seen, files = image_pattern(template, wnid), set(), []
     try:
-        folder = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
+        with partial.sub(wnid, create=True, out=out) as folder:
             window = Window(fd, member.offset, member.end, inner)
             for m in scan(fd, member.offset, member.end, inner, window):
                 check_member(m, pattern, inner, seen)
-                write_file(m.name, window.view(m.offset, m.size, m.name), out, dir_fd=folder)
+                write_file(m.name, window.view(m.offset, m.size, m.name), out, folder)
                 files.append([m.name, m.size])
-        finally:
-            os.close(folder)
-        check_count(files, expected, wnid, inner, final)
-        os.rename(tmp, final)
+        check_count(files, expected, wnid, inner, Path(train.join(wnid)))
+        partial.rename(wnid, wnid, dst_dir=train)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        partial.remove_tree(wnid)
         raise
     files.sort()
     return files
@@ -197,14 +174,19 @@ def extract_train(
         raise err
     counts = read_json(Path(devkit))["devkit"]["num_train_images"]
     by_wnid = {m[0][: -len(".tar")]: Member(*m, kind="file") for m in idx["members"]}
-    make_dir(Path(root) / "train", out)
     classes, nbytes = {}, 0
     fd = os.open(train_tar, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        for wnid in sorted(wnids, key=lambda w: by_wnid[w].offset):
-            files = extract_class(fd, by_wnid[wnid], Path(root), image_template, counts.get(wnid), out, train_tar)
-            classes[wnid] = files
-            nbytes += sum(size for _, size in files)
+        with (
+            safefs.Dir.anchor(root) as top,
+            top.sub("train", create=True, out=out, replace=out.replace) as train,
+            top.walk([".partial", "train"], create=True, out=out, replace=out.replace) as partial,
+        ):
+            for wnid in sorted(wnids, key=lambda w: by_wnid[w].offset):
+                member = by_wnid[wnid]
+                files = extract_class(fd, member, (train, partial), image_template, counts.get(wnid), out, train_tar)
+                classes[wnid] = files
+                nbytes += sum(size for _, size in files)
     finally:
         os.close(fd)
     images = sum(len(f) for f in classes.values())
@@ -222,25 +204,36 @@ def extract_val(val_tar: str, root: str, index: str, devkit: str, start: int, st
         raise err
     val_wnids = read_json(Path(devkit))["devkit"]["val_wnids"]
     members = idx["members"][start:stop]
-    val_dir = os.path.join(root, "val")
-    made: set[str] = set()
+    folders: dict[str, safefs.Dir] = {}
     files, nbytes = [], 0
     fd = os.open(val_tar, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        window = Window(fd, members[0][1] if members else 0, idx["archive"]["size"], val_tar)
-        for name, offset, size, number in members:
-            wnid = val_wnids[number - 1]
-            folder = f"{val_dir}/{wnid}"  # plain strings: pathlib costs more than the syscalls here
-            if wnid not in made:
-                make_dir(Path(folder), out)
-                made.add(wnid)
-            tmp = f"{folder}/.{name}.part"
-            write_file(tmp, window.view(offset, size, name), out, exclusive=False)
-            os.rename(tmp, f"{folder}/{name}")
-            files.append([wnid, name, size])
-            nbytes += size
+        with safefs.Dir.anchor(root) as top, top.sub("val", create=True, out=out, replace=out.replace) as val:
+            window = Window(fd, members[0][1] if members else 0, idx["archive"]["size"], val_tar)
+            for name, offset, size, number in members:
+                wnid = val_wnids[number - 1]
+                folder = folders.get(wnid)
+                if folder is None:  # opened once per class, without following a link
+                    folder = folders[wnid] = val.sub(wnid, create=True, out=out, replace=out.replace)
+                tmp = f".{name}.part"
+                try:
+                    tfd = folder.create(tmp, out.file_mode, replace_temp=True)  # O_EXCL; a stale one unlinked
+                    try:
+                        safefs.fix_bits(tfd, out)
+                        safefs.write_all(tfd, window.view(offset, size, name))
+                        if out.fsync:
+                            os.fsync(tfd)
+                    finally:
+                        os.close(tfd)
+                    folder.rename(tmp, name)  # a link at `name` is replaced itself, never followed
+                except OSError as err:
+                    raise safefs.write_error(folder.join(name), err) from err
+                files.append([wnid, name, size])
+                nbytes += size
     finally:
         os.close(fd)
+        for folder in folders.values():
+            folder.close()
     return {
         "files": files,
         "range": [start, stop],

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from launcher import safefs
 from launcher.errors import LauncherError, UnitBusyError
 
 SPLITS = ("train", "val")
@@ -31,7 +32,9 @@ class Layout:
 
     @classmethod
     def of(cls, root: str | Path, state_dir: str | Path) -> Layout:
-        return cls(Path(root).absolute(), Path(state_dir).absolute())
+        layout = cls(Path(root).absolute(), Path(state_dir).absolute())
+        safefs.trust(layout.root, layout.state_dir)  # below them, nothing is followed
+        return layout
 
     @property
     def meta_bin(self) -> Path:
@@ -75,40 +78,36 @@ class Layout:
 
 def write_json(path: Path, obj, indent: int | None = None) -> None:
     """Write JSON to a temporary sibling and rename it into place: readers never see half a file.
-    The sibling's name is fixed, so one left by a crash is replaced by the next write; writers of
-    one file are serialized by the lock of the root or the unit that owns it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=indent, separators=None if indent else (",", ":"))
-    os.replace(tmp, path)
+    The sibling's name is fixed, so one left by a crash (or a link planted there) is unlinked and
+    made anew; every folder below the root or state folder is opened without following links;
+    writers of one file are serialized by the lock of the root or the unit that owns it."""
+    data = json.dumps(obj, indent=indent, separators=None if indent else (",", ":")).encode()
+    safefs.write_atomic(path, data)
 
 
 def read_json(path: Path, default=None):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
+    """Our own JSON state, read without following a link; `default` when absent."""
+    data = safefs.read(path)
+    if data is None:
         return default
+    try:
+        return json.loads(data)
     except ValueError as err:
         raise LauncherError(f"{path} is not valid JSON ({err}); delete it and run the command again.") from err
 
 
-def append_line(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(obj, separators=(",", ":")) + "\n")
+def append_line(path: Path, obj, fsync: bool = False) -> None:
+    safefs.append(path, (json.dumps(obj, separators=(",", ":")) + "\n").encode(), fsync=fsync)
 
 
 class Lock:
     """An exclusive flock on `path`, taken without waiting; the holder is written into the file."""
 
-    def __init__(self, path: Path, what: str):
-        self.path, self.what, self.fd = Path(path), what, -1
+    def __init__(self, path: Path, what: str, replace: bool = False):
+        self.path, self.what, self.fd, self.replace = Path(path), what, -1, replace
 
     def __enter__(self) -> Lock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self.fd = safefs.open_lock(self.path, replace=self.replace)  # never through a planted link
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -9,6 +9,7 @@ No Hydra here: `PrepareRequest` carries paths and values; commands.py builds it 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from launcher import plan
+from launcher import plan, safefs
 from launcher.devkit import Devkit, parse_devkit
 from launcher.errors import LauncherError
 from launcher.extract import Output, make_dir
@@ -93,13 +94,13 @@ def check_archives(req: PrepareRequest) -> None:
             raise LauncherError(f"The archive {path} is not readable by this user; fix its permissions.")
 
 
-def check_writable(layout: Layout) -> None:
+def check_writable(layout: Layout, replace: bool = False) -> None:
     for folder in (layout.root, layout.state_dir):
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / f".write-test-{os.getpid()}"
-            probe.touch()
-            probe.unlink()
+            with safefs.Dir.of(folder, create=True, replace=replace) as d:
+                probe = f".write-test-{os.getpid()}"
+                os.close(d.create(probe, replace_temp=True))
+                d.unlink_entry(probe)
         except OSError as err:
             raise LauncherError(
                 f"cannot write into the output folder {folder}: {err.strerror or err}. Point "
@@ -205,7 +206,7 @@ def conflicts(layout: Layout, split: str, old: dict | None, new: dict, devkit: D
             else layout.split_dir("val") / name
         )
 
-    return [name for name in changed if output(name).exists()]
+    return [name for name in changed if safefs.exists(output(name))]
 
 
 def guard_identity(req: PrepareRequest, identity: dict, clashes: dict[str, list[str]]) -> None:
@@ -213,9 +214,11 @@ def guard_identity(req: PrepareRequest, identity: dict, clashes: dict[str, list[
     An archive replaced after a failure (a truncated class tar downloaded again) is accepted as long
     as nothing it changes was prepared already."""
     layout = req.layout
+    check_tree(layout, req.force)
     stored = read_json(layout.state_dir / "identity.json")
     if stored is None:
-        found = [p.name for p in (layout.meta_bin, layout.split_dir("train"), layout.split_dir("val")) if p.exists()]
+        outputs = (layout.meta_bin, layout.split_dir("train"), layout.split_dir("val"))
+        found = [p.name for p in outputs if safefs.exists(p)]
         if found and not req.force:
             raise LauncherError(
                 f"{layout.root} already holds {', '.join(found)} that launcher did not prepare. Check it "
@@ -241,22 +244,44 @@ def guard_identity(req: PrepareRequest, identity: dict, clashes: dict[str, list[
     write_json(layout.state_dir / "identity.json", {**stored, **identity})
 
 
+def check_tree(layout: Layout, force: bool) -> None:
+    """The root's own outputs are what launcher writes there (meta.bin a file; train/, val/,
+    .partial/ folders) before anything is written into it, on every run: a link, FIFO or file in
+    their place is refused naming it (with prepare.force=true a link is unlinked, never its target)."""
+    safefs.check_entry(layout.meta_bin, "file", replace=force)
+    for folder in (
+        *(layout.split_dir(s) for s in SPLITS),
+        layout.partial_dir,
+        *(layout.partial_dir / s for s in SPLITS),
+    ):
+        safefs.check_entry(folder, "folder", replace=force)
+
+
 def reset(layout: Layout, splits, meta: bool) -> None:
-    """Forget and delete what was prepared for `splits` (and meta.bin)."""
+    """Forget and delete what was prepared for `splits` (and meta.bin); links are removed
+    themselves, never followed."""
     for split in splits:
         print(f"prepare.force: removing {layout.split_dir(split)} and its records", file=sys.stderr)
-        shutil.rmtree(layout.split_dir(split), ignore_errors=True)
-        shutil.rmtree(layout.partial_dir / split, ignore_errors=True)
+        safefs.remove_tree(layout.split_dir(split))
+        safefs.remove_tree(layout.partial_dir / split)
         for path in (layout.complete_file(split), layout.manifest_file(split)):
-            path.unlink(missing_ok=True)
-        for record in layout.units_dir.glob(f"*{split}*.json"):
-            record.unlink()
+            safefs.remove(path)
+        remove_records(layout, lambda name, split=split: split in name)
     if meta:
-        layout.meta_bin.unlink(missing_ok=True)
-        for record in layout.units_dir.glob("meta*.json"):
-            record.unlink()
-        for record in layout.units_dir.glob("md5-*.json"):
-            record.unlink()
+        safefs.remove(layout.meta_bin)
+        remove_records(layout, lambda name: name.startswith(("meta", "md5-")))
+
+
+def remove_records(layout: Layout, which) -> None:
+    """Unlink the unit records (.json) whose names `which` accepts, in the opened units folder."""
+    try:
+        units = safefs.Dir.of(layout.units_dir, replace=True)
+    except FileNotFoundError:
+        return
+    with units:
+        for entry in units.entries():
+            if entry.name.endswith(".json") and which(entry.name):
+                units.unlink_entry(entry.name)
 
 
 # ---------------------------------------------------------------- planning
@@ -348,7 +373,7 @@ def forget_stale_md5(record: Path, archive: Path, expected: str) -> None:
     """An md5 record of another file size or another expected md5 is checked again."""
     done = read_json(record)
     if done and (done.get("bytes") != archive.stat().st_size or done.get("md5") != expected.lower()):
-        record.unlink()
+        safefs.remove(record)
 
 
 def finalize_unit(req: PrepareRequest, split: str, units: list[Unit], identity: dict) -> Unit:
@@ -380,7 +405,7 @@ def finalize_split(
 ) -> dict:
     """Finalize unit: every unit of the split complete -> counts checked -> manifest. Its completion
     record (written by the unit runner) is the split's complete-<split>.json."""
-    missing = [Path(r).stem for r in records if not os.path.exists(r)]
+    missing = [Path(r).stem for r in records if not safefs.is_file(r)]
     if missing:
         raise LauncherError(
             f"{split} is not complete: units {', '.join(missing)} have not finished. Run prepare again."
@@ -495,7 +520,7 @@ def drop_stale_records(units: list[Unit]) -> None:
             else done.get("range") == [u.args["start"], u.args["stop"]]
         )
         if not same:
-            Path(u.record).unlink()
+            safefs.remove(u.record)
 
 
 def print_plan(req: PrepareRequest, p: Plan) -> None:
@@ -580,8 +605,9 @@ def run_prepare(req: PrepareRequest, cluster: dispatch.Cluster) -> int:
         return 0
     from launcher import dispatch, runner  # submitit: not needed when everything is complete
 
-    check_writable(req.layout)
-    with Lock(req.layout.lock_file, f"prepare of {req.layout.root}"):
+    req.output = dataclasses.replace(req.output, replace=req.force)
+    check_writable(req.layout, replace=req.force)
+    with Lock(req.layout.lock_file, f"prepare of {req.layout.root}", replace=req.force):
         min_bytes = plan.MIN_SHARD_BYTES if cluster.executor == "slurm" else 0
         p = make_plan(req, cluster.parallelism, min_bytes)
         if req.dry_run:

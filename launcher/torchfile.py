@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
+
+from launcher import safefs
 
 # torch.save's zip records beside data.pkl (torch 2.x)
 RECORDS = {".format_version": b"1", ".storage_alignment": b"64", "byteorder": b"little", "version": b"3\n"}
@@ -22,12 +23,13 @@ def save(path: Path, obj: Any) -> int:
     Returns the size."""
     stem, data = path.name.rsplit(".", 1)[0], pickle.dumps(obj, protocol=2)
     records = {"data.pkl": data, **RECORDS, ".data/serialization_id": hashlib.sha1(data).hexdigest().encode()}
-    tmp = path.with_name(f"{path.name}.part")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as archive:
         for name, record in records.items():
             archive.writestr(zipfile.ZipInfo(f"{stem}/{name}", date_time=(1980, 1, 1, 0, 0, 0)), record)
-    os.replace(tmp, path)
-    return path.stat().st_size
+    data = buf.getvalue()
+    safefs.write_atomic(path, data, temp=f"{path.name}.part")  # O_EXCL temporary, renameat, no links
+    return len(data)
 
 
 class PlainValues(pickle.Unpickler):

@@ -17,6 +17,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from launcher import safefs
 from launcher.errors import LauncherError
 from launcher.layout import Lock, read_json, write_json
 
@@ -56,7 +57,7 @@ def function_of(kind: str):
 
 
 def is_complete(unit: Unit) -> bool:
-    return os.path.exists(unit.record)
+    return safefs.is_file(unit.record)  # a link planted at a record is not a record
 
 
 def run_unit(unit: Unit) -> dict:
@@ -85,11 +86,7 @@ def run_unit(unit: Unit) -> dict:
 
 def claim(claims: Path, unit_id: str) -> bool:
     """True for the one job of a submission that creates claims/<unit id> first."""
-    try:
-        os.close(os.open(claims / unit_id, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-        return True
-    except FileExistsError:
-        return False
+    return safefs.create_new(claims / unit_id)
 
 
 def run_units(units: list[Unit], claims: str | None = None) -> list[dict]:
@@ -98,7 +95,7 @@ def run_units(units: list[Unit], claims: str | None = None) -> list[dict]:
     job claims first: the jobs pull from one queue."""
     results, failures = [], []
     if claims:
-        Path(claims).mkdir(parents=True, exist_ok=True)
+        safefs.make_dirs(claims)
     for unit in units:
         if claims and not claim(Path(claims), unit.id):
             continue

@@ -1,0 +1,490 @@
+"""Outputs that never follow a link planted under the root or the state folder.
+
+Roots on shared, group-writable file systems are written by prepare running as root: anybody in the
+group can plant a symbolic link (or a FIFO, or a file where a folder belongs) at a path launcher is
+about to write. Every output is therefore made relative to an opened folder:
+
+- an *anchor* (storage.root, storage.state_dir, verify's report folder) is the one path opened as
+  configured (links in it are the user's own choice); `trust()` registers it, also for the jobs
+  this process submits (they inherit `LAUNCHER_TRUSTED`);
+- below an anchor every folder is opened component by component with O_NOFOLLOW|O_DIRECTORY
+  (created with mkdirat), files are created with O_CREAT|O_EXCL|O_NOFOLLOW, temporaries O_EXCL
+  after unlinking a stale one (unlinkat: never followed), renames are renameat between opened
+  folders, trees are deleted by fd-based walks (shutil.rmtree with dir_fd, on a real folder only);
+- our own state is read with O_NOFOLLOW on every component below the anchor and a regular-file
+  check on the descriptor, in bounded reads;
+- a link, FIFO, socket, device or file found where an output belongs is refused with one line that
+  names it and the fix; with `replace=True` (prepare.force=true) the LINK itself is unlinked — never
+  its target — and the output made anew.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import stat
+from pathlib import Path
+
+from launcher.errors import LauncherError
+
+ENV = "LAUNCHER_TRUSTED"
+_ANCHORS: set[str] = set()
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+READ_LIMIT = 1 << 30  # the largest state file we read (a 1.28 M-image manifest is ~60 MB)
+
+
+class UnsafePath(LauncherError):
+    """Something other than what launcher writes sits where an output belongs."""
+
+
+def trust(*paths: str | Path) -> None:
+    """Register folders as anchors: opened as configured, everything below them without links."""
+    for p in paths:
+        _ANCHORS.add(os.path.abspath(p))
+    os.environ[ENV] = os.pathsep.join(sorted(anchors()))
+
+
+def anchors() -> set[str]:
+    return _ANCHORS | {p for p in os.environ.get(ENV, "").split(os.pathsep) if p}
+
+
+def split_anchor(path: str | Path) -> tuple[str, list[str]]:
+    """(the shallowest registered anchor holding `path`, the components below it). A path under no
+    anchor is anchored at its own parent folder: only its last component is opened without links."""
+    full = os.path.abspath(path)
+    best = ""
+    for a in anchors():  # the shallowest: a state folder inside the root is walked from the root
+        if (full == a or full.startswith(a.rstrip("/") + "/")) and (not best or len(a) < len(best)):
+            best = a
+    if not best:
+        best = os.path.dirname(full)
+    rest = full[len(best) :].strip("/")
+    return best, [c for c in rest.split("/") if c]
+
+
+def kind_of(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISREG(mode):
+        return "a file"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"
+
+
+def refuse(path: str, mode: int, want: str) -> UnsafePath:
+    what = kind_of(mode)
+    fix = f"remove the link {path}" if stat.S_ISLNK(mode) else f"move {path} away"
+    return UnsafePath(
+        f"{path} is {what} where launcher writes {want}; nothing was written through it. Check who put "
+        f"it there, then {fix} (prepare.force=true removes a link, never its target) and run again."
+    )
+
+
+class Dir:
+    """An opened folder: outputs are made relative to it, never through a link."""
+
+    def __init__(self, fd: int, path: str):
+        self.fd, self.path = fd, path
+
+    # ------------------------------------------------ opening
+
+    @classmethod
+    def anchor(cls, path: str | Path, create: bool = False, mode: int = 0o755) -> Dir:
+        """Open a configured folder as it is configured (links in the path are the user's)."""
+        path = os.path.abspath(path)
+        if create:
+            os.makedirs(path, mode=mode, exist_ok=True)
+        try:
+            return cls(os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), path)
+        except FileNotFoundError:
+            raise
+        except NotADirectoryError:
+            raise LauncherError(f"{path} is not a folder; point the option that names it at a folder.") from None
+
+    @classmethod
+    def of(cls, path: str | Path, create: bool = False, out=None, replace: bool = False) -> Dir:
+        """Open the folder `path`: its anchor as configured, each component below without links."""
+        base, parts = split_anchor(path)
+        d = cls.anchor(base, create=create)
+        try:
+            return d.walk(parts, create=create, out=out, replace=replace)
+        finally:
+            d.close()
+
+    def join(self, name: str) -> str:
+        return f"{self.path}/{name}"
+
+    def lstat(self, name: str) -> os.stat_result | None:
+        try:
+            return os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def sub(self, name: str, create: bool = False, out=None, replace: bool = False) -> Dir:
+        """The folder `name` in this one, opened without following a link (made if `create`)."""
+        for attempt in range(3):
+            try:
+                return Dir(os.open(name, DIR_FLAGS, dir_fd=self.fd), self.join(name))
+            except FileNotFoundError:
+                if not create:
+                    raise
+                self.mkdir(name, out)
+            except (NotADirectoryError, OSError) as err:
+                if err.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                st = self.lstat(name)
+                if st is None:
+                    continue
+                if replace and stat.S_ISLNK(st.st_mode) and attempt == 0:
+                    self.unlink_entry(name)
+                    continue
+                raise refuse(self.join(name), st.st_mode, "a folder") from None
+        raise LauncherError(f"{self.join(name)} keeps changing while launcher opens it; run again.")
+
+    def walk(self, parts, create: bool = False, out=None, replace: bool = False) -> Dir:
+        """The folder at `parts` below this one (a new Dir; this one stays open)."""
+        d = Dir(os.dup(self.fd), self.path)
+        for name in parts:
+            try:
+                nxt = d.sub(name, create=create, out=out, replace=replace)
+            finally:
+                d.close()
+            d = nxt
+        return d
+
+    def mkdir(self, name: str, out=None) -> bool:
+        """mkdirat with the configured mode and group; False when something is there already."""
+        mode = out.dir_mode if out is not None else 0o755
+        try:
+            os.mkdir(name, mode, dir_fd=self.fd)
+        except FileExistsError:
+            return False
+        if out is not None and (mode & 0o7000 or mode & ~UMASK != mode or out.gid >= 0):
+            fd = os.open(name, DIR_FLAGS, dir_fd=self.fd)
+            try:
+                if mode & 0o7000 or mode & ~UMASK != mode:
+                    os.fchmod(fd, mode)
+                if out.gid >= 0:
+                    os.fchown(fd, -1, out.gid)
+            finally:
+                os.close(fd)
+        return True
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> Dir:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------ files
+
+    def create(self, name: str, mode: int = 0o644, replace_temp: bool = False, flags: int = os.O_WRONLY) -> int:
+        """A new file `name` (O_CREAT|O_EXCL|O_NOFOLLOW). With `replace_temp` a stale one of ours
+        (a temporary left by a crash, or a link planted at it) is unlinked first, never followed."""
+        how = flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            return os.open(name, how, mode, dir_fd=self.fd)
+        except FileExistsError:
+            if not replace_temp:
+                raise
+        self.unlink_entry(name)
+        return os.open(name, how, mode, dir_fd=self.fd)
+
+    def unlink_entry(self, name: str) -> None:
+        """unlinkat a file, link, FIFO or socket (never a folder, never what a link points at)."""
+        try:
+            os.unlink(name, dir_fd=self.fd)
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:
+            st = self.lstat(name)
+            raise refuse(self.join(name), st.st_mode if st else stat.S_IFDIR, "a file") from None
+
+    def write_new(self, name: str, data, out=None) -> None:
+        """The file `name`, created new and written whole (the fast path: openat+write+close)."""
+        mode = out.file_mode if out is not None else 0o644
+        try:
+            fd = self.create(name, mode)
+            try:
+                fix_bits(fd, out)
+                write_all(fd, data)
+                if out is not None and out.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as err:
+            raise write_error(self.join(name), err) from err
+
+    def write_atomic(self, name: str, data, out=None, temp: str | None = None, fsync: bool = False) -> None:
+        """`name` replaced whole: a temporary sibling (O_EXCL, a stale one unlinked) renamed over it."""
+        temp = temp or f".{name}.tmp"
+        mode = out.file_mode if out is not None else 0o644
+        self.check_not_folder(name)
+        try:
+            fd = self.create(temp, mode, replace_temp=True)
+            try:
+                fix_bits(fd, out)
+                write_all(fd, data)
+                if fsync or (out is not None and out.fsync):
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            self.rename(temp, name)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=self.fd)
+            raise write_error(self.join(name), err) from err
+
+    def check_not_folder(self, name: str) -> None:
+        st = self.lstat(name)
+        if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+            raise refuse(self.join(name), st.st_mode, "a file")
+
+    def rename(self, src: str, dst: str, dst_dir: Dir | None = None) -> None:
+        """renameat: a link at `dst` is replaced itself, its target untouched."""
+        os.rename(src, dst, src_dir_fd=self.fd, dst_dir_fd=(dst_dir or self).fd)
+
+    def open_read(self, name: str) -> int | None:
+        """A regular file `name` opened for reading without following a link or blocking on a FIFO;
+        None if absent."""
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=self.fd)
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            if err.errno != errno.ELOOP:
+                raise
+            raise refuse(self.join(name), stat.S_IFLNK, "its state") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise refuse(self.join(name), st.st_mode, "its state")
+        return fd
+
+    def read(self, name: str, limit: int = READ_LIMIT) -> bytes | None:
+        fd = self.open_read(name)
+        if fd is None:
+            return None
+        try:
+            return read_bounded(fd, limit, self.join(name))
+        finally:
+            os.close(fd)
+
+    def remove_tree(self, name: str, replace: bool = True) -> None:
+        """Delete `name` below this folder without following a link: a link (or file) is unlinked
+        itself, a real folder is walked by descriptor (shutil.rmtree's fd-based mode)."""
+        st = self.lstat(name)
+        if st is None:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            self.unlink_entry(name)
+            return
+        assert shutil.rmtree.avoids_symlink_attacks
+        shutil.rmtree(name, dir_fd=self.fd)
+
+    def entries(self) -> list[os.DirEntry]:
+        with os.scandir(self.fd) as it:
+            return list(it)
+
+
+UMASK = os.umask(0)
+os.umask(UMASK)
+
+
+def fix_bits(fd: int, out) -> None:
+    if out is not None and out.file_mode & ~UMASK != out.file_mode:
+        os.fchmod(fd, out.file_mode)
+
+
+def write_all(fd: int, data) -> None:
+    written = os.write(fd, data)
+    if written < len(data):  # short writes are rare (signals, some network file systems)
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+def read_bounded(fd: int, limit: int, where: str) -> bytes:
+    size = os.fstat(fd).st_size
+    if size > limit:
+        raise LauncherError(f"{where} holds {size} bytes, more than launcher writes there ({limit}); move it away.")
+    chunks, total = [], 0
+    while chunk := os.read(fd, min(1 << 24, limit + 1 - total)):
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise LauncherError(f"{where} grew past {limit} bytes while read; move it away.")
+    return b"".join(chunks)
+
+
+def write_error(path: str, err: OSError) -> LauncherError:
+    if isinstance(err, LauncherError):
+        return err
+    return LauncherError(f"cannot write {path}: {err.strerror or err}")
+
+
+# ---------------------------------------------------------------- path-level helpers
+
+
+def parent(path: str | Path, create: bool = False, out=None, replace: bool = False) -> tuple[Dir, str]:
+    """(the opened folder of `path`, its last component), walked from the anchor without links."""
+    base, parts = split_anchor(path)
+    if not parts:
+        base, parts = os.path.dirname(base), [os.path.basename(base)]
+    d = Dir.anchor(base, create=create)
+    try:
+        return d.walk(parts[:-1], create=create, out=out, replace=replace), parts[-1]
+    finally:
+        d.close()
+
+
+def write_atomic(path: str | Path, data: bytes, out=None, fsync: bool = False, temp: str | None = None) -> None:
+    """`path` replaced whole through a temporary sibling (default `.<name>.tmp`), never via a link."""
+    folder, name = parent(path, create=True, out=out)
+    with folder:
+        folder.write_atomic(name, data, out, temp=temp, fsync=fsync)
+
+
+def read(path: str | Path, limit: int = READ_LIMIT) -> bytes | None:
+    """Our own state file, read without following a link below its anchor; None if absent."""
+    try:
+        folder, name = parent(path)
+    except FileNotFoundError:
+        return None
+    with folder:
+        return folder.read(name, limit)
+
+
+def append(path: str | Path, data: bytes, fsync: bool = False) -> None:
+    """Append to a log of ours (O_APPEND|O_NOFOLLOW, regular files only)."""
+    folder, name = parent(path, create=True)
+    with folder:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(name, flags, 0o644, dir_fd=folder.fd)
+        except OSError as err:
+            st = folder.lstat(name)
+            if st is None or err.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+                raise
+            raise refuse(folder.join(name), st.st_mode, "its log") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise refuse(folder.join(name), st.st_mode, "its log")
+            write_all(fd, data)
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def open_lock(path: str | Path, replace: bool = False) -> int:
+    """The lock file `path` opened read-write (created if absent), never through a link."""
+    folder, name = parent(path, create=True)
+    with folder:
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(name, flags, 0o644, dir_fd=folder.fd)
+        except OSError as err:
+            st = folder.lstat(name)
+            if err.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO) or st is None:
+                raise
+            if replace and stat.S_ISLNK(st.st_mode):
+                folder.unlink_entry(name)
+                fd = os.open(name, flags, 0o644, dir_fd=folder.fd)
+            else:
+                raise refuse(folder.join(name), st.st_mode, "a lock") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise refuse(folder.join(name), st.st_mode, "a lock")
+        return fd
+
+
+def make_dirs(path: str | Path, out=None, replace: bool = False) -> None:
+    Dir.of(path, create=True, out=out, replace=replace).close()
+
+
+def remove(path: str | Path) -> None:
+    """Unlink a file (or a link itself) of ours; absent is fine."""
+    try:
+        folder, name = parent(path)
+    except FileNotFoundError:
+        return
+    with folder:
+        folder.unlink_entry(name)
+
+
+def remove_tree(path: str | Path) -> None:
+    try:
+        folder, name = parent(path)
+    except FileNotFoundError:
+        return
+    with folder:
+        folder.remove_tree(name)
+
+
+def is_file(path: str | Path) -> bool:
+    """A regular file is at `path`, reached without following a link below its anchor."""
+    try:
+        folder, name = parent(path)
+    except (FileNotFoundError, NotADirectoryError, LauncherError):
+        return False
+    with folder:
+        st = folder.lstat(name)
+        return st is not None and stat.S_ISREG(st.st_mode)
+
+
+def create_new(path: str | Path, mode: int = 0o644) -> bool:
+    """Create the empty file `path` if nothing is there (O_EXCL, folders made without links);
+    False if something (a link included) is there already."""
+    folder, name = parent(path, create=True)
+    with folder:
+        try:
+            os.close(folder.create(name, mode))
+            return True
+        except FileExistsError:
+            return False
+
+
+def exists(path: str | Path) -> bool:
+    """Something is at `path` (a link counts, and is not followed)."""
+    try:
+        folder, name = parent(path)
+    except (FileNotFoundError, LauncherError):
+        return False
+    with folder:
+        return folder.lstat(name) is not None
+
+
+def check_entry(path: str | Path, want: str, replace: bool = False) -> None:
+    """Refuse (or with `replace`, unlink if a link) anything at `path` that is not a `want`
+    ("file" or "folder")."""
+    try:
+        folder, name = parent(path)
+    except FileNotFoundError:
+        return
+    with folder:
+        st = folder.lstat(name)
+        if st is None:
+            return
+        ok = stat.S_ISDIR(st.st_mode) if want == "folder" else stat.S_ISREG(st.st_mode)
+        if ok:
+            return
+        if replace and stat.S_ISLNK(st.st_mode):
+            print(f"prepare.force: removing the link {folder.join(name)} (not its target)", flush=True)
+            folder.unlink_entry(name)
+            return
+        raise refuse(folder.join(name), st.st_mode, f"a {want}")
