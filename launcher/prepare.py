@@ -596,10 +596,24 @@ def finalize_here(p: Plan) -> dict[str, str]:
     return errors
 
 
+def finish_interrupted_fixes(layout: Layout) -> None:
+    """A verify.fix stopped between its intent and its report: bring the records up to date first
+    (under the root's lock), so that `complete` and the manifest agree with the files."""
+    from launcher.fixlog import pending_fixes, reconcile_fixes
+
+    if not pending_fixes(layout.state_dir):
+        return
+    with Lock(layout.lock_file, f"prepare of {layout.root}"):
+        for message in reconcile_fixes(layout.root, layout.state_dir):
+            print(f"warning: {message}", file=sys.stderr)
+
+
 def run_prepare(req: PrepareRequest, cluster: dispatch.Cluster) -> int:
     """The prepare command: returns the exit code (0 only when every split is complete)."""
     t0 = time.time()
     check_archives(req)
+    if not req.dry_run:
+        finish_interrupted_fixes(req.layout)
     if not req.dry_run and (done := already_complete(req)):
         print_complete(req, done)
         return 0

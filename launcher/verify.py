@@ -19,21 +19,22 @@ VerifyRequest carries paths and values.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
 import re
 import secrets
+import sys
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launcher import dispatch, plan, runner
+from launcher import dispatch, plan, runner, safefs
 from launcher.errors import LauncherError
+from launcher.fixlog import FIX_MAX_BYTES, FIXES, keep_original, md5_bytes, reconcile_fixes, split_of, update_sizes
 from launcher.layout import SPLITS, Layout, Lock, append_line, read_json, write_json
-from launcher.manifest import read_manifest, write_manifest
+from launcher.manifest import read_manifest
 from launcher.progress import human_bytes, table
 from launcher.units import Unit, is_complete, run_unit
 
@@ -312,42 +313,63 @@ def check_file(path: str | Path, level: str, size: int | None = None) -> tuple[b
 # ---------------------------------------------------------------- fix
 
 
-def md5_bytes(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
-
-
-def reencode(path: str, kind: str, quality: int) -> dict:
-    """Re-encode an odd file to RGB JPEG in place (temporary sibling + rename), keeping its
-    permission bits and group; returns what changed."""
-    with open(path, "rb") as f:
-        data = f.read()
+def reencoded(data: bytes, quality: int) -> bytes:
+    """The image `data` re-encoded to RGB JPEG."""
     with pil_image().open(io.BytesIO(data)) as im:
         rgb = im.convert("RGB")
     buf = io.BytesIO()
     rgb.save(buf, format="JPEG", quality=quality)
-    new = buf.getvalue()
-    st = os.stat(path)
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.fix.part")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    return buf.getvalue()
+
+
+def reencode(path: str, kind: str, quality: int, state: Path, rel: str, run: str) -> dict:
+    """Re-encode an odd file to RGB JPEG in place, so that no interruption loses it: keep a copy of
+    the original, log the intent (fsync'd) in state_dir/verify-fixes.jsonl, write a temporary
+    sibling (O_EXCL, fsync) and rename it over the file; permission bits and group are kept. The
+    report unit (or, after a crash, the next verify or prepare) brings the manifest and records up
+    to date. Raises on a file that cannot be re-encoded, before anything is written."""
+    folder, name = safefs.parent(path)
+    with folder:
+        data = folder.read(name, FIX_MAX_BYTES)
+        if data is None:
+            raise FileNotFoundError(path)
+        new = reencoded(data, quality)
+        kept = keep_original(state, rel, data)
+        change = {
+            "old_kind": kind,
+            "old_size": len(data),
+            "new_size": len(new),
+            "md5_before": md5_bytes(data),
+            "md5_after": md5_bytes(new),
+            "original": str(kept),
+        }
+        intent = {"run": run, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "state": "intent", "path": rel, **change}
+        append_line(state / FIXES, intent, fsync=True)
+        st = os.stat(name, dir_fd=folder.fd, follow_symlinks=False)
+        tmp = f".{name}.fix.part"
+        fd = folder.create(tmp, 0o600, replace_temp=True)  # O_EXCL|O_NOFOLLOW; a stale one unlinked
+        try:
+            os.fchmod(fd, st.st_mode & 0o7777)
+            with contextlib.suppress(OSError):  # not the file's owner: the group stays ours
+                os.fchown(fd, -1, st.st_gid)
+            safefs.write_all(fd, new)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        folder.rename(tmp, name)
+        os.fsync(folder.fd)
+    return change
+
+
+def fix_one(path: str, kind: str, ctx: dict, rel: str) -> tuple[dict | None, str | None]:
+    """(what changed, None), or (None, why) for a file that cannot be re-encoded (left as it is)."""
+    state = Path(ctx["state_dir"])
     try:
-        os.fchmod(fd, st.st_mode & 0o7777)
-        with contextlib.suppress(OSError):  # not the file's owner: the group stays ours
-            os.fchown(fd, -1, st.st_gid)
-        view = memoryview(new)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    return {
-        "old_kind": kind,
-        "old_size": len(data),
-        "new_size": len(new),
-        "md5_before": md5_bytes(data),
-        "md5_after": md5_bytes(new),
-    }
+        return reencode(path, kind, ctx.get("quality", 95), state, rel, ctx.get("run", "")), None
+    except LauncherError as err:
+        return None, str(err)
+    except Exception as err:  # PIL cannot read it (12-bit, arithmetic-coded): this file only
+        return None, f"cannot be re-encoded ({type(err).__name__}: {err}); left as it is"
 
 
 # ---------------------------------------------------------------- one class folder
@@ -428,7 +450,10 @@ def check_class(root: str, split: str, cls: dict, level: str, ctx: dict) -> dict
             extra = r.note.removeprefix(NOTES[r.kind]).lstrip("; ") if r.kind in NOTES else r.note
             notes.append([f"{rel}/{name}", r.kind or "warning", extra])  # the kind's text is in the report once
         if ctx.get("fix") and r.kind in FIXABLE:
-            change = reencode(path, r.kind, ctx.get("quality", 95))
+            change, why = fix_one(path, r.kind, ctx, f"{rel}/{name}")
+            if change is None:
+                notes.append([f"{rel}/{name}", "unfixable", why])
+                continue
             again = probe(path, level)
             fixed.append({"path": f"{rel}/{name}", **change, "ok": again.ok})
             if not again.ok:
@@ -461,6 +486,7 @@ def verify_shard(root: str, split: str, input: str, level: str, fix: bool = Fals
         numbers.setdefault(wnid, []).append(number)
     ctx = {"pattern": spec["pattern"], "val_wnids": val_wnids, "val_numbers": numbers, "fix": fix}
     ctx["quality"] = spec.get("quality", 95)
+    ctx["state_dir"], ctx["run"] = spec.get("state_dir"), spec.get("run", "")
     jobs = [(root, split, cls, level, ctx) for cls in spec["classes"]]
     if processes > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(min(processes, len(jobs))) as pool:
@@ -718,6 +744,8 @@ def plan_split(
             "pattern": pattern,
             "expected": str(run_dir / "expected.json"),
             "quality": req.fix_quality,
+            "state_dir": str(run_dir.parent.parent),
+            "run": run_dir.name,
             "classes": classes,
         }
         write_json(run_dir / "inputs" / f"{uid}.json", spec)
@@ -950,11 +978,6 @@ def _note(n: list) -> dict:
     return {"path": n[0], "kind": n[1], **({"note": n[2]} if n[2] else {})}
 
 
-def split_of(path: str) -> str:
-    head = path.split("/", 1)[0]
-    return head if head in SPLITS else "-"
-
-
 def checks_summary(failures: list, notes: list, counts: dict, md5: dict, desc: dict) -> dict:
     """check -> split -> {checked, failed, notes}: the rows of the summary table."""
     level = desc["level"]
@@ -982,55 +1005,14 @@ def checks_summary(failures: list, notes: list, counts: dict, md5: dict, desc: d
 
 def apply_fixes(desc: dict, fixed: list[dict]) -> list[str]:
     """Re-encoded files have new sizes: rewrite them in the manifest, prepare's unit records and
-    the split's complete record (so a later `exists` check or finalize agree with the disk), and
-    append what changed to state_dir/verify-fixes.jsonl."""
+    the split's complete record (so a later `exists` check or finalize agree with the disk), then
+    log each fix's outcome in state_dir/verify-fixes.jsonl after its intent."""
     state = Path(desc["state_dir"])
-    new_size = {f["path"]: f["new_size"] for f in fixed if f["ok"]}
-    delta: dict[str, int] = {}
+    updated = update_sizes(state, {f["path"]: f["new_size"] for f in fixed if f["ok"]})
     for f in fixed:
-        if f["ok"]:
-            delta[split_of(f["path"])] = delta.get(split_of(f["path"]), 0) + f["new_size"] - f["old_size"]
-    updated = []
-    for split in delta:
-        mpath = state / f"manifest-{split}.json"
-        manifest = read_manifest(mpath)
-        if manifest is not None:
-            changed = False
-            for i, p in enumerate(manifest["paths"]):
-                if (size := new_size.get(f"{split}/{p}")) is not None:
-                    manifest["sizes"][i], changed = size, True
-            if changed:
-                write_manifest(mpath, manifest)
-                updated.append(str(mpath))
-        for record in sorted((state / "units").glob(f"{split}-*.json")):
-            rec = read_json(record)
-            if rec and _update_prepare_record(rec, split, new_size):
-                write_json(record, rec)
-                updated.append(str(record))
-        cpath = state / f"complete-{split}.json"
-        if (complete := read_json(cpath)) is not None and "bytes" in complete:
-            complete["bytes"] += delta[split]
-            write_json(cpath, complete, indent=1)
-            updated.append(str(cpath))
-    for f in fixed:
-        append_line(state / "verify-fixes.jsonl", {"run": desc["run"], "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **f})
+        line = {"run": desc["run"], "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "state": "applied", **f}
+        append_line(state / FIXES, line, fsync=True)
     return updated
-
-
-def _update_prepare_record(rec: dict, split: str, new_size: dict[str, int]) -> bool:
-    changed = False
-    if split == "train" and rec.get("kind") == "train":
-        for wnid, files in rec.get("classes", {}).items():
-            for entry in files:
-                if (size := new_size.get(f"train/{wnid}/{entry[0]}")) is not None:
-                    rec["bytes"] += size - entry[1]
-                    entry[1], changed = size, True
-    elif split == "val" and rec.get("kind") == "val":
-        for entry in rec.get("files", []):
-            if (size := new_size.get(f"val/{entry[0]}/{entry[1]}")) is not None:
-                rec["bytes"] += size - entry[2]
-                entry[2], changed = size, True
-    return changed
 
 
 # ---------------------------------------------------------------- the whole command
@@ -1053,10 +1035,10 @@ def check_request(req: VerifyRequest) -> None:
             "root (meta.bin, train/, val/), or prepare one with `launcher prepare`."
         )
     try:
-        req.layout.state_dir.mkdir(parents=True, exist_ok=True)
-        probe_file = req.layout.state_dir / f".write-test-{os.getpid()}"
-        probe_file.touch()
-        probe_file.unlink()
+        with safefs.Dir.of(req.layout.state_dir, create=True) as state:
+            probe_file = f".write-test-{os.getpid()}"
+            os.close(state.create(probe_file, replace_temp=True))
+            state.unlink_entry(probe_file)
     except OSError as err:
         raise LauncherError(
             f"cannot write verify's records and report into {req.layout.state_dir}: {err.strerror or err}. "
@@ -1123,6 +1105,8 @@ def run_verify(req: VerifyRequest, cluster: dispatch.Cluster) -> int:
     report_path = Path(req.report or req.layout.state_dir / "verify.json")
     processes = int(cluster.params.get("cpus_per_task") or 1) if cluster.executor == "slurm" else 1
     with Lock(req.layout.lock_file, f"the root {req.layout.root} (a prepare or verify runs on it)"):
+        for message in reconcile_fixes(req.layout.root, req.layout.state_dir):
+            print(f"warning: {message}", file=sys.stderr)
         min_bytes = SLURM_MIN_SHARD_BYTES[req.level] if cluster.executor == "slurm" else 0
         p = make_plan(req, cluster.parallelism, processes, min_bytes)
         units = [*p.shards, *p.md5]

@@ -437,7 +437,9 @@ def test_fix_makes_every_file_a_jpeg_decode_jpeg_reads(ours, archives, tmp_path)
         with Image.open(io.BytesIO(data)) as im:
             assert im.format == "JPEG" and im.mode == "RGB"
     assert all(decodes(p) for split in ("train", "val") for p in images(root, split))
-    assert (root / ".launcher" / "verify-fixes.jsonl").read_text().count("md5_before") == len(fixed)
+    log = [json.loads(line) for line in (root / ".launcher" / "verify-fixes.jsonl").read_text().splitlines()]
+    assert sorted(x["path"] for x in log if x["state"] == "intent") == sorted(fixed)
+    assert sorted(x["path"] for x in log if x["state"] == "applied") == sorted(fixed)
 
     # the manifest and prepare's records follow the new sizes: exists passes, prepare stays a no-op
     manifest = json.loads((root / ".launcher" / "manifest-train.json").read_text())
