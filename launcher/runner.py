@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from launcher import dispatch
+from launcher import dispatch, safefs
 from launcher.layout import Layout, append_line
 from launcher.progress import Progress
 from launcher.units import Unit, is_complete, run_units
@@ -70,9 +70,10 @@ def record_submission(
 
 
 def ledger_entries(layout: Layout) -> list[dict]:
-    if not layout.ledger.exists():
+    data = safefs.read(layout.ledger)  # our own log: never read through a planted link or FIFO
+    if data is None:
         return []
-    return [json.loads(line) for line in layout.ledger.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
 
 
 def ledger_jobs(layout: Layout) -> dict[str, list[tuple[str, str, str]]]:

@@ -361,15 +361,17 @@ def reencode(path: str, kind: str, quality: int, state: Path, rel: str, run: str
     return change
 
 
-def fix_one(path: str, kind: str, ctx: dict, rel: str) -> tuple[dict | None, str | None]:
-    """(what changed, None), or (None, why) for a file that cannot be re-encoded (left as it is)."""
+def fix_one(path: str, kind: str, ctx: dict, rel: str) -> tuple[dict | None, str | None, bool]:
+    """(what changed, None, _), or (None, why, whether it is a failure) for a file that was not
+    re-encoded (left as it is): PIL cannot read it (a note), or its folder, the kept copy or the
+    log is not what launcher wrote there (a failure naming it)."""
     state = Path(ctx["state_dir"])
     try:
-        return reencode(path, kind, ctx.get("quality", 95), state, rel, ctx.get("run", "")), None
-    except LauncherError as err:
-        return None, str(err)
+        return reencode(path, kind, ctx.get("quality", 95), state, rel, ctx.get("run", "")), None, False
+    except (LauncherError, OSError) as err:
+        return None, f"not re-encoded: {err}", True
     except Exception as err:  # PIL cannot read it (12-bit, arithmetic-coded): this file only
-        return None, f"cannot be re-encoded ({type(err).__name__}: {err}); left as it is"
+        return None, f"cannot be re-encoded ({type(err).__name__}: {err}); left as it is", False
 
 
 # ---------------------------------------------------------------- one class folder
@@ -450,9 +452,12 @@ def check_class(root: str, split: str, cls: dict, level: str, ctx: dict) -> dict
             extra = r.note.removeprefix(NOTES[r.kind]).lstrip("; ") if r.kind in NOTES else r.note
             notes.append([f"{rel}/{name}", r.kind or "warning", extra])  # the kind's text is in the report once
         if ctx.get("fix") and r.kind in FIXABLE:
-            change, why = fix_one(path, r.kind, ctx, f"{rel}/{name}")
+            change, why, failed = fix_one(path, r.kind, ctx, f"{rel}/{name}")
             if change is None:
-                notes.append([f"{rel}/{name}", "unfixable", why])
+                if failed:
+                    fail(name, "fix", why)
+                else:
+                    notes.append([f"{rel}/{name}", "unfixable", why])
                 continue
             again = probe(path, level)
             fixed.append({"path": f"{rel}/{name}", **change, "ok": again.ok})
