@@ -115,12 +115,23 @@ def pending_fixes(state: Path) -> list[dict]:
     return list(pending.values())
 
 
+def remove_fix_temporary(root: Path, rel: str) -> None:
+    """The `.<name>.fix.part` a killed fix left beside its file (unlinked, never followed)."""
+    try:
+        folder, name = safefs.parent(root / rel)
+    except (FileNotFoundError, LauncherError):
+        return
+    with folder:
+        folder.unlink_entry(f".{name}.fix.part")
+
+
 def reconcile_fixes(root: Path, state: Path) -> list[str]:
     """Finish what an interrupted verify.fix started: an intent whose replacement happened (the
     file has the new md5) gets the manifest and records updated; one whose replacement did not
     happen (the old md5) is closed as not applied; anything else is reported with the kept copy."""
     messages = []
     for intent in pending_fixes(state):
+        remove_fix_temporary(root, intent["path"])
         try:
             data = safefs.read(root / intent["path"], FIX_MAX_BYTES)
         except LauncherError as err:

@@ -106,7 +106,20 @@ MOMENTS = {
 
 
 # strace -f -o: "<pid> <call>", the pid padded to the width of the largest pid
-CALL = re.compile(r'^\d+\s+(?:write\(\d+<(?P<fd>[^>]+)>|rename\w*\((?:\S+<(?P<dir>[^>]*)>, )?"(?P<src>[^"]+)")')
+CALL = re.compile(
+    r"^\d+\s+(?:write\(\d+<(?P<fd>[^>]+)>"
+    r'|rename\w*\((?:\S+<(?P<dir>[^>]*)>, )?"(?P<src>[^"]+)"(?:, \S+<(?P<dst>[^>]*)>)?)'
+)
+
+
+def injection_keys(m: re.Match) -> tuple[str, ...]:
+    """What `strace -P` matches a traced call by: the written file; for a rename relative to opened
+    folders (renameat), those folders; for a rename of absolute paths, the source."""
+    if m["fd"]:
+        return (m["fd"],)
+    if m["dir"] and not m["src"].startswith("/"):
+        return tuple(d for d in (m["dir"], m["dst"]) if d)
+    return (m["src"],)
 
 
 @pytest.fixture(scope="session")
@@ -122,19 +135,21 @@ def clean_run(archives, tmp_path_factory):
         run = run_traced(prepare_args(result, root), syscalls, log=log)
         assert run.returncode == 0, run.stderr
         calls = [m for m in map(CALL.match, log.read_text().splitlines()) if m]
-        traces[syscalls] = (root, [m["fd"] or os.path.join(m["dir"] or "", m["src"]) for m in calls])
+        paths = [m["fd"] or os.path.join(m["dir"] or "", m["src"]) for m in calls]
+        traces[syscalls] = (root, paths, [injection_keys(m) for m in calls])
     return result, root, traces
 
 
-def target_call(paths: list[str], spec: str) -> tuple[str, int]:
-    """The call matching `pattern[#first|#-1|#mid|#q1|#q3]` in a traced run, as (its path, which
-    call on that path it is, 1-based)."""
+def target_call(paths: list[str], keys: list[tuple[str, ...]], spec: str) -> tuple[str, int]:
+    """The call matching `pattern[#first|#-1|#mid|#q1|#q3]` in a traced run, as (the path strace -P
+    matches it by, which of the calls matching that path it is, 1-based)."""
     pattern, _, which = spec.partition("#")
     hits = [i for i, path in enumerate(paths) if re.search(pattern, path)]
     assert hits, f"no call matches {pattern!r}"
     position = {"": 0, "-1": len(hits) - 1, "mid": len(hits) // 2, "q1": len(hits) // 4, "q3": 3 * len(hits) // 4}
     i = hits[position[which]]
-    return paths[i], paths[: i + 1].count(paths[i])
+    key = keys[i][0]
+    return key, sum(key in k for k in keys[: i + 1])
 
 
 @pytest.mark.slow
@@ -142,8 +157,8 @@ def target_call(paths: list[str], spec: str) -> tuple[str, int]:
 def test_sigkill_at_any_moment_then_rerun(moment, clean_run, tmp_path, capsys):
     result, reference, traces = clean_run
     syscalls, spec = MOMENTS[moment]
-    clean_root, paths = traces[syscalls]
-    path, n = target_call(paths, spec)
+    clean_root, paths, keys = traces[syscalls]
+    path, n = target_call(paths, keys, spec)
     root = tmp_path / "root"
     path = str(root) + path.removeprefix(str(clean_root))
     crashed = run_traced(prepare_args(result, root), syscalls, inject_at=n, path=path)
