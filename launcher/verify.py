@@ -313,6 +313,10 @@ def check_file(path: str | Path, level: str, size: int | None = None) -> tuple[b
 # ---------------------------------------------------------------- fix
 
 
+class Unfixable(Exception):
+    """PIL cannot decode a file verify.fix would re-encode."""
+
+
 def reencoded(data: bytes, quality: int) -> bytes:
     """The image `data` re-encoded to RGB JPEG."""
     with pil_image().open(io.BytesIO(data)) as im:
@@ -333,7 +337,10 @@ def reencode(path: str, kind: str, quality: int, state: Path, rel: str, run: str
         data = folder.read(name, FIX_MAX_BYTES)
         if data is None:
             raise FileNotFoundError(path)
-        new = reencoded(data, quality)
+        try:
+            new = reencoded(data, quality)
+        except Exception as err:  # PIL cannot read it (12-bit, arithmetic-coded, broken data)
+            raise Unfixable(f"cannot be re-encoded ({type(err).__name__}: {err}); left as it is") from err
         kept = keep_original(state, rel, data)
         change = {
             "old_kind": kind,
@@ -368,10 +375,10 @@ def fix_one(path: str, kind: str, ctx: dict, rel: str) -> tuple[dict | None, str
     state = Path(ctx["state_dir"])
     try:
         return reencode(path, kind, ctx.get("quality", 95), state, rel, ctx.get("run", "")), None, False
+    except Unfixable as err:  # this file only: the shard goes on
+        return None, str(err), False
     except (LauncherError, OSError) as err:
         return None, f"not re-encoded: {err}", True
-    except Exception as err:  # PIL cannot read it (12-bit, arithmetic-coded): this file only
-        return None, f"cannot be re-encoded ({type(err).__name__}: {err}); left as it is", False
 
 
 # ---------------------------------------------------------------- one class folder
