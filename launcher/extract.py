@@ -215,19 +215,8 @@ def extract_val(val_tar: str, root: str, index: str, devkit: str, start: int, st
                 folder = folders.get(wnid)
                 if folder is None:  # opened once per class, without following a link
                     folder = folders[wnid] = val.sub(wnid, create=True, out=out, replace=out.replace)
-                tmp = f".{name}.part"
-                try:
-                    tfd = folder.create(tmp, out.file_mode, replace_temp=True)  # O_EXCL; a stale one unlinked
-                    try:
-                        safefs.fix_bits(tfd, out)
-                        safefs.write_all(tfd, window.view(offset, size, name))
-                        if out.fsync:
-                            os.fsync(tfd)
-                    finally:
-                        os.close(tfd)
-                    folder.rename(tmp, name)  # a link at `name` is replaced itself, never followed
-                except OSError as err:
-                    raise safefs.write_error(folder.join(name), err) from err
+                # O_EXCL temporary (a stale one unlinked), renameat over the name: never followed
+                folder.put(name, window.view(offset, size, name), out, f".{name}.part")
                 files.append([wnid, name, size])
                 nbytes += size
     finally:

@@ -32,6 +32,7 @@ from launcher.errors import LauncherError
 ENV = "LAUNCHER_TRUSTED"
 _ANCHORS: set[str] = set()
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 READ_LIMIT = 1 << 30  # the largest state file we read (a 1.28 M-image manifest is ~60 MB)
 
 
@@ -216,10 +217,12 @@ class Dir:
         """The file `name`, created new and written whole (the fast path: openat+write+close)."""
         mode = out.file_mode if out is not None else 0o644
         try:
-            fd = self.create(name, mode)
+            fd = os.open(name, NEW_FILE, mode, dir_fd=self.fd)
             try:
-                fix_bits(fd, out)
-                write_all(fd, data)
+                if mode & ~UMASK != mode:  # the umask took bits away: put them back
+                    os.fchmod(fd, mode)
+                if os.write(fd, data) < len(data):  # short writes are rare (signals, network file systems)
+                    write_all(fd, memoryview(data)[os.lseek(fd, 0, os.SEEK_CUR) :])
                 if out is not None and out.fsync:
                     os.fsync(fd)
             finally:
@@ -229,19 +232,29 @@ class Dir:
 
     def write_atomic(self, name: str, data, out=None, temp: str | None = None, fsync: bool = False) -> None:
         """`name` replaced whole: a temporary sibling (O_EXCL, a stale one unlinked) renamed over it."""
-        temp = temp or f".{name}.tmp"
-        mode = out.file_mode if out is not None else 0o644
         self.check_not_folder(name)
+        self.put(name, data, out, temp or f".{name}.tmp", fsync)
+
+    def put(self, name: str, data, out, temp: str, fsync: bool = False) -> None:
+        """Write `temp` new (O_CREAT|O_EXCL|O_NOFOLLOW; a stale one is unlinked, never followed) and
+        rename it over `name` (a link there is replaced itself): openat+write+close+renameat."""
+        mode = out.file_mode if out is not None else 0o644
         try:
-            fd = self.create(temp, mode, replace_temp=True)
             try:
-                fix_bits(fd, out)
-                write_all(fd, data)
+                fd = os.open(temp, NEW_FILE, mode, dir_fd=self.fd)
+            except FileExistsError:
+                self.unlink_entry(temp)
+                fd = os.open(temp, NEW_FILE, mode, dir_fd=self.fd)
+            try:
+                if mode & ~UMASK != mode:
+                    os.fchmod(fd, mode)
+                if os.write(fd, data) < len(data):
+                    write_all(fd, memoryview(data)[os.lseek(fd, 0, os.SEEK_CUR) :])
                 if fsync or (out is not None and out.fsync):
                     os.fsync(fd)
             finally:
                 os.close(fd)
-            self.rename(temp, name)
+            os.rename(temp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
         except OSError as err:
             with contextlib.suppress(OSError):
                 os.unlink(temp, dir_fd=self.fd)

@@ -479,6 +479,7 @@ def test_corrupt_header_checksum(where, archives, tmp_path, capsys):
 
 def fault_cases() -> int:
     """Cases of this suite plus the SLURM fault tests (marked faults in test_slurm.py)."""
+    import importlib
     import inspect
 
     import test_slurm
@@ -495,7 +496,12 @@ def fault_cases() -> int:
         for name, f in vars(test_slurm).items()
         if name.startswith("test_") and any(m.name == "faults" for m in getattr(f, "pytestmark", []))
     ]
-    return own + len(slurm) + 2  # + the requeue and preemption cases of test_slurm
+    others = 0  # the planted-links suite and verify.fix's interruptions (test_planted, test_fixlog)
+    for module in (importlib.import_module(m) for m in ("test_planted", "test_fixlog")):
+        for name, f in vars(module).items():
+            if name.startswith("test_") and inspect.isfunction(f):
+                others += len(module.MOMENTS) if name == "test_fix_killed_then_rerun" else 1
+    return own + len(slurm) + others + 2  # + the requeue and preemption cases of test_slurm
 
 
 def test_fault_suite_size():
