@@ -260,6 +260,30 @@ class Dir:
                 os.unlink(temp, dir_fd=self.fd)
             raise write_error(self.join(name), err) from err
 
+    def copy_from(self, src: str | Path, name: str, temp: str | None = None) -> int:
+        """Copy the file `src` to `name` here: an O_EXCL temporary (a stale one unlinked) filled by
+        the kernel (sendfile), renamed over `name` (a link there is replaced itself). Returns the size."""
+        temp = temp or f".{name}.part"
+        sfd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.fstat(sfd).st_size
+            try:
+                fd = self.create(temp, 0o644, replace_temp=True)
+                try:
+                    done = 0
+                    while done < size and (n := os.sendfile(fd, sfd, done, min(size - done, 1 << 30))):
+                        done += n
+                finally:
+                    os.close(fd)
+                self.rename(temp, name)
+            except OSError as err:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp, dir_fd=self.fd)
+                raise write_error(self.join(name), err) from err
+            return done
+        finally:
+            os.close(sfd)
+
     def check_not_folder(self, name: str) -> None:
         st = self.lstat(name)
         if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):

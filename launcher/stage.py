@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 import socket
+import stat
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from launcher import safefs
 from launcher.errors import LauncherError
 from launcher.layout import read_json, write_json
 
@@ -56,8 +57,7 @@ class WaitingLock:
         self.path, self.timeout_s, self.poll_s, self.fd = Path(path), timeout_s, poll_s, -1
 
     def __enter__(self) -> WaitingLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.fd = safefs.open_lock(self.path)  # never through a planted link
         deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
         while True:
             try:
@@ -130,31 +130,30 @@ def check_source(source: Path, splits: Iterable[str]) -> None:
 
 def copy_files(source: Path, dest: Path, files: list[tuple[str, int | None]], threads: int) -> tuple[int, int]:
     """Copy what is missing or of another size; returns (files copied, bytes in dest)."""
-    folders = sorted({str(Path(rel).parent) for rel, _ in files})
-    for folder in folders:
-        (dest / folder).mkdir(parents=True, exist_ok=True)
+    folders = {f: safefs.Dir.of(dest / f, create=True) for f in sorted({str(Path(rel).parent) for rel, _ in files})}
 
     def one(item: tuple[str, int | None]) -> tuple[int, int]:
         rel, size = item
-        src, dst = source / rel, dest / rel
+        src, folder, name = source / rel, folders[str(Path(rel).parent)], Path(rel).name
         if size is None:
             size = os.stat(src).st_size
-        try:
-            if os.stat(dst).st_size == size:
-                return 0, size
-        except FileNotFoundError:
-            pass
-        shutil.copyfile(src, dst)
-        got = os.stat(dst).st_size
+        st = folder.lstat(name)
+        if st is not None and stat.S_ISREG(st.st_mode) and st.st_size == size:
+            return 0, size
+        got = folder.copy_from(src, name)  # temporary + renameat: a link at `name` is replaced, not followed
         if got != size:
-            raise LauncherError(f"copied {src} to {dst}: {got} bytes, expected {size}")
+            raise LauncherError(f"copied {src} to {folder.join(name)}: {got} bytes, expected {size}")
         return 1, size
 
     copied = total = 0
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        for c, n in pool.map(one, files, chunksize=256):
-            copied += c
-            total += n
+    try:
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            for c, n in pool.map(one, files, chunksize=256):
+                copied += c
+                total += n
+    finally:
+        for folder in folders.values():
+            folder.close()
     return copied, total
 
 
@@ -179,6 +178,7 @@ def stage_root(
     src_state = Path(source_state_dir).absolute() if source_state_dir else source / ".launcher"
     dst_state = Path(dest_state_dir).absolute() if dest_state_dir else dest / ".launcher"
     rank = local_rank_from_env() if local_rank is None else local_rank
+    safefs.trust(dest, dst_state)  # below them, nothing is followed
     check_source(source, splits)
     ident = source_identity(source, src_state, splits)
     started = time.time()
@@ -237,18 +237,18 @@ def copy_root(
     before = read_json(marker)
     if before and before.get("identity") != ident:  # another source (or re-prepared): start over
         for split in splits:
-            shutil.rmtree(dest / split, ignore_errors=True)
+            safefs.remove_tree(dest / split)  # a link there is removed itself, never followed
     write_json(marker, {"state": "copying", "identity": ident, "host": socket.gethostname(), "started_at": t0})
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source / "meta.bin", dest / "meta.bin")
+    with safefs.Dir.of(dest, create=True) as top:
+        top.copy_from(source / "meta.bin", "meta.bin")
     files = [f for split in splits for f in split_files(source, src_state, split)]
     copied, nbytes = copy_files(source, dest, files, threads)
     for name in STATE_FILES:
         for split in splits:
             src = src_state / name.format(split=split)
             if src.exists():
-                dst_state.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, dst_state / src.name)
+                with safefs.Dir.of(dst_state, create=True) as state:
+                    state.copy_from(src, src.name)
     write_json(
         marker,
         {
@@ -286,6 +286,7 @@ def stage_archives(
     ident = {"source": str(source), **{n: os.stat(source / n).st_size for n in names}}
     rank = local_rank_from_env() if local_rank is None else local_rank
     marker = (Path(state_dir).absolute() if state_dir else root / ".launcher") / MARKER
+    safefs.trust(archive_dir, root, marker.parent)
     started = time.time()
 
     def work() -> StageResult:
