@@ -102,12 +102,7 @@ class Dir:
         path = os.path.abspath(path)
         if create:
             os.makedirs(path, mode=mode, exist_ok=True)
-        try:
-            return cls(os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), path)
-        except FileNotFoundError:
-            raise
-        except NotADirectoryError:
-            raise LauncherError(f"{path} is not a folder; point the option that names it at a folder.") from None
+        return cls(os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), path)  # callers name the option
 
     @classmethod
     def of(cls, path: str | Path, create: bool = False, out=None, replace: bool = False) -> Dir:
