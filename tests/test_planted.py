@@ -259,7 +259,8 @@ def test_every_kind_of_path_is_traced(traced):
     fixes = [".launcher/verify-fixes.jsonl", ".launcher/fix-originals", ".launcher/verify"]
     assert not [w for w in fixes if w not in verify], sorted(verify)
     assert any(k.endswith(".fix.part") for k in verify), sorted(verify)
-    print(f"planted-link kinds of path: prepare {len(prepare)}, verify {len(verify)}")
+    files = sum(typ == "file" for _, typ in prepare.values())
+    print(f"planted-link kinds of path: prepare {len(prepare)} ({files} files), verify {len(verify)}")
     for kind, (rel, typ) in sorted({**prepare, **verify}.items()):
         print(f"  {typ:6} {kind:50} {rel}")
 
