@@ -661,18 +661,22 @@ def make_plan(req: PrepareRequest, parallelism: int, min_bytes: int = 0) -> Plan
     identity = {"devkit": devkit_fp, **{s: indexes[s]["fingerprint"] for s in indexes}, "archives": archives}
     clashes = {s: conflicts(req.layout, s, old, indexes[s], devkit) for s, (_, old) in loaded.items()}
     guard_identity(req, identity, clashes)
-    if req.dry_run:
-        identity["root"] = root_identity(req.layout.root) or {"id": "(not made yet)"}
-    else:
-        identity["root"] = make_root_identity(req.layout)
-        write_json(
-            req.layout.state_dir / "identity.json",
-            {**read_json(req.layout.state_dir / "identity.json"), "root": identity["root"]},
-        )
+    identity["root"] = root_of_plan(req)
     p = plan_units(req, devkit, indexes, parallelism, identity, min_bytes)
     if not req.dry_run:
         drop_stale_records(req.layout, p)
     return p
+
+
+def root_of_plan(req: PrepareRequest) -> dict:
+    """The root's identity, once the guard accepted the root: made if new, kept in identity.json
+    (a dry run makes nothing)."""
+    if req.dry_run:
+        return root_identity(req.layout.root) or {"id": "(not made yet)"}
+    root = make_root_identity(req.layout)
+    record = req.layout.state_dir / "identity.json"
+    write_json(record, {**read_json(record), "root": root})
+    return root
 
 
 def drop_stale_records(layout: Layout, p: Plan) -> None:
