@@ -79,12 +79,16 @@ class DevkitMembersConfig:
 
 @dataclass
 class PatternsConfig:
-    # regex for the members of the outer train tar (one tar per class)
-    train_class: str = r"n\d{8}\.tar"
-    # regex for the images inside a class tar; {wnid} is the class tar's stem
-    train_image: str = r"{wnid}_\d+\.JPEG"
-    # regex for the members of the val tar; group 1 is the 1-based image number
-    val_image: str = r"ILSVRC2012_val_(\d{8})\.JPEG"
+    # regex for a WNID (meta.mat, class tar stems): it becomes a folder name; matched in ASCII
+    wnid: str = r"n[0-9]{8}"
+    # regex for an ILSVRC2012_ID (meta.mat and each line of the val ground truth), in ASCII
+    ilsvrc_id: str = r"[1-9][0-9]{0,6}"
+    # regex for the members of the outer train tar (one tar per class); matched in ASCII
+    train_class: str = r"n[0-9]{8}\.tar"
+    # regex for the images inside a class tar; {wnid} is the class tar's stem; matched in ASCII
+    train_image: str = r"{wnid}_[0-9]+\.JPEG"
+    # regex for the members of the val tar; group 1 is the 1-based image number; matched in ASCII
+    val_image: str = r"ILSVRC2012_val_([0-9]{8})\.JPEG"
 
 
 @dataclass

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
+import numbers
+import re
 import tarfile
 import zlib
 from dataclasses import dataclass
@@ -106,7 +109,69 @@ def read_devkit_members(path: Path, wanted: tuple[str, ...], max_bytes: int) -> 
     return found
 
 
-def parse_meta_mat(data: bytes, label: str) -> tuple[dict[int, str], dict[str, tuple[str, ...]], dict[str, int]]:
+# ---------------------------------------------------------------- names (untrusted until they match)
+
+
+@dataclass(frozen=True)
+class NamePatterns:
+    """dataset.patterns.wnid and .ilsvrc_id, compiled in ASCII (no other digits, no other letters)."""
+
+    wnid: re.Pattern
+    ilsvrc_id: re.Pattern
+
+    @classmethod
+    def of(cls, wnid: str, ilsvrc_id: str) -> NamePatterns:
+        return cls(re.compile(wnid, re.ASCII), re.compile(ilsvrc_id, re.ASCII))
+
+
+def leaf_wnid(value, names: NamePatterns, label: str) -> str:
+    """A synset's WNID, which becomes a folder name: it must match dataset.patterns.wnid in full."""
+    text = value if isinstance(value, str) else str(value)
+    if not names.wnid.fullmatch(text):
+        raise DevkitError(
+            f"{label}: the field WNID holds {text[:40]!r}, which does not match the pattern "
+            f"{names.wnid.pattern!r} (dataset.patterns.wnid); it would become a folder name. This is "
+            "not the ILSVRC2012 devkit: download it again."
+        )
+    return text
+
+
+def leaf_id(value, names: NamePatterns, label: str) -> int:
+    """A synset's ILSVRC2012_ID: an integer whose decimal text matches dataset.patterns.ilsvrc_id."""
+    text = number_text(value)
+    if not names.ilsvrc_id.fullmatch(text):
+        raise DevkitError(
+            f"{label}: the field ILSVRC2012_ID holds {text[:40]!r}, which does not match the pattern "
+            f"{names.ilsvrc_id.pattern!r} (dataset.patterns.ilsvrc_id). This is not the ILSVRC2012 "
+            "devkit: download it again."
+        )
+    return int(text)
+
+
+def number_text(value) -> str:
+    """The decimal text of a number read from meta.mat (an integer, or a float with no fraction, as
+    MATLAB stores numbers); anything else as it is written, for the pattern to refuse."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
+        return str(int(value))
+    return value if isinstance(value, str) else repr(value)
+
+
+def check_unique(values: list, field: str, label: str) -> None:
+    seen: set = set()
+    for value in values:
+        if value in seen:
+            raise DevkitError(
+                f"{label}: two leaf synsets have the {field} {value!r}; this is not the ILSVRC2012 "
+                "devkit: download it again."
+            )
+        seen.add(value)
+
+
+def parse_meta_mat(
+    data: bytes, label: str, names: NamePatterns
+) -> tuple[dict[int, str], dict[str, tuple[str, ...]], dict[str, int]]:
     """(ILSVRC2012_ID -> WNID, WNID -> class names, WNID -> train count) of the leaf synsets."""
     import numpy as np
     import scipy.io
@@ -126,32 +191,44 @@ def parse_meta_mat(data: bytes, label: str) -> tuple[dict[int, str], dict[str, t
     leaves = [s for s in synsets if int(s["num_children"]) == 0]
     if not leaves:
         raise DevkitError(f"{label}: no leaf synsets (num_children == 0) in meta.mat")
-    id_to_wnid = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in leaves}
-    wnid_to_classes = {str(s["WNID"]): tuple(str(s["words"]).split(", ")) for s in leaves}
-    counts = {str(s["WNID"]): int(s["num_train_images"]) for s in leaves}
+    ids = [leaf_id(s["ILSVRC2012_ID"], names, label) for s in leaves]
+    wnids = [leaf_wnid(s["WNID"], names, label) for s in leaves]
+    check_unique(ids, "ILSVRC2012_ID", label)
+    check_unique(wnids, "WNID", label)
+    id_to_wnid = dict(zip(ids, wnids))
+    wnid_to_classes = {w: tuple(str(s["words"]).split(", ")) for w, s in zip(wnids, leaves)}
+    counts = {w: int(s["num_train_images"]) for w, s in zip(wnids, leaves)}
     return id_to_wnid, wnid_to_classes, counts
 
 
-def parse_ground_truth(data: bytes, id_to_wnid: dict[int, str], label: str) -> list[str]:
-    """WNID of each val image, from one ILSVRC2012_ID per line."""
+def parse_ground_truth(data: bytes, id_to_wnid: dict[int, str], label: str, names: NamePatterns) -> list[str]:
+    """WNID of each val image, from one ILSVRC2012_ID per line (ASCII digits, `\\n`-terminated)."""
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":  # the file ends with a newline
+        lines.pop()
     wnids = []
-    for number, line in enumerate(data.decode("ascii", "replace").split(), start=1):
-        try:
-            wnids.append(id_to_wnid[int(line)])
-        except (ValueError, KeyError):
+    for number, raw in enumerate(lines, start=1):
+        text = raw.decode("ascii", "replace")
+        if not names.ilsvrc_id.fullmatch(text) or int(text) not in id_to_wnid:
             raise DevkitError(
-                f"{label}: line {number} is {line!r}, not the ILSVRC2012_ID of a leaf synset "
-                f"(1..{len(id_to_wnid)}). The ground truth does not belong to this meta.mat."
-            ) from None
+                f"{label}: line {number} is {text[:40]!r}, not the ILSVRC2012_ID of a leaf synset "
+                f"(pattern {names.ilsvrc_id.pattern!r}, 1..{len(id_to_wnid)}). The ground truth does "
+                "not belong to this meta.mat: download the devkit again."
+            )
+        wnids.append(id_to_wnid[int(text)])
     return wnids
 
 
-def parse_devkit(path: Path, meta_member: str, ground_truth_member: str, max_bytes: int) -> Devkit:
-    """Read meta.mat and the validation ground truth out of the devkit archive."""
+def parse_devkit(
+    path: Path, meta_member: str, ground_truth_member: str, max_bytes: int, *, wnid_pattern: str, id_pattern: str
+) -> Devkit:
+    """Read meta.mat and the validation ground truth out of the devkit archive; every WNID and
+    ILSVRC2012_ID must match its pattern (dataset.patterns) before anything uses it."""
     path = Path(path)
     if not path.is_file():
         raise DevkitError(f"The devkit archive {path} is not there.")
+    names = NamePatterns.of(wnid_pattern, id_pattern)
     members = read_devkit_members(path, (meta_member, ground_truth_member), max_bytes)
-    id_to_wnid, wnid_to_classes, counts = parse_meta_mat(members[meta_member], f"{path}:{meta_member}")
-    val_wnids = parse_ground_truth(members[ground_truth_member], id_to_wnid, f"{path}:{ground_truth_member}")
+    id_to_wnid, wnid_to_classes, counts = parse_meta_mat(members[meta_member], f"{path}:{meta_member}", names)
+    val_wnids = parse_ground_truth(members[ground_truth_member], id_to_wnid, f"{path}:{ground_truth_member}", names)
     return Devkit(wnid_to_classes=wnid_to_classes, num_train_images=counts, val_wnids=val_wnids)

@@ -73,8 +73,14 @@ def folder_of(dir_fd: int) -> str:
 
 
 def safe_name(name: str) -> bool:
-    """A plain file name: no folder part, no `..`, no NUL."""
-    return bool(name) and "/" not in name and "\0" not in name and name not in (".", "..")
+    """A plain file name: no folder part, no `..`, no NUL, at most NAME_MAX (255) bytes."""
+    return (
+        bool(name)
+        and "/" not in name
+        and "\0" not in name
+        and name not in (".", "..")
+        and len(name.encode("utf-8", "surrogateescape")) <= 255
+    )
 
 
 def check_member(member: Member, pattern: re.Pattern, label: str, seen: set[str]) -> None:
@@ -93,21 +99,49 @@ def check_member(member: Member, pattern: re.Pattern, label: str, seen: set[str]
     seen.add(member.name)
 
 
-def archive_changed(path: str, identity: dict) -> LauncherError | None:
-    st = os.stat(path)
-    if st.st_size != identity["size"] or st.st_mtime_ns != identity["mtime_ns"]:
+def archive_changed(path: str, identity: dict, fd: int | None = None) -> LauncherError | None:
+    """An error when the archive at `path` (and the file open as `fd`, which a rename over `path`
+    does not change) is no longer the file, unchanged, that `identity` describes."""
+    from launcher.index import IDENTITY_KEYS, stat_identity
+
+    now = [stat_identity(path, os.stat(path))] + ([stat_identity(path, os.fstat(fd))] if fd is not None else [])
+    differ = sorted({k for ident in now for k in IDENTITY_KEYS if ident[k] != identity.get(k)})
+    if differ:
         return LauncherError(
-            f"{path} changed since it was indexed (size or time differ). Run `launcher prepare` "
-            "again: it indexes the archive anew."
+            f"{path} changed since it was indexed ({', '.join(differ)} differ: rewritten or replaced); "
+            "nothing of this unit was recorded. Run `launcher prepare` again: it indexes the archive anew "
+            "and prepares what came from the old bytes again."
         )
     return None
+
+
+def check_root(root: str, root_id: str) -> None:
+    """The unit writes into the root it was planned for (its id file holds `root_id`)."""
+    from launcher.layout import read_root_id
+
+    found = read_root_id(Path(root))
+    if found != root_id:
+        raise LauncherError(
+            f"{root} is not the root this unit was planned for (its id is {found!r}, the plan's "
+            f"{root_id!r}: deleted and made again, or another root). Run `launcher prepare` again."
+        )
+
+
+def check_name(name, pattern: re.Pattern, what: str, label: str) -> str:
+    """A name read back from an index or a record (input too) before it becomes a path."""
+    if not isinstance(name, str) or not safe_name(name) or not pattern.fullmatch(name):
+        raise LauncherError(
+            f"{label}: the {what} {name!r} does not match the pattern {pattern.pattern!r}; the index "
+            "or devkit record was altered. Delete it and run `launcher prepare` again."
+        )
+    return name
 
 
 # ---------------------------------------------------------------- train
 
 
 def image_pattern(template: str, wnid: str) -> re.Pattern:
-    return re.compile(template.replace("{wnid}", re.escape(wnid)))
+    return re.compile(template.replace("{wnid}", re.escape(wnid)), re.ASCII)
 
 
 def list_class(folder: safefs.Dir) -> list[list]:
@@ -165,53 +199,92 @@ def check_count(files: list, expected: int | None, wnid: str, label: str, where:
 
 
 def extract_train(
-    train_tar: str, root: str, index: str, devkit: str, wnids: list[str], image_template: str, out: Output
+    train_tar: str,
+    root: str,
+    index: str,
+    devkit: str,
+    wnids: list[str],
+    image_template: str,
+    out: Output,
+    wnid_pattern: str,
+    root_id: str,
 ) -> dict:
-    """Train unit: the class tars `wnids` of the train tar -> root/train/<wnid>/."""
+    """Train unit: the class tars `wnids` of the train tar -> root/train/<wnid>/. The archive is the
+    indexed one, unchanged, before and after; otherwise nothing is recorded."""
     start = time.perf_counter()
     idx = read_json(Path(index))
-    if err := archive_changed(train_tar, idx["archive"]):
-        raise err
+    ident = idx["archive"]
+    check_root(root, root_id)
     counts = read_json(Path(devkit))["devkit"]["num_train_images"]
-    by_wnid = {m[0][: -len(".tar")]: Member(*m, kind="file") for m in idx["members"]}
+    wnid_re = re.compile(wnid_pattern, re.ASCII)
+    by_wnid = {
+        check_name(m[0][: -len(".tar")], wnid_re, "class", index): Member(*m, kind="file") for m in idx["members"]
+    }
     classes, nbytes = {}, 0
     fd = os.open(train_tar, os.O_RDONLY | os.O_CLOEXEC)
     try:
+        if err := archive_changed(train_tar, ident, fd):
+            raise err
         with (
             safefs.Dir.anchor(root) as top,
             top.sub("train", create=True, out=out, replace=out.replace) as train,
             top.walk([".partial", "train"], create=True, out=out, replace=out.replace) as partial,
         ):
-            for wnid in sorted(wnids, key=lambda w: by_wnid[w].offset):
+            for wnid in sorted(wnids, key=lambda w: by_wnid[check_name(w, wnid_re, "class", index)].offset):
                 member = by_wnid[wnid]
                 files = extract_class(fd, member, (train, partial), image_template, counts.get(wnid), out, train_tar)
                 classes[wnid] = files
                 nbytes += sum(size for _, size in files)
+        if err := archive_changed(train_tar, ident, fd):
+            raise err
     finally:
         os.close(fd)
     images = sum(len(f) for f in classes.values())
-    return {"classes": classes, "images": images, "bytes": nbytes, "seconds": time.perf_counter() - start}
+    return {
+        "classes": classes,
+        "images": images,
+        "bytes": nbytes,
+        "archive": ident,
+        "root_id": root_id,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 # ---------------------------------------------------------------- val
 
 
-def extract_val(val_tar: str, root: str, index: str, devkit: str, start: int, stop: int, out: Output) -> dict:
-    """Val unit: val images [start, stop) of the index -> root/val/<wnid>/<name>, each written whole."""
+def extract_val(
+    val_tar: str,
+    root: str,
+    index: str,
+    devkit: str,
+    start: int,
+    stop: int,
+    out: Output,
+    image_pattern: str,
+    wnid_pattern: str,
+    root_id: str,
+) -> dict:
+    """Val unit: val images [start, stop) of the index -> root/val/<wnid>/<name>, each written whole.
+    Names and WNIDs read back from the index and devkit.json are checked again before they become
+    paths; the archive is the indexed one, unchanged, before and after."""
     t0 = time.perf_counter()
     idx = read_json(Path(index))
-    if err := archive_changed(val_tar, idx["archive"]):
-        raise err
+    ident = idx["archive"]
+    check_root(root, root_id)
     val_wnids = read_json(Path(devkit))["devkit"]["val_wnids"]
+    name_re, wnid_re = re.compile(image_pattern, re.ASCII), re.compile(wnid_pattern, re.ASCII)
     members = idx["members"][start:stop]
     folders: dict[str, safefs.Dir] = {}
     files, nbytes = [], 0
     fd = os.open(val_tar, os.O_RDONLY | os.O_CLOEXEC)
     try:
+        if err := archive_changed(val_tar, ident, fd):
+            raise err
         with safefs.Dir.anchor(root) as top, top.sub("val", create=True, out=out, replace=out.replace) as val:
-            window = Window(fd, members[0][1] if members else 0, idx["archive"]["size"], val_tar)
+            window = Window(fd, members[0][1] if members else 0, ident["size"], val_tar)
             for name, offset, size, number in members:
-                wnid = val_wnids[number - 1]
+                wnid = val_target(name, number, val_wnids, name_re, wnid_re, index)
                 folder = folders.get(wnid)
                 if folder is None:  # opened once per class, without following a link
                     folder = folders[wnid] = val.sub(wnid, create=True, out=out, replace=out.replace)
@@ -219,6 +292,8 @@ def extract_val(val_tar: str, root: str, index: str, devkit: str, start: int, st
                 folder.put(name, window.view(offset, size, name), out, f".{name}.part")
                 files.append([wnid, name, size])
                 nbytes += size
+        if err := archive_changed(val_tar, ident, fd):
+            raise err
     finally:
         os.close(fd)
         for folder in folders.values():
@@ -228,8 +303,21 @@ def extract_val(val_tar: str, root: str, index: str, devkit: str, start: int, st
         "range": [start, stop],
         "images": len(files),
         "bytes": nbytes,
+        "archive": ident,
+        "root_id": root_id,
         "seconds": time.perf_counter() - t0,
     }
+
+
+def val_target(name, number, val_wnids: list, name_re: re.Pattern, wnid_re: re.Pattern, label: str) -> str:
+    """The WNID folder of a val member of the index: its name matches the pattern, its number is
+    the one the name says, and the devkit's WNID for it matches dataset.patterns.wnid."""
+    match = name_re.fullmatch(check_name(name, name_re, "val image", label))
+    if type(number) is not int or match.re.groups < 1 or match.group(1) != f"{number:0{len(match.group(1))}d}":
+        raise LauncherError(f"{label}: val image {name!r} is recorded as number {number!r}; the index was altered.")
+    if not 1 <= number <= len(val_wnids):
+        raise LauncherError(f"{label}: val image {name!r} has no label in the devkit ({len(val_wnids)} labels).")
+    return check_name(val_wnids[number - 1], wnid_re, "WNID", label)
 
 
 # ---------------------------------------------------------------- devkit, md5
@@ -245,14 +333,23 @@ def write_meta(devkit: str, meta_bin: str) -> dict:
     return {"bytes": size, "seconds": time.perf_counter() - t0}
 
 
-def check_md5(path: str, expected: str, key: str) -> dict:
-    """Md5 unit: the md5 of a whole archive, compared with dataset.archives.<key>.md5."""
+def check_md5(path: str, expected: str, key: str, identity: dict | None = None) -> dict:
+    """Md5 unit: the md5 of a whole archive, compared with dataset.archives.<key>.md5. The result
+    is tied to the file it hashed: the identity indexed (`identity`), the same before and after the
+    hash, or the unit fails and records nothing."""
+    from launcher.index import stat_identity
+
     t0 = time.perf_counter()
     digest, buf = hashlib.md5(), bytearray(1 << 20)  # one buffer, reused: no allocation per read
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as f:
+        ident = identity or stat_identity(path, os.fstat(f.fileno()), expected)
+        if err := archive_changed(path, ident, f.fileno()):
+            raise err
         while n := f.readinto(buf):
             digest.update(view[:n])
+        if err := archive_changed(path, ident, f.fileno()):
+            raise err
     actual = digest.hexdigest()
     if actual != expected.lower():
         raise LauncherError(
@@ -260,4 +357,4 @@ def check_md5(path: str, expected: str, key: str) -> dict:
             f"{actual}. The archive is corrupt or another version: download it again, or set "
             f"dataset.archives.{key}.md5 to the right value (null skips the check)."
         )
-    return {"md5": actual, "bytes": os.path.getsize(path), "seconds": time.perf_counter() - t0}
+    return {"md5": actual, "key": key, "bytes": ident["size"], "archive": ident, "seconds": time.perf_counter() - t0}

@@ -2,6 +2,7 @@
 
 root/meta.bin, root/train/<wnid>/..., root/val/<wnid>/...  what torchvision reads
 root/.partial/                                            class folders being written
+root/.launcher-root.json                                  the root's random id (records name it)
 state_dir (default root/.launcher)/
   devkit.json, index-train.json, index-val.json            what the archives hold
   units/<unit>.json                                        one completion record per unit
@@ -23,6 +24,7 @@ from launcher import safefs
 from launcher.errors import LauncherError, UnitBusyError
 
 SPLITS = ("train", "val")
+ROOT_ID_FILE = ".launcher-root.json"
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,12 @@ class Layout:
     @property
     def partial_dir(self) -> Path:
         return self.root / ".partial"
+
+    @property
+    def root_id_file(self) -> Path:
+        """The root's own identity record: a random id that tells this root from another one
+        (or from this path deleted and made again) whose records a state_dir holds."""
+        return self.root / ROOT_ID_FILE
 
     @property
     def devkit_file(self) -> Path:
@@ -94,6 +102,17 @@ def read_json(path: Path, default=None):
         return json.loads(data)
     except ValueError as err:
         raise LauncherError(f"{path} is not valid JSON ({err}); delete it and run the command again.") from err
+
+
+def read_root_id(root: Path) -> str | None:
+    """The random id in root/.launcher-root.json, or None (no such file, or not ours)."""
+    try:
+        raw = safefs.read(root / ROOT_ID_FILE, 4096)
+        data = json.loads(raw) if raw is not None else None
+    except (OSError, ValueError, LauncherError):
+        return None
+    rid = data.get("id") if isinstance(data, dict) else None
+    return rid if isinstance(rid, str) and rid.isascii() and rid.isalnum() else None
 
 
 def append_line(path: Path, obj, fsync: bool = False) -> None:

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -25,8 +26,8 @@ from launcher import plan, safefs
 from launcher.devkit import Devkit, parse_devkit
 from launcher.errors import LauncherError
 from launcher.extract import Output, make_dir
-from launcher.index import archive_identity, index_train, index_val, same_archive
-from launcher.layout import SPLITS, Layout, Lock, read_json, write_json
+from launcher.index import IDENTITY_KEYS, archive_identity, index_train, index_val, same_archive, same_identity
+from launcher.layout import SPLITS, Layout, Lock, read_json, read_root_id, write_json
 from launcher.manifest import build_manifest, write_manifest
 from launcher.progress import human_bytes, table
 from launcher.units import Unit, is_complete, run_unit
@@ -51,6 +52,9 @@ class PrepareRequest:
     train_class_pattern: str
     train_image_pattern: str
     val_image_pattern: str
+    # dataset.patterns.wnid and .ilsvrc_id: what a WNID and an ILSVRC2012_ID must match (ASCII)
+    wnid_pattern: str
+    ilsvrc_id_pattern: str
     splits: list[str]
     train_shards: int | None = None
     val_shards: int | None = None
@@ -129,10 +133,18 @@ def load_devkit(req: PrepareRequest) -> tuple[Devkit, str]:
     cached = read_json(req.layout.devkit_file)
     if same_archive(cached, path):
         return Devkit.from_json(cached["devkit"]), cached["fingerprint"]
-    devkit = parse_devkit(path, req.devkit_meta, req.devkit_ground_truth, req.devkit_max_bytes)
+    devkit = parse_devkit(
+        path,
+        req.devkit_meta,
+        req.devkit_ground_truth,
+        req.devkit_max_bytes,
+        wnid_pattern=req.wnid_pattern,
+        id_pattern=req.ilsvrc_id_pattern,
+    )
     data = devkit.to_json()
     fp = digest(data)
-    write_json(req.layout.devkit_file, {"archive": archive_identity(path), "fingerprint": fp, "devkit": data})
+    ident = archive_identity(path, req.archives["devkit"][1])
+    write_json(req.layout.devkit_file, {"archive": ident, "fingerprint": fp, "devkit": data})
     return devkit, fp
 
 
@@ -143,10 +155,11 @@ def load_index(req: PrepareRequest, split: str, devkit: Devkit) -> tuple[dict, d
     cached = read_json(cache)
     if same_archive(cached, path):
         return cached, None
+    md5 = req.archives[split][1]
     if split == "train":
-        index = index_train(path, req.train_class_pattern)
+        index = index_train(path, req.train_class_pattern, req.wnid_pattern, md5)
     else:
-        index = index_val(path, req.val_image_pattern, len(devkit.val_wnids))
+        index = index_val(path, req.val_image_pattern, len(devkit.val_wnids), md5)
     write_json(cache, index)
     return index, cached
 
@@ -209,28 +222,33 @@ def conflicts(layout: Layout, split: str, old: dict | None, new: dict, devkit: D
     return [name for name in changed if safefs.exists(output(name))]
 
 
+FINGERPRINTS = ("devkit", *SPLITS)
+
+
 def guard_identity(req: PrepareRequest, identity: dict, clashes: dict[str, list[str]]) -> None:
     """Refuse a root that holds another dataset's files (or another tool's) unless prepare.force=true.
     An archive replaced after a failure (a truncated class tar downloaded again) is accepted as long
-    as nothing it changes was prepared already."""
+    as nothing it changes was prepared already; what was prepared from the archive's old bytes is
+    prepared again. Records of another root (a shared state_dir) are refused, those of a root that
+    is gone are forgotten."""
     layout = req.layout
     check_tree(layout, req.force)
-    stored = read_json(layout.state_dir / "identity.json")
+    stored = records_of_this_root(layout, read_json(layout.state_dir / "identity.json"))
     if stored is None:
         outputs = (layout.meta_bin, layout.split_dir("train"), layout.split_dir("val"))
         found = [p.name for p in outputs if safefs.exists(p)]
         if found and not req.force:
             raise LauncherError(
-                f"{layout.root} already holds {', '.join(found)} that launcher did not prepare. Check it "
-                "with `launcher verify`, or pass prepare.force=true to prepare over it (its "
-                f"{', '.join(found)} are replaced)."
+                f"{layout.root} already holds {', '.join(found)} that launcher did not prepare (or whose "
+                f"records are not in {layout.state_dir}). Check it with `launcher verify`, or pass "
+                f"prepare.force=true to prepare over it (its {', '.join(found)} are replaced)."
             )
         if found:
             reset(layout, ["train", "val"], meta=True)
         write_json(layout.state_dir / "identity.json", identity)
         return
-    changed = [k for k in identity if k in stored and stored[k] != identity[k]]
-    prepared = [k for k in changed if k == "devkit" and layout.meta_bin.exists() or clashes.get(k)]
+    changed = [k for k in FINGERPRINTS if k in identity and k in stored and stored[k] != identity[k]]
+    prepared = [k for k in changed if k == "devkit" and safefs.exists(layout.meta_bin) or clashes.get(k)]
     if prepared and not req.force:
         examples = "; ".join(f"{k}: {', '.join(clashes[k][:3])}" for k in prepared if clashes.get(k))
         raise LauncherError(
@@ -241,7 +259,11 @@ def guard_identity(req: PrepareRequest, identity: dict, clashes: dict[str, list[
     if prepared:
         splits = SPLITS if "devkit" in prepared else [s for s in SPLITS if s in prepared]
         reset(layout, splits, meta="devkit" in prepared)
-    write_json(layout.state_dir / "identity.json", {**stored, **identity})
+    archives = stored.get("archives") or {}
+    redo_changed_archives(layout, archives, identity["archives"])
+    write_json(
+        layout.state_dir / "identity.json", {**stored, **identity, "archives": {**archives, **identity["archives"]}}
+    )
 
 
 def check_tree(layout: Layout, force: bool) -> None:
@@ -257,11 +279,88 @@ def check_tree(layout: Layout, force: bool) -> None:
         safefs.check_entry(folder, "folder", replace=force)
 
 
-def reset(layout: Layout, splits, meta: bool) -> None:
+def redo_changed_archives(layout: Layout, before: dict, now: dict) -> None:
+    """A split whose archive is not the file (unchanged) that its outputs came from is prepared
+    again: a rewrite in place with the same sizes, or a replacement, would leave the root a mix of
+    two archives' bytes that no size or name comparison sees."""
+    for split in SPLITS:
+        if split not in now or not before.get(split) or same_identity(before[split], now[split]):
+            continue
+        if not safefs.exists(layout.split_dir(split)) and not list(layout.units_dir.glob(f"*{split}*.json")):
+            continue
+        differ = [k for k in IDENTITY_KEYS if before[split].get(k) != now[split].get(k)]
+        reason = f"{now[split]['path']} changed since {split} was prepared from it ({', '.join(differ)} differ)"
+        reset(layout, [split], meta=False, reason=reason)
+
+
+def root_identity(root: Path) -> dict | None:
+    """Which root folder this is: its random id (root/.launcher-root.json), device and inode."""
+    rid = read_root_id(root)
+    if rid is None:
+        return None
+    st = os.stat(root)
+    return {"path": str(root), "id": rid, "dev": st.st_dev, "ino": st.st_ino}
+
+
+ROOT_KEYS = ("id", "dev", "ino")
+
+
+def same_root(a: dict | None, b: dict | None, keys: tuple[str, ...] = ROOT_KEYS) -> bool:
+    return bool(a) and bool(b) and all(a.get(k) == b.get(k) for k in keys)
+
+
+def root_keys(layout: Layout) -> tuple[str, ...]:
+    """What tells this root's records from another root's: the id, device and inode of the root
+    folder; the id alone when the state_dir lives inside the root (then the records moved or were
+    copied along with the files they describe, which changes the inode, not what they describe)."""
+    return ("id",) if layout.state_dir.is_relative_to(layout.root) else ROOT_KEYS
+
+
+def make_root_identity(layout: Layout) -> dict:
+    """The root's identity, its id file written first if the root has none."""
+    if read_root_id(layout.root) is None:
+        write_json(layout.root_id_file, {"id": secrets.token_hex(16), "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return root_identity(layout.root)
+
+
+def records_of_this_root(layout: Layout, stored: dict | None) -> dict | None:
+    """The identity record when the state_dir's records are this root's (or name no root: older
+    launchers); None after forgetting the records of a root that is gone (deleted, or deleted and
+    made again); a refusal when they are another root's that is still there."""
+    if stored is None or not stored.get("root"):
+        return stored
+    theirs = stored["root"]
+    if same_root(theirs, root_identity(layout.root), root_keys(layout)):
+        return stored
+    other = Path(theirs.get("path", ""))
+    if other != layout.root and other.is_dir() and same_root(theirs, root_identity(other)):
+        raise LauncherError(
+            f"storage.state_dir={layout.state_dir} holds the records of the root {other}, not of {layout.root}. "
+            f"Give each root its own state folder: storage.state_dir={layout.root / '.launcher'} (the default)."
+        )
+    print(
+        f"{layout.state_dir} holds records of a root that is no longer there ({other}, id {theirs.get('id')}); "
+        "they are forgotten.",
+        file=sys.stderr,
+    )
+    forget_records(layout)
+    return None
+
+
+def forget_records(layout: Layout) -> None:
+    """Unit, complete and manifest records (the devkit and archive indexes describe the archives and
+    stay)."""
+    for split in SPLITS:
+        safefs.remove(layout.complete_file(split))
+        safefs.remove(layout.manifest_file(split))
+    remove_records(layout, lambda name: True)
+
+
+def reset(layout: Layout, splits, meta: bool, reason: str = "prepare.force") -> None:
     """Forget and delete what was prepared for `splits` (and meta.bin); links are removed
     themselves, never followed."""
     for split in splits:
-        print(f"prepare.force: removing {layout.split_dir(split)} and its records", file=sys.stderr)
+        print(f"{reason}: removing {layout.split_dir(split)} and its records", file=sys.stderr)
         safefs.remove_tree(layout.split_dir(split))
         safefs.remove_tree(layout.partial_dir / split)
         for path in (layout.complete_file(split), layout.manifest_file(split)):
@@ -305,14 +404,15 @@ def plan_units(
     for key in req.archive_keys():
         md5 = req.archives[key][1]
         if key in md5_keys(req):
-            forget_stale_md5(rec(f"md5-{key}"), req.archive(key), md5)
+            ident = identity["archives"][key]
+            forget_stale_md5(rec(f"md5-{key}"), ident, md5)
             units.append(
                 Unit(
                     f"md5-{key}",
                     "md5",
-                    req.archive(key).stat().st_size,
+                    ident["size"],
                     str(rec(f"md5-{key}")),
-                    {"path": str(req.archive(key)), "expected": md5, "key": key},
+                    {"path": str(req.archive(key)), "expected": md5, "key": key, "identity": ident},
                 )
             )
     if "train" in indexes:
@@ -338,6 +438,8 @@ def plan_units(
                         "wnids": wnids,
                         "image_template": req.train_image_pattern,
                         "out": out,
+                        "wnid_pattern": req.wnid_pattern,
+                        "root_id": identity["root"]["id"],
                     },
                 )
             )
@@ -362,6 +464,9 @@ def plan_units(
                         "start": a,
                         "stop": b,
                         "out": out,
+                        "image_pattern": req.val_image_pattern,
+                        "wnid_pattern": req.wnid_pattern,
+                        "root_id": identity["root"]["id"],
                     },
                 )
             )
@@ -369,11 +474,32 @@ def plan_units(
     return Plan(units, finalize, devkit, identity)
 
 
-def forget_stale_md5(record: Path, archive: Path, expected: str) -> None:
-    """An md5 record of another file size or another expected md5 is checked again."""
+def forget_stale_md5(record: Path, identity: dict, expected: str) -> None:
+    """An md5 record of another file (or of this one before a change) or of another expected md5 is
+    checked again."""
     done = read_json(record)
-    if done and (done.get("bytes") != archive.stat().st_size or done.get("md5") != expected.lower()):
+    if done and (not same_identity(done.get("archive"), identity) or done.get("md5") != expected.lower()):
         safefs.remove(record)
+
+
+def split_identity(identity: dict, split: str) -> dict:
+    """What a split's complete record is tied to: the devkit's and the archive's contents, which
+    root, and which archive files (unchanged) its units read."""
+    return {
+        "devkit": identity["devkit"],
+        split: identity[split],
+        "root": identity["root"],
+        "archives": {k: identity["archives"][k] for k in ("devkit", split)},
+    }
+
+
+def same_split_identity(a: dict | None, b: dict, keys: tuple[str, ...]) -> bool:
+    if not a or any(a.get(k) != b[k] for k in b if k not in ("root", "archives")):
+        return False
+    archives = a.get("archives") or {}
+    return same_root(a.get("root"), b["root"], keys) and all(
+        same_identity(archives.get(k), v) for k, v in b["archives"].items()
+    )
 
 
 def finalize_unit(req: PrepareRequest, split: str, units: list[Unit], identity: dict) -> Unit:
@@ -395,22 +521,25 @@ def finalize_unit(req: PrepareRequest, split: str, units: list[Unit], identity: 
             "devkit": str(layout.devkit_file),
             "expected": req.expected.get(split),
             "manifest": str(layout.manifest_file(split)),
-            "identity": {k: identity[k] for k in ("devkit", split)},
+            "identity": split_identity(identity, split),
+            "root": str(layout.root),
         },
     )
 
 
 def finalize_split(
-    split: str, records: list[str], devkit: str, expected: int | None, manifest: str, identity: dict
+    split: str, records: list[str], devkit: str, expected: int | None, manifest: str, identity: dict, root: str
 ) -> dict:
-    """Finalize unit: every unit of the split complete -> counts checked -> manifest. Its completion
-    record (written by the unit runner) is the split's complete-<split>.json."""
+    """Finalize unit: every unit of the split complete, from the archives and root of the plan ->
+    counts checked -> manifest. Its completion record (written by the unit runner) is the split's
+    complete-<split>.json."""
     missing = [Path(r).stem for r in records if not safefs.is_file(r)]
     if missing:
         raise LauncherError(
             f"{split} is not complete: units {', '.join(missing)} have not finished. Run prepare again."
         )
     done = [read_json(Path(r)) for r in records]
+    check_sources(split, done, identity, Path(root))
     kit = read_json(Path(devkit))["devkit"]
     if split == "train":
         files = [(w, n, s) for d in done if d["kind"] == "train" for w, fs in d["classes"].items() for n, s in fs]
@@ -423,6 +552,10 @@ def finalize_split(
             raise LauncherError(f"val holds {len(files)} images, the ground truth {len(kit['val_wnids'])}")
     if expected is not None and len(files) != expected:
         raise LauncherError(f"{split} holds {len(files)} images, dataset.expected.{split} is {expected}")
+    if lost := missing_folders(Path(root) / split, {f[0] for f in files}):
+        raise LauncherError(
+            f"{split} is not complete: {Path(root) / split} lacks {', '.join(lost[:5])}. Run prepare again."
+        )
     write_manifest(Path(manifest), build_manifest(split, files, kit["wnid_to_classes"]))
     return {
         "split": split,
@@ -433,6 +566,38 @@ def finalize_split(
         "identity": identity,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+def check_sources(split: str, done: list[dict], identity: dict, root: Path) -> None:
+    """Every record of the split came from the archive file the plan indexed, still unchanged now,
+    and was written into this root: otherwise the split could mix two archives' bytes."""
+    archives = identity["archives"]
+    for record in done:
+        key = record.get("key") or record.get("kind")
+        if key not in archives:
+            continue
+        now = archive_identity(archives[key]["path"])
+        if not same_identity(record.get("archive"), archives[key]) or not same_identity(now, archives[key]):
+            raise LauncherError(
+                f"{split} is not complete: {archives[key]['path']} changed during the run (unit "
+                f"{record.get('unit')} read other bytes than the index describes). Run `launcher prepare` "
+                "again: it indexes the archive anew and prepares what came from the old bytes again."
+            )
+        if record.get("kind") in SPLITS and record.get("root_id") != identity["root"]["id"]:
+            raise LauncherError(
+                f"{split} is not complete: unit {record.get('unit')} wrote into another root. Run prepare again."
+            )
+    if read_root_id(root) != identity["root"]["id"]:
+        raise LauncherError(f"{split} is not complete: {root} is not the root of the plan. Run prepare again.")
+
+
+def missing_folders(folder: Path, wnids: set[str]) -> list[str]:
+    """Class folders that are not in `folder` (one listing, no walk)."""
+    try:
+        present = set(os.listdir(folder))
+    except OSError:
+        present = set()
+    return sorted(wnids - present)
 
 
 # ---------------------------------------------------------------- output folders
@@ -453,7 +618,7 @@ def make_output_dirs(req: PrepareRequest) -> None:
 
 def split_complete(layout: Layout, split: str, identity: dict) -> dict | None:
     done = read_json(layout.complete_file(split))
-    if done and done.get("identity") == {k: identity[k] for k in ("devkit", split)}:
+    if done and same_split_identity(done.get("identity"), split_identity(identity, split), root_keys(layout)):
         return done
     return None
 
@@ -463,25 +628,41 @@ def split_complete(layout: Layout, split: str, identity: dict) -> dict | None:
 
 def already_complete(req: PrepareRequest) -> list[dict] | None:
     """The complete records of every split, when the cached devkit and indexes still describe the
-    archives and the records match them; read-only, so a rerun on a complete root writes nothing."""
+    archives (the same files, unchanged), the records belong to this root, and the tree still holds
+    meta.bin, each split folder and every class folder (a few stats and one listing per split);
+    read-only, so a rerun on a complete root writes nothing."""
     layout = req.layout
     devkit = read_json(layout.devkit_file)
     if not same_archive(devkit, req.archive("devkit")):
         return None
-    identity = {"devkit": devkit["fingerprint"]}
+    root = root_identity(layout.root)
+    if root is None:
+        return None
+    identity = {"devkit": devkit["fingerprint"], "root": root, "archives": {"devkit": devkit["archive"]}}
     for split in req.splits:
         index = read_json(layout.index_file(split))
         if not same_archive(index, req.archive(split)):
             return None
         identity[split] = index["fingerprint"]
+        identity["archives"][split] = index["archive"]
     done = [split_complete(layout, split, identity) for split in req.splits]
-    if not all(done):
+    if not all(done) or not tree_intact(layout, req.splits, devkit["devkit"]):
         return None
     for key in md5_keys(req):
         record = read_json(layout.unit_record(f"md5-{key}")) or {}
         if record.get("md5") != req.archives[key][1].lower():
             return None
+        if not same_identity(record.get("archive"), identity["archives"][key]):
+            return None
     return done
+
+
+def tree_intact(layout: Layout, splits: list[str], kit: dict) -> bool:
+    """meta.bin, each split folder and every class folder the devkit names are there."""
+    if not safefs.is_file(layout.meta_bin):
+        return False
+    wanted = {"train": set(kit["wnid_to_classes"]), "val": set(kit["val_wnids"])}
+    return all(layout.split_dir(s).is_dir() and not missing_folders(layout.split_dir(s), wanted[s]) for s in splits)
 
 
 def md5_keys(req: PrepareRequest) -> list[str]:
@@ -500,27 +681,66 @@ def make_plan(req: PrepareRequest, parallelism: int, min_bytes: int = 0) -> Plan
     loaded = {split: load_index(req, split, devkit) for split in req.splits}
     indexes = {split: new for split, (new, _) in loaded.items()}
     check_against_devkit(req, devkit, indexes)
-    identity = {"devkit": devkit_fp, **{s: indexes[s]["fingerprint"] for s in indexes}}
+    archives = {"devkit": read_json(req.layout.devkit_file)["archive"], **{s: indexes[s]["archive"] for s in indexes}}
+    identity = {"devkit": devkit_fp, **{s: indexes[s]["fingerprint"] for s in indexes}, "archives": archives}
     clashes = {s: conflicts(req.layout, s, old, indexes[s], devkit) for s, (_, old) in loaded.items()}
     guard_identity(req, identity, clashes)
+    identity["root"] = root_of_plan(req)
     p = plan_units(req, devkit, indexes, parallelism, identity, min_bytes)
-    drop_stale_records(p.units)
+    if not req.dry_run:
+        drop_stale_records(req.layout, p)
     return p
 
 
-def drop_stale_records(units: list[Unit]) -> None:
-    """A record written for other work under the same id (shards regrouped) is forgotten."""
-    for u in units:
-        done = read_json(Path(u.record)) if u.kind in ("train", "val") else None
-        if done is None:
+def root_of_plan(req: PrepareRequest) -> dict:
+    """The root's identity, once the guard accepted the root: made if new, kept in identity.json
+    (a dry run makes nothing)."""
+    if req.dry_run:
+        return root_identity(req.layout.root) or {"id": "(not made yet)"}
+    root = make_root_identity(req.layout)
+    record = req.layout.state_dir / "identity.json"
+    write_json(record, {**read_json(record), "root": root})
+    return root
+
+
+def drop_stale_records(layout: Layout, p: Plan) -> None:
+    """Records that no longer describe the root are forgotten, so their units run again: written for
+    other work under the same id (shards regrouped), from another archive file or root, or whose
+    outputs (meta.bin, a class folder) are gone. A split with such a unit is not complete."""
+    stale_splits = set()
+    for u in p.units:
+        done = read_json(Path(u.record))
+        if done is None or record_holds(layout, u, done, p.identity):
             continue
-        same = (
-            set(done.get("classes", ())) == set(u.args["wnids"])
-            if u.kind == "train"
-            else done.get("range") == [u.args["start"], u.args["stop"]]
+        safefs.remove(u.record)
+        stale_splits.update(
+            SPLITS if u.kind == "meta" or u.args.get("key") == "devkit" else [u.args.get("key", u.kind)]
         )
-        if not same:
-            safefs.remove(u.record)
+    for split, fin in p.finalize.items():
+        done = read_json(Path(fin.record))
+        held = same_split_identity(done.get("identity"), fin.args["identity"], root_keys(layout)) if done else True
+        if done and (split in stale_splits or not held):
+            safefs.remove(fin.record)
+
+
+def record_holds(layout: Layout, u: Unit, done: dict, identity: dict) -> bool:
+    """A unit's record still describes what the root holds (a few stats, no walk)."""
+    if u.kind == "meta":
+        return safefs.is_file(layout.meta_bin)
+    if u.kind == "md5":
+        return True  # forget_stale_md5 checked it against the archive's identity
+    if (
+        not same_identity(done.get("archive"), identity["archives"][u.kind])
+        or done.get("root_id") != identity["root"]["id"]
+    ):
+        return False
+    if u.kind == "train":
+        return set(done.get("classes", ())) == set(u.args["wnids"]) and not missing_folders(
+            layout.split_dir("train"), set(u.args["wnids"])
+        )
+    return done.get("range") == [u.args["start"], u.args["stop"]] and not missing_folders(
+        layout.split_dir("val"), {f[0] for f in done.get("files", ())}
+    )
 
 
 def print_plan(req: PrepareRequest, p: Plan) -> None:

@@ -33,7 +33,7 @@ from pathlib import Path
 from launcher import dispatch, plan, runner, safefs
 from launcher.errors import LauncherError
 from launcher.fixlog import FIX_MAX_BYTES, FIXES, keep_original, md5_bytes, reconcile_fixes, split_of, update_sizes
-from launcher.layout import SPLITS, Layout, Lock, append_line, read_json, write_json
+from launcher.layout import ROOT_ID_FILE, SPLITS, Layout, Lock, append_line, read_json, write_json
 from launcher.manifest import read_manifest
 from launcher.progress import human_bytes, table
 from launcher.units import Unit, is_complete, run_unit
@@ -94,6 +94,9 @@ class VerifyRequest:
     devkit_max_bytes: int
     train_image_pattern: str
     val_image_pattern: str
+    # dataset.patterns.wnid and .ilsvrc_id: what a WNID and an ILSVRC2012_ID must match (ASCII)
+    wnid_pattern: str
+    ilsvrc_id_pattern: str
     splits: list[str]
     level: str = "header"
     fix: bool = False
@@ -406,8 +409,8 @@ def check_class(root: str, split: str, cls: dict, level: str, ctx: dict) -> dict
         return out
     manifest = {name: size for name, size in cls["files"]} if cls.get("files") is not None else None
     val_wnids = ctx.get("val_wnids")
-    own = re.compile(ctx["pattern"].replace("{wnid}", re.escape(wnid)))
-    anyone = re.compile(ctx["pattern"].replace("{wnid}", "(.+?)")) if split == "train" else None
+    own = re.compile(ctx["pattern"].replace("{wnid}", re.escape(wnid)), re.ASCII)
+    anyone = re.compile(ctx["pattern"].replace("{wnid}", "(.+?)"), re.ASCII) if split == "train" else None
     accepted: list[str] = []
     seen: set[int] = set()
     for name, is_dir in entries:
@@ -561,7 +564,14 @@ def expected_layout(req: VerifyRequest, findings: list) -> dict:
             kit, source = cached["devkit"], f"devkit {path} (cached in {req.layout.devkit_file})"
         else:
             try:
-                kit = parse_devkit(path, req.devkit_meta, req.devkit_ground_truth, req.devkit_max_bytes).to_json()
+                kit = parse_devkit(
+                    path,
+                    req.devkit_meta,
+                    req.devkit_ground_truth,
+                    req.devkit_max_bytes,
+                    wnid_pattern=req.wnid_pattern,
+                    id_pattern=req.ilsvrc_id_pattern,
+                ).to_json()
                 source = f"devkit {path}"
             except LauncherError as err:
                 findings.append([str(path), "devkit", str(err)])
@@ -630,7 +640,7 @@ def meta_vs_devkit(meta: dict, kit: dict) -> list[str]:
 def check_top(req: VerifyRequest, findings: list, notes: list) -> None:
     """The root's top level: no leftovers of an interrupted prepare; anything unknown is noted."""
     root, layout = req.layout.root, req.layout
-    known = {"meta.bin", *SPLITS, ".partial", *(name for name, _ in req.archives.values())}
+    known = {"meta.bin", *SPLITS, ".partial", ROOT_ID_FILE, *(name for name, _ in req.archives.values())}
     try:
         state_top = layout.state_dir.relative_to(root).parts[0]
     except ValueError:

@@ -294,7 +294,9 @@ def other_devkit_meta(root, odd, archives):
     from conftest import GROUND_TRUTH, META
 
     tiny = archives("tiny")
-    kit = parse_devkit(tiny.files["devkit"], META, GROUND_TRUTH, 1 << 28)
+    kit = parse_devkit(
+        tiny.files["devkit"], META, GROUND_TRUTH, 1 << 28, wnid_pattern=r"n[0-9]{8}", id_pattern=r"[1-9][0-9]{0,6}"
+    )
     torchfile.save(root / "meta.bin", (kit.wnid_to_classes, kit.val_wnids))
     return {"meta.bin": "from another devkit"}
 
