@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
 import re
 import secrets
@@ -47,6 +48,7 @@ from launcher.imagebounds import (
     read_fd,
 )
 from launcher.layout import SPLITS, Layout, Lock, append_line, read_json, write_json
+from launcher.manifest import VERSION as MANIFEST_VERSION
 from launcher.manifest import read_manifest, write_manifest
 from launcher.progress import human_bytes, table
 from launcher.units import Unit, is_complete, run_unit
@@ -69,6 +71,8 @@ META_MAX_VAL = 1_000_000
 META_MAX_WNID_CHARS = 64
 META_MAX_CHARS = 1000
 META_MAX_NAMES = 100
+# the largest state file (manifest, cached devkit.json) verify reads; ImageNet's train manifest is ~60 MB
+STATE_MAX_BYTES = 1 << 30
 TAIL_BYTES = 16
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 # baseline, extended and progressive Huffman, 8-bit: what every JPEG decoder reads
@@ -547,7 +551,10 @@ def expected_layout(req: VerifyRequest, findings: list) -> dict:
     from launcher.devkit import parse_devkit
     from launcher.index import same_archive
 
-    cached = read_json(req.layout.devkit_file)
+    cached = read_state_json(req.layout.devkit_file, findings)
+    if cached is not None and not (isinstance(cached, dict) and isinstance(cached.get("devkit"), dict)):
+        findings.append([str(req.layout.devkit_file), "devkit", "not a devkit cache of launcher; delete it"])
+        cached = None
     path = req.find_archive("devkit")
     kit, source = None, None
     if path is not None:
@@ -630,6 +637,52 @@ def meta_vs_devkit(meta: dict, kit: dict) -> list[str]:
     elif (first := next((i for i, (a, b) in enumerate(zip(mv, kv)) if a != b), None)) is not None:
         problems.append(f"val_wnids differs from the devkit's ground truth from val image {first + 1} on")
     return problems
+
+
+# ---------------------------------------------------------------- state files verify reads
+
+
+def read_state_json(path: Path, findings: list):
+    """The JSON of a state file (None when missing): a regular file of at most STATE_MAX_BYTES, not
+    nested past Python's recursion limit; anything else is a finding and None."""
+    try:
+        fd, _ = open_regular(str(path), Limits(max_file_bytes=STATE_MAX_BYTES))
+        try:
+            data = read_fd(fd, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+        return json.loads(data)
+    except FileNotFoundError:
+        return None
+    except Refused as err:
+        why = str(err).split(";")[0] if "max_file_bytes" not in str(err) else f"more than {STATE_MAX_BYTES} bytes"
+        findings.append([str(path), "structure", f"{why}; not read. Delete it (prepare writes it again)"])
+    except (OSError, ValueError, RecursionError) as err:
+        why = f"not valid JSON ({type(err).__name__}: {str(err)[:200]})"
+        findings.append([str(path), "structure", f"{why}; not read. Delete it (prepare writes it again)"])
+    return None
+
+
+def read_state_manifest(path: Path, findings: list) -> dict | None:
+    """A prepare manifest (read_state_json) whose columns have the shape verify uses, else None."""
+    manifest = read_state_json(path, findings)
+    if not isinstance(manifest, dict) or manifest.get("version") != MANIFEST_VERSION:
+        return None
+    paths, sizes, wnids = manifest.get("paths"), manifest.get("sizes"), manifest.get("wnids")
+    shaped = (
+        isinstance(paths, list)
+        and isinstance(sizes, list)
+        and isinstance(wnids, list)
+        and len(paths) == len(sizes)
+        and all(isinstance(p, str) and "/" in p for p in paths)
+        and all(type(n) is int and n >= 0 for n in sizes)
+        and all(isinstance(w, str) for w in wnids)
+    )
+    if not shaped:
+        why = "not a manifest of launcher (paths, sizes and wnids columns); not read. Delete it and run prepare"
+        findings.append([str(path), "structure", why])
+        return None
+    return manifest
 
 
 # ---------------------------------------------------------------- folders (top level and splits)
@@ -858,7 +911,7 @@ def make_plan(req: VerifyRequest, parallelism: int, processes: int, min_bytes: i
     n_shards = req.shards or 2 * parallelism
     for split in req.splits:
         present = list_split(layout.root, split, findings)
-        manifest = read_manifest(layout.manifest_file(split))
+        manifest = read_state_manifest(layout.manifest_file(split), findings)
         if manifest is not None:
             manifest_findings(split, manifest, exp, findings)
         source = exp.get("source") or "the folders (no devkit, no meta.bin)"

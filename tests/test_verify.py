@@ -624,7 +624,7 @@ def test_hostile_meta_bin_is_bounded(hostile, ours, archives, tmp_path):
 TRAILING = [b"junk after the end", bytes(range(256)) * 40 + b"\xff\xd8\xff\xe0", b"\xff\xd9" * 3 + b"exif"]
 
 
-@pytest.mark.parametrize("extra", TRAILING)
+@pytest.mark.parametrize("extra", TRAILING, ids=["short", "10KB-then-SOI", "markers-then-bytes"])
 @pytest.mark.parametrize("progressive", [False, True])
 def test_trailing_bytes_after_the_end_marker_are_a_note(extra, progressive, tmp_path):
     """Bytes after the end-of-image marker (cameras append thumbnails and maker data, 10 KB here) are
@@ -660,3 +660,25 @@ def test_hostile_meta_bin_without_devkit_is_bounded(oracle, tmp_path):
     code, report = run_verify(root, empty, "verify.level=exists")
     assert code != 0 and "not a string of at most 64" in failing(report)["meta.bin"]
     assert all(p.stat().st_size < 1 << 20 for p in (root / ".launcher" / "verify").glob("*/expected.json"))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "nested", "shape"])
+def test_hostile_manifest_is_a_finding(kind, ours, archives, tmp_path):
+    """verify's JSON inputs are bounded: a FIFO planted as the manifest (an open that never returns),
+    JSON nested 100,000 deep (RecursionError on main) or columns of another shape are each a finding
+    naming the file, and the root is checked without the manifest."""
+    result = archives("small")
+    root = copy_root(ours, tmp_path)
+    manifest = root / ".launcher" / "manifest-train.json"
+    if kind == "fifo":
+        plant("fifo", manifest)
+    elif kind == "nested":
+        manifest.write_text("[" * 100_000 + "]" * 100_000)
+    else:
+        text = json.loads(manifest.read_text())
+        manifest.write_text(json.dumps({**text, "paths": [p.replace("/", "") for p in text["paths"]]}))
+    with deadline(120):
+        code, report = run_verify(root, result.archive_dir, "verify.level=exists", split="train")
+    assert code != 0
+    assert "not read" in failing(report)[str(manifest)] or "not a manifest" in failing(report)[str(manifest)]
+    assert report["counts"]["train"]["images"] == len(images(ours))
