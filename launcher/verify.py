@@ -246,7 +246,7 @@ def probe(path: str, level: str, size: int | None = None, limits: Limits = DEFAU
                 tail = head[-TAIL_BYTES:] if actual <= HEAD_BYTES else os.pread(fd, TAIL_BYTES, actual - TAIL_BYTES)
                 _, width, height, kind, note = parse_header(head, tail, actual, reader(fd, actual), limits)
             else:
-                data = bytes(read_fd(fd, actual))
+                data = read_fd(fd, actual)
         finally:
             os.close(fd)
         if level != "header":
