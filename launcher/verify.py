@@ -11,7 +11,10 @@ what is wrong.
 
 Levels: `exists` (present, size as in the manifest), `header` (JPEG/PNG structure read from the
 head and the tail of the file: signature, segments, SOFn dimensions, end marker), `decode`
-(header + PIL decodes all the image data; see `decode`). Records of a run live in
+(header + PIL decodes all the image data; see `decode`). Every level reads regular files only, each
+within verify.max_file_bytes, its header within verify.max_pixels and its JPEG scans within
+verify.max_scans (launcher.imagebounds); meta.bin and the state files verify reads are bounded
+too (meta_bounds, read_state_json). Records of a run live in
 state_dir/verify/<run id>/, so each run checks everything again. No Hydra, no submitit here:
 VerifyRequest carries paths and values.
 """

@@ -395,6 +395,8 @@ def test_md5_of_the_archives(ours, archives, tmp_path):
     [
         (["verify.level=pixels"], "is not one of exists, header, decode"),
         (["verify.level=exists", "verify.fix=true"], "verify.fix=true needs verify.level=header or decode"),
+        (["verify.max_pixels=0"], "verify.max_pixels=0 must be a positive whole number"),
+        (["verify.max_scans=-5"], "verify.max_scans=-5 must be a positive whole number"),
     ],
 )
 def test_bad_options_are_refused(ours, archives, overrides, message, capsys):
