@@ -5,10 +5,13 @@
  * equal those of a full decode (same library, ISLOW DCT, fancy upsampling) cut to the rectangle.
  *
  *   size(data) -> (height, width)                      reads the header only
- *   decode_crop(data, top, left, height, width) -> bytearray of height*width*3 (RGB, row-major)
+ *   decode_crop(data, top, left, height, width, max_scans=0) -> bytearray of height*width*3 (RGB)
  *
  * Anything libjpeg cannot turn into RGB (CMYK, broken or truncated data) raises ValueError;
- * launcher.data then decodes the file the usual way. */
+ * launcher.data then decodes the file the usual way. A file of more than max_scans scans (0: no
+ * bound) raises LimitError as soon as libjpeg reaches the scan after the last allowed one: libjpeg
+ * has no limit of its own, and a progressive JPEG of 1000 tiny scans costs seconds (TensorFlow and
+ * Chromium stop such files the same way, from a progress monitor). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <setjmp.h>
@@ -21,6 +24,15 @@ struct error_manager {
     struct jpeg_error_mgr pub;
     jmp_buf escape;
     char message[JMSG_LENGTH_MAX];
+    int over_limit;
+};
+
+static PyObject *LimitError;
+
+struct scan_monitor {
+    struct jpeg_progress_mgr pub;
+    struct error_manager *err;
+    int max_scans;
 };
 
 static void error_exit(j_common_ptr cinfo)
@@ -38,10 +50,23 @@ static void on_message(j_common_ptr cinfo, int level)
         error_exit(cinfo);
 }
 
+/* Called by libjpeg between passes and while it consumes the scans of a multi-scan file. */
+static void count_scans(j_common_ptr cinfo)
+{
+    struct scan_monitor *monitor = (struct scan_monitor *)cinfo->progress;
+    j_decompress_ptr dinfo = (j_decompress_ptr)cinfo;
+    if (dinfo->input_scan_number > monitor->max_scans) {
+        snprintf(monitor->err->message, JMSG_LENGTH_MAX, "more than %d scans", monitor->max_scans);
+        monitor->err->over_limit = 1;
+        longjmp(monitor->err->escape, 1);
+    }
+}
+
 /* Open `data` and read its header; 0 on success. On failure `err->message` says why. */
 static int open_jpeg(struct jpeg_decompress_struct *cinfo, struct error_manager *err, const Py_buffer *data)
 {
     cinfo->err = jpeg_std_error(&err->pub);
+    err->over_limit = 0;
     err->pub.error_exit = error_exit;
     err->pub.emit_message = on_message;
     jpeg_create_decompress(cinfo);
@@ -126,18 +151,26 @@ static PyObject *decode_crop(PyObject *self, PyObject *args)
 {
     Py_buffer data;
     unsigned top, left, height, width;
+    int max_scans = 0;
     struct jpeg_decompress_struct cinfo;
     struct error_manager err;
+    struct scan_monitor monitor;
     PyObject *out = NULL;
     JSAMPROW *rows = NULL;
     unsigned char *buffer = NULL;
     int failed = 0;
     (void)self;
-    if (!PyArg_ParseTuple(args, "y*IIII", &data, &top, &left, &height, &width))
+    if (!PyArg_ParseTuple(args, "y*IIII|i", &data, &top, &left, &height, &width, &max_scans))
         return NULL;
     if (open_jpeg(&cinfo, &err, &data) != 0) {
         PyErr_Format(PyExc_ValueError, "not a decodable JPEG: %s", err.message);
         goto done;
+    }
+    if (max_scans > 0) {
+        monitor.pub.progress_monitor = count_scans;
+        monitor.err = &err;
+        monitor.max_scans = max_scans;
+        cinfo.progress = &monitor.pub;
     }
     if (height == 0 || width == 0 || top + height > cinfo.image_height || left + width > cinfo.image_width) {
         PyErr_Format(PyExc_ValueError, "crop %ux%u at (%u, %u) is outside the %ux%u image", height, width, top,
@@ -159,7 +192,10 @@ static PyObject *decode_crop(PyObject *self, PyObject *args)
     Py_END_ALLOW_THREADS
     if (failed) {
         Py_CLEAR(out);
-        PyErr_Format(PyExc_ValueError, "not a decodable JPEG: %s", err.message);
+        if (err.over_limit)
+            PyErr_Format(LimitError, "%s", err.message);
+        else
+            PyErr_Format(PyExc_ValueError, "not a decodable JPEG: %s", err.message);
     }
 done:
     PyMem_RawFree(rows);
@@ -172,10 +208,23 @@ done:
 static PyMethodDef methods[] = {
     {"size", size, METH_VARARGS, "size(data) -> (height, width) from the JPEG header"},
     {"decode_crop", decode_crop, METH_VARARGS,
-     "decode_crop(data, top, left, height, width) -> bytearray of the RGB rectangle (row-major, 3 bytes a pixel)"},
+     "decode_crop(data, top, left, height, width, max_scans=0) -> bytearray of the RGB rectangle (row-major, 3 "
+     "bytes a pixel); LimitError past max_scans scans (0: no bound)"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "launcher._jpeg", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__jpeg(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__jpeg(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    LimitError = PyErr_NewExceptionWithDoc("launcher._jpeg.LimitError",
+                                           "The JPEG exceeds a bound given to decode_crop (max_scans).", NULL, NULL);
+    if (LimitError == NULL || PyModule_AddObjectRef(m, "LimitError", LimitError) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -214,6 +214,7 @@ def not_built(name: str, issue: str) -> int:
 
 
 def verify_request(cfg: DictConfig):
+    from launcher.imagebounds import Limits
     from launcher.verify import VerifyRequest
 
     d, o = cfg.dataset, cfg.verify
@@ -238,6 +239,7 @@ def verify_request(cfg: DictConfig):
         report=Path(o.report).absolute(),
         log_dir=Path(cfg.storage.log_dir).absolute(),
         argv=task_overrides(),
+        limits=Limits(o.max_file_bytes, o.max_pixels, o.max_scans, "verify"),
     )
 
 

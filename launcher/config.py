@@ -189,6 +189,12 @@ class TransformConfig:
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     # output of the pipeline: float (normalized) or uint8 (launcher.data.normalize_on_device on the GPU)
     output: str = "float"
+    # largest image file the loader reads (bytes; ImageNet's largest is ~15 MB); a larger one is an error
+    max_file_bytes: int = 67108864
+    # most pixels an image header may declare (PIL's Image.MAX_IMAGE_PIXELS), checked before decoding
+    max_pixels: int = 89478485
+    # most scans of a JPEG (libjpeg-turbo has no bound; a scan bomb costs seconds), checked while decoding
+    max_scans: int = 100
 
 
 def _loader_dataset() -> dict[str, Any]:
@@ -286,6 +292,12 @@ class VerifyOptions:
     check_md5: bool = False
     # where the JSON report goes
     report: str = "${storage.state_dir}/verify-${split.name}.json"
+    # largest image file read (bytes); ImageNet's largest is about 15 MB; a larger file fails
+    max_file_bytes: int = 67108864
+    # most pixels an image header may declare (PIL's Image.MAX_IMAGE_PIXELS); more fails at header and decode
+    max_pixels: int = 89478485
+    # most scans of a JPEG (progressive ones have ~10); more fails (counted at header for progressive JPEGs)
+    max_scans: int = 100
 
 
 @dataclass

@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import io
 import itertools
 import json
 import math
@@ -53,11 +54,12 @@ import torchvision
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, default_collate, get_worker_info
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.datasets.vision import VisionDataset
-from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
 from launcher import shared_batches
 from launcher.errors import LauncherError
+from launcher.imagebounds import BadImage, Limits, Refused, check_image, check_pixels, read_regular, too_many_scans
 from launcher.manifest import read_manifest
 
 try:  # the C extension (launcher/_jpeg.c, built against libjpeg-turbo): decodes only a train crop
@@ -92,6 +94,9 @@ TRANSFORM_DEFAULTS: dict[str, Any] = {
     "mean": list(IMAGENET_MEAN),
     "std": list(IMAGENET_STD),
     "output": "float",
+    "max_file_bytes": 64 << 20,
+    "max_pixels": 89_478_485,
+    "max_scans": 100,
 }
 LOADER_DEFAULTS: dict[str, Any] = {
     "name": "default",
@@ -145,20 +150,52 @@ def section(cfg: Any, name: str) -> Any:
 # ---------------------------------------------------------------- decoding
 
 
-def decode_file(path: str) -> torch.Tensor:
-    """The image at `path` as a uint8 RGB tensor (3, H, W): torchvision.io (JPEG, PNG, ... by
-    content, so a PNG named .JPEG works), PIL for what it cannot decode (e.g. CMYK JPEGs)."""
-    data = read_file(path)
+class ImageRefused(LauncherError):
+    """An image file a loader does not decode: not a regular file, too large, more pixels or JPEG
+    scans than its bounds, or a header verify would fail; the message names the file."""
+
+
+# what one image file may cost when no transform node says (transform.max_file_bytes, max_pixels, max_scans)
+LOADER_LIMITS = Limits(TRANSFORM_DEFAULTS["max_file_bytes"], TRANSFORM_DEFAULTS["max_pixels"], option="transform")
+
+
+def read_image(path: str, limits: Limits = LOADER_LIMITS) -> bytearray:
+    """The bytes of the image file at `path`, checked before any decoder allocates: a regular file
+    (opened without following links or waiting on a FIFO) of at most limits.max_file_bytes, a header
+    declaring at most limits.max_pixels pixels, a JPEG of at most limits.max_scans scans."""
     try:
-        return decode_image(data, mode=ImageReadMode.RGB)
+        data = read_regular(path, limits)
+        if not data:
+            raise BadImage("empty file (0 bytes)")
+        check_image(data, limits)
+    except (Refused, BadImage) as err:
+        raise refused(path, err) from None
+    return data
+
+
+def refused(path: str, err: Exception) -> ImageRefused:
+    fix = "; `launcher verify` lists every such file" if isinstance(err, BadImage) else ""
+    return ImageRefused(f"{path}: {err}{fix}")
+
+
+def decode_file(path: str, limits: Limits = LOADER_LIMITS) -> torch.Tensor:
+    """The image at `path` as a uint8 RGB tensor (3, H, W): torchvision.io (JPEG, PNG, ... by
+    content, so a PNG named .JPEG works), PIL for what it cannot decode (e.g. CMYK JPEGs); the file
+    is read and checked against `limits` first (read_image)."""
+    data = read_image(path, limits)
+    try:
+        return decode_image(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB)
     except RuntimeError:
-        return decode_with_pil(path)
+        return decode_with_pil(path, data, limits)
 
 
-def decode_with_pil(path: str) -> torch.Tensor:
+def decode_with_pil(path: str, data: bytes | bytearray | None = None, limits: Limits = LOADER_LIMITS) -> torch.Tensor:
+    """PIL's decode of the image at `path` (its bytes `data` when already read and checked)."""
     from PIL import Image
 
-    with Image.open(path) as im:
+    if data is None:
+        data = read_image(path, limits)
+    with Image.open(io.BytesIO(data)) as im:
         return v2.functional.pil_to_tensor(im.convert("RGB"))
 
 
@@ -168,7 +205,16 @@ def decode_with_pil(path: str) -> torch.Tensor:
 class Pipeline(v2.Compose):
     """A v2.Compose whose float tail (ToDtype + Normalize) is known, so a batch can be written in place."""
 
-    def __init__(self, uint8_steps: list, mean: Sequence[float], std: Sequence[float], output: str):
+    def __init__(
+        self,
+        uint8_steps: list,
+        mean: Sequence[float],
+        std: Sequence[float],
+        output: str,
+        limits: Limits = LOADER_LIMITS,
+    ):
+        # what one image file may cost (transform.max_file_bytes, max_pixels, max_scans)
+        self.limits = limits
         tail = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))] if output == "float" else []
         super().__init__([*uint8_steps, *tail])
         self.head_steps = len(uint8_steps)
@@ -200,7 +246,7 @@ class Pipeline(v2.Compose):
         converted), which saves a fifth to a half of the decode."""
         crop = self.decode_crop(path) if self.fuses_crop else None
         if crop is None:
-            return self.head(decode_file(path))
+            return self.head(decode_file(path, self.limits))
         step = self.transforms[1]
         image = v2.functional.resize_image(
             crop, list(step.size), interpolation=step.interpolation, antialias=step.antialias
@@ -211,20 +257,29 @@ class Pipeline(v2.Compose):
 
     def decode_crop(self, path: str) -> torch.Tensor | None:
         """The RandomResizedCrop box of the JPEG at `path`, drawn as the step draws it and decoded
-        alone (channels-last uint8), or None, before any draw, for what is not such a JPEG."""
-        with open(path, "rb") as f:
-            data = f.read()
+        alone (channels-last uint8), or None, before any draw, for what is not such a JPEG. The
+        pixel bound is checked on the header before the draw, the scan bound by libjpeg as it reads."""
+        try:
+            data = read_regular(path, self.limits)
+        except Refused as err:
+            raise refused(path, err) from None
         try:
             if not data.endswith(b"\xff\xd9"):  # cut short (or trailing bytes): let torchvision.io decide
                 raise ValueError(path)
             height, width = _jpeg.size(data)
         except ValueError:  # not a JPEG libjpeg turns into RGB (PNG, CMYK, ...): the usual way
             return None
+        try:
+            check_pixels(width, height, self.limits)
+        except Refused as err:
+            raise refused(path, err) from None
         box = crop_box(self.transforms[1], height, width)
         try:
-            pixels = _jpeg.decode_crop(data, *box)
+            pixels = _jpeg.decode_crop(data, *box, self.limits.max_scans)
+        except _jpeg.LimitError:
+            raise refused(path, too_many_scans(self.limits, "libjpeg reached the next one")) from None
         except ValueError:  # broken past the header: let torchvision.io (or PIL) decide, same crop
-            return v2.functional.crop_image(decode_file(path), *box)
+            return v2.functional.crop_image(decode_file(path, self.limits), *box)
         return torch.frombuffer(pixels, dtype=torch.uint8).view(box[2], box[3], 3).permute(2, 0, 1)
 
     def write_file(self, path: str, out: torch.Tensor) -> None:
@@ -234,7 +289,7 @@ class Pipeline(v2.Compose):
             return self.write(self.head_of_file(path), out)
         crop = self.decode_crop(path)
         if crop is None:
-            return self.write(self.head(decode_file(path)), out)
+            return self.write(self.head(decode_file(path, self.limits)), out)
         resize_into(crop, out, self.transforms[1])
         for step in self.transforms[2 : self.head_steps]:  # RandomHorizontalFlip
             if draw_uniform() < float32(step.p):  # v2: torch.rand(1) >= p keeps the image
@@ -397,7 +452,9 @@ def build_transforms(cfg: Any, train: bool) -> Pipeline:
         crop = o["train_crop_size"] if train else o["eval_crop_size"]
         steps.append(v2.Resize(math.floor(crop / o["crop_ratio"]), interpolation=interpolation, antialias=True))
         steps.append(v2.CenterCrop(crop))
-    return Pipeline(steps, o["mean"], o["std"], o["output"])
+    limits = Limits(o["max_file_bytes"], o["max_pixels"], o["max_scans"], "transform")
+    limits.check()
+    return Pipeline(steps, o["mean"], o["std"], o["output"], limits)
 
 
 def policy_steps(o: dict, interpolation) -> list:

@@ -11,7 +11,10 @@ what is wrong.
 
 Levels: `exists` (present, size as in the manifest), `header` (JPEG/PNG structure read from the
 head and the tail of the file: signature, segments, SOFn dimensions, end marker), `decode`
-(header + PIL decodes all the image data; see `decode`). Records of a run live in
+(header + PIL decodes all the image data; see `decode`). Every level reads regular files only, each
+within verify.max_file_bytes, its header within verify.max_pixels and its JPEG scans within
+verify.max_scans (launcher.imagebounds); meta.bin and the state files verify reads are bounded
+too (meta_bounds, read_state_json). Records of a run live in
 state_dir/verify/<run id>/, so each run checks everything again. No Hydra, no submitit here:
 VerifyRequest carries paths and values.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import secrets
@@ -33,8 +37,22 @@ from pathlib import Path
 from launcher import dispatch, plan, runner, safefs
 from launcher.errors import LauncherError
 from launcher.fixlog import FIX_MAX_BYTES, FIXES, keep_original, md5_bytes, reconcile_fixes, split_of, update_sizes
+from launcher.imagebounds import (
+    PNG_SIGNATURE,
+    PROGRESSIVE_SOF,
+    BadImage,
+    Limits,
+    Refused,
+    check_image,
+    check_pixels,
+    check_regular,
+    jpeg_header,
+    jpeg_scans,
+    open_regular,
+    read_fd,
+)
 from launcher.layout import ROOT_ID_FILE, SPLITS, Layout, Lock, append_line, read_json, write_json
-from launcher.manifest import read_manifest
+from launcher.manifest import VERSION as MANIFEST_VERSION
 from launcher.progress import human_bytes, table
 from launcher.units import Unit, is_complete, run_unit
 
@@ -47,11 +65,19 @@ FIXABLE = ("png", "cmyk", "process")
 # on SLURM, where each job costs start-up, a default shard holds at least this many image bytes
 SLURM_MIN_SHARD_BYTES = {"exists": 16 << 30, "header": 4 << 30, "decode": 512 << 20}
 HEAD_BYTES = 16384
+# verify.max_file_bytes, verify.max_pixels, verify.max_scans when not given (launcher.config's defaults)
+DEFAULT_LIMITS = Limits()
+# what verify takes from a meta.bin without a devkit or dataset.expected counts to bound it (ImageNet-21k
+# has 21841 classes), and at most a wnid's or class name's characters and a class's names
+META_MAX_CLASSES = 100_000
+META_MAX_VAL = 1_000_000
+META_MAX_WNID_CHARS = 64
+META_MAX_CHARS = 1000
+META_MAX_NAMES = 100
+# the largest state file (manifest, cached devkit.json) verify reads; ImageNet's train manifest is ~60 MB
+STATE_MAX_BYTES = 1 << 30
 TAIL_BYTES = 16
-EOI_SEARCH = 4096
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
-JPEG_SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
 # baseline, extended and progressive Huffman, 8-bit: what every JPEG decoder reads
 COMMON_SOF = frozenset((0xC0, 0xC1, 0xC2))
 NOTES = {
@@ -106,6 +132,8 @@ class VerifyRequest:
     report: Path | None = None
     log_dir: Path | None = None
     argv: list[str] = field(default_factory=list)
+    # what one image file may cost (verify.max_file_bytes, verify.max_pixels, verify.max_scans)
+    limits: Limits = DEFAULT_LIMITS
 
     def archive_candidates(self, key: str) -> list[Path]:
         """Where an archive may be: storage.archive_dir, or the root itself (torchvision keeps them there)."""
@@ -119,10 +147,6 @@ class VerifyRequest:
 # ---------------------------------------------------------------- one file
 
 
-class BadImage(Exception):
-    """The file is not a whole JPEG or PNG; the message says how."""
-
-
 @dataclass
 class FileResult:
     ok: bool
@@ -134,70 +158,32 @@ class FileResult:
     size: int = 0
 
 
-def _be16(buf: bytes, i: int) -> int:
-    return (buf[i] << 8) | buf[i + 1]
-
-
-def jpeg_header(head: bytes, size: int, read) -> tuple[int, int, int, int, int, int]:
-    """(SOF marker, precision, height, width, components, first byte of the scan data) of a JPEG,
-    walking its segments from SOI to SOS; `read(offset, n)` fetches bytes past `head`."""
-    buf, base, pos, sof = head, 0, 2, None
-    try:
-        while True:
-            if pos + 10 > base + len(buf) and base + len(buf) < size:
-                buf, base = read(pos, 4096), pos
-            i = pos - base
-            if buf[i] != 0xFF:
-                raise BadImage(f"corrupt JPEG header: byte {pos} is 0x{buf[i]:02x} where a marker belongs")
-            marker = buf[i + 1]
-            if marker == 0xFF:  # fill byte before a marker
-                pos += 1
-                continue
-            if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
-                pos += 2
-                continue
-            if marker in (0xD8, 0xD9):
-                raise BadImage(f"corrupt JPEG header: marker FF{marker:02X} at byte {pos}, before any image data")
-            length = _be16(buf, i + 2)
-            if length < 2:
-                raise BadImage(f"corrupt JPEG header: segment FF{marker:02X} at byte {pos} has length {length}")
-            if marker in JPEG_SOF:
-                sof = (marker, buf[i + 4], _be16(buf, i + 5), _be16(buf, i + 7), buf[i + 9])
-            elif marker == 0xDA:
-                if sof is None:
-                    raise BadImage("corrupt JPEG header: image data (SOS) before any frame header (SOFn)")
-                scan = pos + 2 + length
-                if scan >= size:
-                    raise BadImage(f"truncated: the file ends ({size} bytes) before the image data")
-                return (*sof, scan)
-            pos += 2 + length
-            if pos >= size:
-                raise BadImage(
-                    f"truncated: segment FF{marker:02X} at byte {pos - 2 - length} runs to byte {pos}, "
-                    f"past the end of the file ({size} bytes)"
-                )
-    except IndexError:
-        raise BadImage(f"truncated: the file ends ({size} bytes) inside the JPEG header") from None
-
-
-def jpeg_end(tail: bytes, size: int, scan: int, read) -> str | None:
-    """The end-of-image marker must close the file: None, or a note on bytes after it."""
-    if tail.endswith(b"\xff\xd9"):
+def jpeg_end(tail: bytes, size: int, scan: int, read, progressive: bool = False, limits: Limits = DEFAULT_LIMITS):
+    """None when the image ends at the end of the file, or a note on the bytes after its end marker.
+    A file that ends in FFD9 ends there (the marker cannot hide in the image data), unless it is
+    progressive: then its scans are counted. Otherwise the end-of-image marker is found by walking
+    the scans and the segments between them (`read(0, size)`: the whole file, at most
+    limits.max_file_bytes); none at all: truncated."""
+    if tail.endswith(b"\xff\xd9") and not progressive:
         return None
-    start = max(scan, size - EOI_SEARCH)
-    where = read(start, size - start).rfind(b"\xff\xd9")
-    if where < 0:
-        raise BadImage("truncated: no end-of-image marker (FFD9) at the end of the file")
-    return f"{size - start - where - 2} bytes after the end-of-image marker (ignored by decoders)"
+    _, end = jpeg_scans(read(0, size), scan, limits)
+    if end == size:
+        return None
+    at = f"{size - end} bytes after the end-of-image marker (FFD9) at byte {end - 2}"
+    return f"trailing bytes after the end marker: {at}, ignored by decoders"
 
 
-def parse_header(head: bytes, tail: bytes, size: int, read) -> tuple[str, int, int, str | None, str | None]:
-    """(format, width, height, odd kind or None, note or None) from the head and tail of an image file."""
+def parse_header(
+    head: bytes, tail: bytes, size: int, read, limits: Limits = DEFAULT_LIMITS
+) -> tuple[str, int, int, str | None, str | None]:
+    """(format, width, height, odd kind or None, note or None) from the head and tail of an image file;
+    `read(offset, n)` fetches other bytes. Refused: more pixels or scans than `limits`."""
     if head[:3] == b"\xff\xd8\xff":
         marker, precision, height, width, components, scan = jpeg_header(head, size, read)
         if not width or not height or components not in (1, 3, 4):
             raise BadImage(f"corrupt JPEG header: {width}x{height} pixels, {components} components")
-        extra = jpeg_end(tail, size, scan, read)
+        check_pixels(width, height, limits)
+        extra = jpeg_end(tail, size, scan, read, marker in PROGRESSIVE_SOF, limits)
         if marker not in COMMON_SOF or precision != 8:
             kind = "process"
         else:
@@ -212,6 +198,7 @@ def parse_header(head: bytes, tail: bytes, size: int, read) -> tuple[str, int, i
         width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
         if not width or not height:
             raise BadImage(f"corrupt PNG header: {width}x{height} pixels")
+        check_pixels(width, height, limits)
         if not tail.endswith(PNG_END):
             raise BadImage("truncated: no IEND chunk at the end of the PNG")
         return "PNG", width, height, "png", NOTES["png"]
@@ -249,30 +236,35 @@ def decode(data: bytes) -> tuple[str, tuple[int, int], list[str]]:
     return mode, dims, [str(w.message) for w in caught]
 
 
-def probe(path: str, level: str, size: int | None = None) -> FileResult:
+def probe(path: str, level: str, size: int | None = None, limits: Limits = DEFAULT_LIMITS) -> FileResult:
     """Check one image file at `level`; `size` is the manifest's (None: unknown). At header and
-    decode a damaged file fails for what is wrong inside it, its size mismatch added."""
+    decode a damaged file fails for what is wrong inside it, its size mismatch added. Only a regular
+    file within `limits` is read (a FIFO, a device or a link fails, never blocks or reads forever)."""
     actual = 0
     try:
         if level == "exists":
-            actual = os.stat(path).st_size
+            actual = check_regular(path, limits)
             return _sized(actual, size) or FileResult(True, size=actual)
-        if level == "header":
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                actual = os.fstat(fd).st_size
+        fd, actual = open_regular(path, limits)
+        try:
+            if level == "header":
                 head = os.pread(fd, HEAD_BYTES, 0)
                 tail = head[-TAIL_BYTES:] if actual <= HEAD_BYTES else os.pread(fd, TAIL_BYTES, actual - TAIL_BYTES)
-                _, width, height, kind, note = parse_header(head, tail, actual, lambda o, n: os.pread(fd, n, o))
-            finally:
-                os.close(fd)
-        else:
-            with open(path, "rb") as f:
-                data = f.read()
+                _, width, height, kind, note = parse_header(head, tail, actual, reader(fd, actual), limits)
+            else:
+                data = read_fd(fd, actual)
+        finally:
+            os.close(fd)
+        if level != "header":
             actual = len(data)
-            _, width, height, kind, note = parse_header(data, data[-TAIL_BYTES:], actual, lambda o, n: data[o : o + n])
+            _, width, height, kind, note = parse_header(
+                data, data[-TAIL_BYTES:], actual, lambda o, n: data[o : o + n], limits
+            )
+            check_image(data, limits)  # scans of every JPEG, not only the progressive ones
     except BadImage as err:
         return FileResult(False, "header", f"{err}{_size_note(actual, size)}", size=actual)
+    except Refused as err:
+        return FileResult(False, err.check, str(err), size=actual)
     except FileNotFoundError:
         return FileResult(False, "exists", "missing (gone while verify ran)")
     except OSError as err:
@@ -291,6 +283,11 @@ def probe(path: str, level: str, size: int | None = None) -> FileResult:
     return _sized(actual, size) or FileResult(True, None, None, note, kind, actual)
 
 
+def reader(fd: int, size: int):
+    """read(offset, n) of an open file, never past `size` (the size fstat gave when it was opened)."""
+    return lambda offset, n: bytes(read_fd(fd, max(0, min(n, size - offset)), offset))
+
+
 def _size_note(actual: int, expected: int | None) -> str:
     if expected is None or actual == expected:
         return ""
@@ -307,9 +304,11 @@ def _sized(actual: int, expected: int | None) -> FileResult | None:
     return None
 
 
-def check_file(path: str | Path, level: str, size: int | None = None) -> tuple[bool, str | None, str | None]:
+def check_file(
+    path: str | Path, level: str, size: int | None = None, limits: Limits = DEFAULT_LIMITS
+) -> tuple[bool, str | None, str | None]:
     """(ok, reason of the failure, note on an odd but valid file) of one image file at `level`."""
-    r = probe(str(path), level, size)
+    r = probe(str(path), level, size, limits)
     return r.ok, (f"{r.check}: {r.reason}" if r.reason else None), r.note
 
 
@@ -392,7 +391,7 @@ def check_class(root: str, split: str, cls: dict, level: str, ctx: dict) -> dict
 
     cls: {"wnid", "count": devkit count or None, "files": [[name, size], ...] from the manifest or None}
     ctx: {"pattern": image name regex template, "val_wnids": list or None, "val_numbers": wnid -> its
-          val image numbers, "fix": bool, "quality": int}
+          val image numbers, "fix": bool, "quality": int, "limits": Limits' fields}
     """
     wnid = cls["wnid"]
     rel, folder = f"{split}/{wnid}", os.path.join(root, split, wnid)
@@ -409,6 +408,7 @@ def check_class(root: str, split: str, cls: dict, level: str, ctx: dict) -> dict
         return out
     manifest = {name: size for name, size in cls["files"]} if cls.get("files") is not None else None
     val_wnids = ctx.get("val_wnids")
+    limits = Limits(**ctx.get("limits", {}))
     own = re.compile(ctx["pattern"].replace("{wnid}", re.escape(wnid)), re.ASCII)
     anyone = re.compile(ctx["pattern"].replace("{wnid}", "(.+?)"), re.ASCII) if split == "train" else None
     accepted: list[str] = []
@@ -452,7 +452,7 @@ def check_class(root: str, split: str, cls: dict, level: str, ctx: dict) -> dict
     out["images"] = len(accepted)
     for name in accepted:
         path = os.path.join(folder, name)
-        r = probe(path, level, manifest.get(name) if manifest is not None else None)
+        r = probe(path, level, manifest.get(name) if manifest is not None else None, limits)
         out["checked"] += 1
         out["bytes"] += r.size
         if not r.ok:
@@ -469,7 +469,7 @@ def check_class(root: str, split: str, cls: dict, level: str, ctx: dict) -> dict
                 else:
                     notes.append([f"{rel}/{name}", "unfixable", why])
                 continue
-            again = probe(path, level)
+            again = probe(path, level, None, limits)
             fixed.append({"path": f"{rel}/{name}", **change, "ok": again.ok})
             if not again.ok:
                 fail(name, "fix", f"the re-encoded file fails {again.check}: {again.reason}")
@@ -502,6 +502,7 @@ def verify_shard(root: str, split: str, input: str, level: str, fix: bool = Fals
     ctx = {"pattern": spec["pattern"], "val_wnids": val_wnids, "val_numbers": numbers, "fix": fix}
     ctx["quality"] = spec.get("quality", 95)
     ctx["state_dir"], ctx["run"] = spec.get("state_dir"), spec.get("run", "")
+    ctx["limits"] = spec.get("limits", {})
     jobs = [(root, split, cls, level, ctx) for cls in spec["classes"]]
     if processes > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(min(processes, len(jobs))) as pool:
@@ -537,16 +538,53 @@ def verify_md5(path: str, expected: str, key: str) -> dict:
 # ---------------------------------------------------------------- expected layout and meta.bin
 
 
-def load_meta(root: Path) -> tuple[dict, list]:
+def load_meta(root: Path, limits: Limits = DEFAULT_LIMITS) -> tuple[dict, list]:
     """meta.bin loaded as torchvision's `datasets.imagenet.load_meta_file` does (the file exists,
     then `torch.load(path, weights_only=True)`), without importing torch or torchvision for a
-    meta.bin of plain values (about 2 s of start-up). tests/test_verify.py checks both agree."""
+    meta.bin of plain values (about 2 s of start-up). tests/test_verify.py checks both agree.
+    Only a regular file of at most limits.max_file_bytes is read."""
     from launcher import torchfile
 
     path = root / "meta.bin"
     if not path.is_file():
         raise RuntimeError(f"The meta file {path} is not present in the root directory or is corrupted.")
+    check_regular(str(path), limits)
     return torchfile.load(path)
+
+
+def meta_bounds(wnid_to_classes: dict, val_wnids: list, most: dict[str, int]) -> str | None:
+    """What in a loaded meta.bin exceeds what verify takes from it (None: nothing): at most
+    most["classes"] classes and most["val"] val entries, wnids strings of at most META_MAX_WNID_CHARS
+    characters, class names of at most META_MAX_CHARS, at most META_MAX_NAMES names a class. A few
+    kilobytes of pickle can refer to one string a million times; this is checked before anything is
+    built from it (the run's expected.json holds val_wnids)."""
+    if len(wnid_to_classes) > most["classes"]:
+        return f"lists {len(wnid_to_classes)} classes, more than {most['classes']} ({most['by']})"
+    if len(val_wnids) > most["val"]:
+        return f"val_wnids has {len(val_wnids)} entries, more than {most['val']} ({most['by']})"
+    for wnid, names in wnid_to_classes.items():
+        if not isinstance(wnid, str) or len(wnid) > META_MAX_WNID_CHARS:
+            return f"a wnid is not a string of at most {META_MAX_WNID_CHARS} characters: {str(wnid)[:40]!r}"
+        if not isinstance(names, (tuple, list)) or len(names) > META_MAX_NAMES:
+            return f"the names of {wnid} are not a tuple of at most {META_MAX_NAMES} strings"
+        if not all(isinstance(n, str) and len(n) <= META_MAX_CHARS for n in names):
+            return f"a name of {wnid} is not a string of at most {META_MAX_CHARS} characters"
+    if not all(isinstance(w, str) and len(w) <= META_MAX_WNID_CHARS for w in val_wnids):
+        return f"a val_wnids entry is not a string of at most {META_MAX_WNID_CHARS} characters"
+    return None
+
+
+def meta_most(expected: dict, req_expected: dict) -> dict:
+    """The largest class and val counts meta.bin may hold: twice those of dataset.expected, else of
+    the devkit (a meta.bin of another devkit is still read and compared), else META_MAX_CLASSES and
+    META_MAX_VAL."""
+    if req_expected.get("classes") and req_expected.get("val"):
+        classes, val = 2 * req_expected["classes"], 2 * req_expected["val"]
+        return {"classes": classes, "val": val, "by": "twice dataset.expected's counts"}
+    if expected.get("wnid_to_classes") and expected.get("val_wnids") is not None:
+        classes, val = 2 * len(expected["wnid_to_classes"]), 2 * len(expected["val_wnids"])
+        return {"classes": classes, "val": val, "by": "twice the devkit's counts"}
+    return {"classes": META_MAX_CLASSES, "val": META_MAX_VAL, "by": "verify's bound without a devkit or counts"}
 
 
 def expected_layout(req: VerifyRequest, findings: list) -> dict:
@@ -556,7 +594,10 @@ def expected_layout(req: VerifyRequest, findings: list) -> dict:
     from launcher.devkit import parse_devkit
     from launcher.index import same_archive
 
-    cached = read_json(req.layout.devkit_file)
+    cached = read_state_json(req.layout.devkit_file, findings)
+    if cached is not None and not (isinstance(cached, dict) and isinstance(cached.get("devkit"), dict)):
+        findings.append([str(req.layout.devkit_file), "devkit", "not a devkit cache of launcher; delete it"])
+        cached = None
     path = req.find_archive("devkit")
     kit, source = None, None
     if path is not None:
@@ -582,16 +623,27 @@ def expected_layout(req: VerifyRequest, findings: list) -> dict:
     return {"source": source, "by": "the devkit", **kit}
 
 
-def check_meta(root: Path, expected: dict, classes: int | None, findings: list) -> dict | None:
-    """meta.bin loads with torchvision's load_meta_file, has the right shape and agrees with the
-    devkit; returns {wnid_to_classes, val_wnids} when it loads."""
+def check_meta(
+    root: Path,
+    expected: dict,
+    classes: int | None,
+    findings: list,
+    limits: Limits = DEFAULT_LIMITS,
+    req_expected: dict | None = None,
+) -> dict | None:
+    """meta.bin loads with torchvision's load_meta_file, has the right shape, stays within the counts
+    and string sizes of meta_bounds and agrees with the devkit; returns {wnid_to_classes, val_wnids}
+    when it loads."""
     rel = "meta.bin"
     if not (root / "meta.bin").is_file():
         why = f"missing: torchvision.datasets.ImageNet({str(root)!r}) needs it. Run `launcher prepare` (it "
         findings.append([rel, "meta", why + "writes meta.bin), or put the devkit in the root for torchvision"])
         return None
     try:
-        wnid_to_classes, val_wnids = load_meta(root)
+        wnid_to_classes, val_wnids = load_meta(root, limits)
+    except Refused as err:
+        findings.append([rel, "meta", str(err)])
+        return None
     except Exception as err:  # torch raises many kinds for a file that is not its own
         findings.append(
             [rel, "meta", f"it does not load as torchvision's load_meta_file loads it: {type(err).__name__}: {err}"]
@@ -599,6 +651,9 @@ def check_meta(root: Path, expected: dict, classes: int | None, findings: list) 
         return None
     if not isinstance(wnid_to_classes, dict) or not isinstance(val_wnids, list):
         findings.append([rel, "meta", "not (wnid_to_classes: dict, val_wnids: list) as torchvision writes it"])
+        return None
+    if why := meta_bounds(wnid_to_classes, val_wnids, meta_most(expected, req_expected or {"classes": classes})):
+        findings.append([rel, "meta", f"{why}; not used. Run `launcher prepare` on a new root, or delete meta.bin"])
         return None
     meta = {"wnid_to_classes": {w: list(c) for w, c in wnid_to_classes.items()}, "val_wnids": list(val_wnids)}
     if classes is not None and len(wnid_to_classes) != classes:
@@ -632,6 +687,52 @@ def meta_vs_devkit(meta: dict, kit: dict) -> list[str]:
     elif (first := next((i for i, (a, b) in enumerate(zip(mv, kv)) if a != b), None)) is not None:
         problems.append(f"val_wnids differs from the devkit's ground truth from val image {first + 1} on")
     return problems
+
+
+# ---------------------------------------------------------------- state files verify reads
+
+
+def read_state_json(path: Path, findings: list):
+    """The JSON of a state file (None when missing): a regular file of at most STATE_MAX_BYTES, not
+    nested past Python's recursion limit; anything else is a finding and None."""
+    try:
+        fd, _ = open_regular(str(path), Limits(max_file_bytes=STATE_MAX_BYTES))
+        try:
+            data = read_fd(fd, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+        return json.loads(data)
+    except FileNotFoundError:
+        return None
+    except Refused as err:
+        why = str(err).split(";")[0] if "max_file_bytes" not in str(err) else f"more than {STATE_MAX_BYTES} bytes"
+        findings.append([str(path), "structure", f"{why}; not read. Delete it (prepare writes it again)"])
+    except (OSError, ValueError, RecursionError) as err:
+        why = f"not valid JSON ({type(err).__name__}: {str(err)[:200]})"
+        findings.append([str(path), "structure", f"{why}; not read. Delete it (prepare writes it again)"])
+    return None
+
+
+def read_state_manifest(path: Path, findings: list) -> dict | None:
+    """A prepare manifest (read_state_json) whose columns have the shape verify uses, else None."""
+    manifest = read_state_json(path, findings)
+    if not isinstance(manifest, dict) or manifest.get("version") != MANIFEST_VERSION:
+        return None
+    paths, sizes, wnids = manifest.get("paths"), manifest.get("sizes"), manifest.get("wnids")
+    shaped = (
+        isinstance(paths, list)
+        and isinstance(sizes, list)
+        and isinstance(wnids, list)
+        and len(paths) == len(sizes)
+        and all(isinstance(p, str) and "/" in p for p in paths)
+        and all(type(n) is int and n >= 0 for n in sizes)
+        and all(isinstance(w, str) for w in wnids)
+    )
+    if not shaped:
+        why = "not a manifest of launcher (paths, sizes and wnids columns); not read. Delete it and run prepare"
+        findings.append([str(path), "structure", why])
+        return None
+    return manifest
 
 
 # ---------------------------------------------------------------- folders (top level and splits)
@@ -768,6 +869,7 @@ def plan_split(
             "quality": req.fix_quality,
             "state_dir": str(run_dir.parent.parent),
             "run": run_dir.name,
+            "limits": {k: getattr(req.limits, k) for k in ("max_file_bytes", "max_pixels", "max_scans")},
             "classes": classes,
         }
         write_json(run_dir / "inputs" / f"{uid}.json", spec)
@@ -851,7 +953,7 @@ def make_plan(req: VerifyRequest, parallelism: int, processes: int, min_bytes: i
     findings: list[list] = []
     notes: list[list] = []
     exp = expected_layout(req, findings)
-    meta = check_meta(layout.root, exp, req.expected.get("classes"), findings)
+    meta = check_meta(layout.root, exp, req.expected.get("classes"), findings, req.limits, req.expected)
     if not exp.get("source") and meta is not None:
         exp = {"source": "meta.bin (no devkit found)", "by": "meta.bin", **meta, "num_train_images": None}
     write_json(run_dir / "expected.json", {k: exp.get(k) for k in ("source", "val_wnids", "num_train_images")})
@@ -861,7 +963,7 @@ def make_plan(req: VerifyRequest, parallelism: int, processes: int, min_bytes: i
     n_shards = req.shards or 2 * parallelism
     for split in req.splits:
         present = list_split(layout.root, split, findings)
-        manifest = read_manifest(layout.manifest_file(split))
+        manifest = read_state_manifest(layout.manifest_file(split), findings)
         if manifest is not None:
             manifest_findings(split, manifest, exp, findings)
         source = exp.get("source") or "the folders (no devkit, no meta.bin)"
@@ -1041,6 +1143,7 @@ def apply_fixes(desc: dict, fixed: list[dict]) -> list[str]:
 
 
 def check_request(req: VerifyRequest) -> None:
+    req.limits.check()
     if req.level not in LEVELS:
         raise LauncherError(f"verify.level={req.level!r} is not one of {', '.join(LEVELS)}.")
     if req.fix and req.level == "exists":

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from launcher.config import LoaderConfig, TransformConfig
 from launcher.errors import LauncherError
 
 from conftest import REPO, dataset_overrides, launch, storage_overrides
+from hostile_files import BOMBS, NON_REGULAR, deadline, jpeg, plant
 
 ATTRIBUTES = ("classes", "wnids", "class_to_idx", "wnid_to_idx", "samples", "targets", "imgs", "root", "split")
 
@@ -482,3 +484,76 @@ def test_instantiate_builds_every_object(prepared):
     assert isinstance(loader, torch.utils.data.DataLoader) and isinstance(loader.sampler, DistributedSampler)
     x, y = next(iter(loader))
     assert x.shape == (4, 3, 224, 224) and len(y) == 4
+
+
+# ---------------------------------------------------------------- bounds: files, pixels, scans
+
+
+def decoders(path: Path) -> dict:
+    """Every way a loader decodes a file: decode_file, PIL's, the eval pipeline, the fused train crop."""
+    train = D.build_transforms({"train_crop_size": 32}, train=True)
+    evaluate = D.build_transforms({"eval_crop_size": 32}, train=False)
+    calls = {
+        "decode_file": lambda: D.decode_file(str(path)),
+        "decode_with_pil": lambda: D.decode_with_pil(str(path)),
+        "eval": lambda: evaluate.head_of_file(str(path)),
+        "train": lambda: train.head_of_file(str(path)),
+    }
+    if train.writes_crop or D._jpeg is not None:
+        uint8 = D.build_transforms({"train_crop_size": 32, "output": "uint8"}, train=True)
+        out = torch.empty((3, 32, 32), dtype=torch.uint8)
+        calls["train-uint8-slot"] = lambda: uint8.write_file(str(path), out)
+    return calls
+
+
+@pytest.mark.parametrize("kind", NON_REGULAR)
+def test_non_regular_files_are_refused_naming_the_file(kind, tmp_path):
+    """A FIFO (an open that waits forever), a link to /dev/zero (a read that never ends), a socket or a
+    folder where an image belongs: every decoder refuses it at once, naming the file."""
+    path = tmp_path / "n01440764_1.JPEG"
+    plant(kind, path)
+    for name, call in decoders(path).items():
+        with deadline(10), pytest.raises(D.ImageRefused, match="not a regular file") as caught:
+            call()
+        assert str(path) in str(caught.value), name
+
+
+@pytest.mark.parametrize("bomb", BOMBS)
+def test_bomb_images_are_refused_before_decoding(bomb, tmp_path):
+    """A header declaring 30000x30000 pixels (2.7 GB of RGB) and a progressive JPEG of 1000 scans (a
+    second of libjpeg): refused naming the file and the option, in milliseconds, no pixels allocated."""
+    import resource
+
+    path = tmp_path / f"{bomb}.JPEG"
+    path.write_bytes(BOMBS[bomb]())
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for name, call in decoders(path).items():
+        started = time.perf_counter()
+        with pytest.raises(D.ImageRefused, match=f"transform.max_{bomb}") as caught:
+            call()
+        assert str(path) in str(caught.value), name
+        assert time.perf_counter() - started < 0.5, name
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 256 << 10  # KiB: under 256 MiB
+
+
+def test_bounds_come_from_the_transform_node(tmp_path):
+    path = tmp_path / "small.JPEG"
+    path.write_bytes(jpeg((40, 30)))
+    assert D.decode_file(str(path)).shape == (3, 30, 40)
+    tight = D.build_transforms({"max_pixels": 1000, "max_file_bytes": 1 << 20, "max_scans": 5}, train=False)
+    assert (tight.limits.max_pixels, tight.limits.max_file_bytes, tight.limits.max_scans) == (1000, 1 << 20, 5)
+    with pytest.raises(D.ImageRefused, match="40x30 = 1200 pixels, more than transform.max_pixels=1000"):
+        tight.head_of_file(str(path))
+    small = D.build_transforms({"max_file_bytes": 100}, train=True)
+    with pytest.raises(D.ImageRefused, match="more than transform.max_file_bytes=100"):
+        small.head_of_file(str(path))
+    progressive = tmp_path / "progressive.JPEG"
+    progressive.write_bytes(jpeg((40, 30), progressive=True))
+    for train in (False, True):
+        few = D.build_transforms({"max_scans": 3, "train_crop_size": 16}, train=train)
+        with pytest.raises(D.ImageRefused, match="transform.max_scans=3"):
+            few.head_of_file(str(progressive))
+        assert D.build_transforms({"train_crop_size": 16}, train=train).head_of_file(str(progressive)).shape[0] == 3
+    for bad in ({"max_pixels": 0}, {"max_scans": -1}, {"max_file_bytes": True}):
+        with pytest.raises(LauncherError, match=f"transform.{next(iter(bad))}="):
+            D.build_transforms(bad, train=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 
 import numpy as np
 import pytest
@@ -101,3 +102,26 @@ def test_a_truncated_file_in_the_loader_fails_as_torchvision_would(tmp_path):
     assert pipeline.fuses_crop
     with pytest.raises(OSError, match="truncated"):
         pipeline.head_of_file(str(path))
+
+
+@needs_jpeg
+def test_decode_crop_stops_past_max_scans():
+    """libjpeg has no bound on scans: a progressive JPEG of 1000 scans (14 KB) costs about a second.
+    decode_crop(..., max_scans) stops as libjpeg reaches the scan after the last allowed one
+    (LimitError, not the ValueError the loader answers with a full decode); an ordinary progressive
+    file within the bound gives the same pixels as without it."""
+    from hostile_files import scan_bomb
+
+    bomb = scan_bomb(1000)
+    started = time.perf_counter()
+    with pytest.raises(jpeg.LimitError, match="more than 100 scans"):
+        jpeg.decode_crop(bomb, 0, 0, 64, 64, 100)
+    assert time.perf_counter() - started < 0.5
+    assert not issubclass(jpeg.LimitError, ValueError)
+    data = encoded("RGB", 173, 131, progressive=True)
+    assert torch.equal(
+        torch.frombuffer(jpeg.decode_crop(data, 3, 17, 30, 15, 100), dtype=torch.uint8),
+        torch.frombuffer(jpeg.decode_crop(data, 3, 17, 30, 15), dtype=torch.uint8),
+    )
+    with pytest.raises(jpeg.LimitError):
+        jpeg.decode_crop(data, 3, 17, 30, 15, 2)

@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from launcher.imagebounds import Limits
 from launcher.synth import encode_image
 from launcher.verify import check_file, decode, load_meta, verify_shard
 
 from conftest import cli, dataset_overrides, launch, storage_overrides, tree_bytes
+from hostile_files import BOMBS, NON_REGULAR, deadline, jpeg, plant
 
 DEBUG = ["dataset=synthetic", "cluster=debug"]
 
@@ -395,6 +397,8 @@ def test_md5_of_the_archives(ours, archives, tmp_path):
     [
         (["verify.level=pixels"], "is not one of exists, header, decode"),
         (["verify.level=exists", "verify.fix=true"], "verify.fix=true needs verify.level=header or decode"),
+        (["verify.max_pixels=0"], "verify.max_pixels=0 must be a positive whole number"),
+        (["verify.max_scans=-5"], "verify.max_scans=-5 must be a positive whole number"),
     ],
 )
 def test_bad_options_are_refused(ours, archives, overrides, message, capsys):
@@ -529,3 +533,158 @@ def test_slurm_submits_and_the_report_job_writes_the_report(slurm_cluster, ours,
     report = json.loads(report_file.read_text())
     assert not report["ok"] and str(path.relative_to(root)) in failing(report)
     assert report["shards"] and all(s["job"] for s in report["shards"]), "shards ran as SLURM jobs"
+
+
+# ---------------------------------------------------------------- bounds: files, pixels, scans, meta.bin
+
+
+@pytest.mark.parametrize("kind", NON_REGULAR)
+def test_non_regular_files_fail_naming_the_file_and_never_hang(kind, ours, archives, tmp_path):
+    """A FIFO (whose open waits for a writer forever), a link to /dev/zero (a read that never ends), a
+    socket or a folder where an image belongs: verify decode fails naming it, within seconds."""
+    result = archives("small")
+    root = copy_root(ours, tmp_path)
+    victim = plain_jpeg(result.odd_files, root)
+    plant(kind, victim)
+    with deadline(120):
+        code, report = run_verify(root, result.archive_dir, "verify.level=decode", split="train")
+    rel = str(victim.relative_to(root))
+    found = failing(report)
+    assert code != 0 and rel in found, found
+    want = "a folder in a class folder" if kind == "folder" else "not a regular file"
+    assert want in found[rel], found[rel]
+    for level in ("exists", "header", "decode"):  # one file at each level
+        with deadline(10):
+            ok, reason, _ = check_file(victim, level)
+        assert not ok and ("not a regular file" in reason or kind == "folder"), (level, reason)
+
+
+@pytest.mark.parametrize("bomb", BOMBS)
+def test_bomb_images_fail_at_header_and_decode(bomb, tmp_path):
+    """A JPEG declaring 30000x30000 pixels (780 bytes; 2.7 GB for a decoder) and a progressive JPEG
+    of 1000 scans (14 KB; a second of libjpeg): both fail at header and at decode, naming the bound,
+    without a decode of their pixels."""
+    path = tmp_path / f"{bomb}.JPEG"
+    path.write_bytes(BOMBS[bomb]())
+    for level in ("header", "decode"):
+        started = time.perf_counter()
+        ok, reason, _ = check_file(path, level)
+        assert not ok and reason.startswith("header:") and f"verify.max_{bomb}" in reason, (level, reason)
+        assert time.perf_counter() - started < 0.5, level
+    raised = check_file(path, "decode", limits=Limits(max_pixels=30000 * 30000 + 1, max_scans=1000))
+    assert raised[0] if bomb == "scans" else "truncated" in raised[1] or "PIL" in raised[1]
+    ok, reason, _ = check_file(path, "decode", limits=Limits(max_pixels=10, max_scans=1))
+    assert not ok and "more than verify.max_" in reason
+
+
+def test_bombs_in_a_root_fail_naming_each_file(ours, archives, tmp_path, capsys):
+    result = archives("small")
+    root = copy_root(ours, tmp_path)
+    train = [p for p in images(root) if str(p.relative_to(root)) not in result.odd_files]
+    for path, bomb in zip(train, BOMBS.values()):
+        data = bomb()
+        path.write_bytes(data)
+    manifest = root / ".launcher" / "manifest-train.json"
+    text = json.loads(manifest.read_text())
+    for path in train[:2]:
+        text["sizes"][text["paths"].index(str(path.relative_to(root / "train")))] = path.stat().st_size
+    manifest.write_text(json.dumps(text))
+    code, report = run_verify(root, result.archive_dir, "verify.level=header", split="train")
+    found = failing(report)
+    assert code != 0
+    assert "verify.max_pixels" in found[str(train[0].relative_to(root))]
+    assert "verify.max_scans" in found[str(train[1].relative_to(root))]
+    code, report = run_verify(root, result.archive_dir, "verify.level=header", "verify.max_scans=2000", split="train")
+    assert str(train[1].relative_to(root)) not in failing(report)
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        ("long strings", lambda w, v: (w, ["n" + "9" * 9500] * len(v)), "not a string of at most 64"),
+        ("many val entries", lambda w, v: (w, v * 300), "more than"),
+        ("many classes", lambda w, v: ({f"n{i:08d}": ("x",) for i in range(5000)}, v), "more than"),
+    ],
+    ids=lambda h: h[0],
+)
+def test_hostile_meta_bin_is_bounded(hostile, ours, archives, tmp_path):
+    """meta.bin of a hundred kilobytes naming one 9.5 KB string for every val image (or far more
+    entries than the devkit's): refused before verify builds its expected layout from it (the run's
+    expected.json stays small; on main it held every copy of the string)."""
+    from launcher import torchfile
+
+    _, make, why = hostile
+    result = archives("small")
+    root = copy_root(ours, tmp_path)
+    wnid_to_classes, val_wnids = load_meta(root)
+    size = torchfile.save(root / "meta.bin", make(wnid_to_classes, val_wnids))
+    assert size < 4 << 20
+    code, report = run_verify(root, result.archive_dir, "verify.level=exists")
+    assert code != 0
+    assert why in failing(report)["meta.bin"], failing(report)["meta.bin"]
+    for expected in (root / ".launcher" / "verify").glob("*/expected.json"):
+        assert expected.stat().st_size < 1 << 20
+
+
+# short, 10 KB (past the 4 KB old verify searched) ending in a JPEG's start, and end markers then bytes
+TRAILING = [b"junk after the end", bytes(range(256)) * 40 + b"\xff\xd8\xff\xe0", b"\xff\xd9" * 3 + b"exif"]
+
+
+@pytest.mark.parametrize("extra", TRAILING, ids=["short", "10KB-then-SOI", "markers-then-bytes"])
+@pytest.mark.parametrize("progressive", [False, True])
+def test_trailing_bytes_after_the_end_marker_are_a_note(extra, progressive, tmp_path):
+    """Bytes after the end-of-image marker (cameras append thumbnails and maker data, 10 KB here) are
+    a note at header and decode, wherever the marker is (found by walking the scans, not searched
+    for near the end); a file without one is truncated. (A baseline file whose last two bytes are
+    FFD9 is taken to end there: the marker cannot hide in the image data, and reading every file
+    whole would cost level=header its speed.)"""
+    good = jpeg(flat=False, progressive=progressive)
+    path = tmp_path / "trailing.JPEG"
+    path.write_bytes(good + extra)
+    for level in ("header", "decode"):
+        ok, reason, note = check_file(path, level)
+        assert ok and reason is None and "trailing bytes after the end marker" in note, (level, reason)
+        assert f"{len(extra)} bytes after the end-of-image marker" in note
+    path.write_bytes(good[:-2] + extra.replace(b"\xff\xd9", b""))
+    for level in ("header", "decode"):
+        ok, reason, _ = check_file(path, level)
+        assert not ok and "truncated" in reason, (level, reason)
+
+
+def test_hostile_meta_bin_without_devkit_is_bounded(oracle, tmp_path):
+    """No devkit anywhere, so meta.bin alone would give the expected layout: 120 KB of pickle naming
+    one 9.5 KB string for each of 50,000 val images made a 476 MB expected.json on main."""
+    from launcher import torchfile
+
+    root = copy_root(oracle("small"), tmp_path)
+    for archive in root.glob("ILSVRC2012_*"):
+        archive.unlink()
+    empty = tmp_path / "no-archives"
+    empty.mkdir()
+    wnid_to_classes, _ = load_meta(root)
+    assert torchfile.save(root / "meta.bin", (wnid_to_classes, ["n" + "9" * 9500] * 50_000)) < 200_000
+    code, report = run_verify(root, empty, "verify.level=exists")
+    assert code != 0 and "not a string of at most 64" in failing(report)["meta.bin"]
+    assert all(p.stat().st_size < 1 << 20 for p in (root / ".launcher" / "verify").glob("*/expected.json"))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "nested", "shape"])
+def test_hostile_manifest_is_a_finding(kind, ours, archives, tmp_path):
+    """verify's JSON inputs are bounded: a FIFO planted as the manifest (an open that never returns),
+    JSON nested 100,000 deep (RecursionError on main) or columns of another shape are each a finding
+    naming the file, and the root is checked without the manifest."""
+    result = archives("small")
+    root = copy_root(ours, tmp_path)
+    manifest = root / ".launcher" / "manifest-train.json"
+    if kind == "fifo":
+        plant("fifo", manifest)
+    elif kind == "nested":
+        manifest.write_text("[" * 100_000 + "]" * 100_000)
+    else:
+        text = json.loads(manifest.read_text())
+        manifest.write_text(json.dumps({**text, "paths": [p.replace("/", "") for p in text["paths"]]}))
+    with deadline(120):
+        code, report = run_verify(root, result.archive_dir, "verify.level=exists", split="train")
+    assert code != 0
+    assert "not read" in failing(report)[str(manifest)] or "not a manifest" in failing(report)[str(manifest)]
+    assert report["counts"]["train"]["images"] == len(images(ours))
