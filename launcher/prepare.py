@@ -131,7 +131,8 @@ def load_devkit(req: PrepareRequest) -> tuple[Devkit, str]:
     devkit = parse_devkit(path, req.devkit_meta, req.devkit_ground_truth, req.devkit_max_bytes)
     data = devkit.to_json()
     fp = digest(data)
-    write_json(req.layout.devkit_file, {"archive": archive_identity(path), "fingerprint": fp, "devkit": data})
+    if not req.dry_run:  # a dry run keeps what it read in memory
+        write_json(req.layout.devkit_file, {"archive": archive_identity(path), "fingerprint": fp, "devkit": data})
     return devkit, fp
 
 
@@ -146,7 +147,8 @@ def load_index(req: PrepareRequest, split: str, devkit: Devkit) -> tuple[dict, d
         index = index_train(path, req.train_class_pattern)
     else:
         index = index_val(path, req.val_image_pattern, len(devkit.val_wnids))
-    write_json(cache, index)
+    if not req.dry_run:
+        write_json(cache, index)
     return index, cached
 
 
@@ -222,6 +224,8 @@ def guard_identity(req: PrepareRequest, identity: dict, clashes: dict[str, list[
                 "with `launcher verify`, or pass prepare.force=true to prepare over it (its "
                 f"{', '.join(found)} are replaced)."
             )
+        if req.dry_run:  # checked, nothing written
+            return
         if found:
             reset(layout, ["train", "val"], meta=True)
         write_json(layout.state_dir / "identity.json", identity)
@@ -235,6 +239,8 @@ def guard_identity(req: PrepareRequest, identity: dict, clashes: dict[str, list[
             f"root holds{': ' + examples if examples else ''}). Point storage.root at a new folder, or pass "
             "prepare.force=true to replace what is there."
         )
+    if req.dry_run:
+        return
     if prepared:
         splits = SPLITS if "devkit" in prepared else [s for s in SPLITS if s in prepared]
         reset(layout, splits, meta="devkit" in prepared)
@@ -280,7 +286,8 @@ def plan_units(
     for key in req.archive_keys():
         md5 = req.archives[key][1]
         if key in md5_keys(req):
-            forget_stale_md5(rec(f"md5-{key}"), req.archive(key), md5)
+            if not req.dry_run:
+                forget_stale_md5(rec(f"md5-{key}"), req.archive(key), md5)
             units.append(
                 Unit(
                     f"md5-{key}",
@@ -371,15 +378,25 @@ def finalize_unit(req: PrepareRequest, split: str, units: list[Unit], identity: 
             "expected": req.expected.get(split),
             "manifest": str(layout.manifest_file(split)),
             "identity": {k: identity[k] for k in ("devkit", split)},
+            "root": str(layout.root),
+            "partial": partial_folders(req, split),
         },
     )
 
 
 def finalize_split(
-    split: str, records: list[str], devkit: str, expected: int | None, manifest: str, identity: dict
+    split: str,
+    records: list[str],
+    devkit: str,
+    expected: int | None,
+    manifest: str,
+    identity: dict,
+    root: str | None = None,
+    partial: list[str] | None = None,
 ) -> dict:
-    """Finalize unit: every unit of the split complete -> counts checked -> manifest. Its completion
-    record (written by the unit runner) is the split's complete-<split>.json."""
+    """Finalize unit: every unit of the split complete -> counts checked -> manifest -> empty
+    root/.partial folders removed. Its completion record (written by the unit runner) is the split's
+    complete-<split>.json."""
     missing = [Path(r).stem for r in records if not os.path.exists(r)]
     if missing:
         raise LauncherError(
@@ -399,6 +416,8 @@ def finalize_split(
     if expected is not None and len(files) != expected:
         raise LauncherError(f"{split} holds {len(files)} images, dataset.expected.{split} is {expected}")
     write_manifest(Path(manifest), build_manifest(split, files, kit["wnid_to_classes"]))
+    if root is not None:
+        remove_empty_partial(Path(root), partial or [])
     return {
         "split": split,
         "images": len(files),
@@ -408,6 +427,44 @@ def finalize_split(
         "identity": identity,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+def remove_empty_partial(root: Path, folders: list[str]) -> None:
+    """rmdir each of `folders` (".partial/train", ".partial") under root when it is an empty folder.
+    Every step is opened with O_NOFOLLOW and rmdir never follows a link: a link there is left
+    alone, and so is a folder that holds anything."""
+    for folder in folders:
+        parent, _, name = folder.rpartition("/")
+        try:
+            fd = open_dir_nofollow(root, parent)
+        except OSError:
+            continue
+        try:
+            os.rmdir(name, dir_fd=fd)
+        except OSError:  # absent, not empty, or a link (ENOTDIR): leave it
+            pass
+        finally:
+            os.close(fd)
+
+
+def open_dir_nofollow(root: Path, relative: str) -> int:
+    """A descriptor of root/relative, opened one component at a time, never through a link."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(root, flags)
+    for part in filter(None, relative.split("/")):
+        try:
+            child = os.open(part, flags, dir_fd=fd)
+        finally:
+            os.close(fd)
+        fd = child
+    return fd
+
+
+def partial_folders(req: PrepareRequest, split: str) -> list[str]:
+    """What finalize-<split> removes when empty: train's own .partial/train, and .partial itself
+    unless train (the one split that writes there) is also being prepared and finalizes it."""
+    own = [".partial/train"] if split == "train" else []
+    return own + ([".partial"] if split == "train" or "train" not in req.splits else [])
 
 
 # ---------------------------------------------------------------- output folders
@@ -479,7 +536,8 @@ def make_plan(req: PrepareRequest, parallelism: int, min_bytes: int = 0) -> Plan
     clashes = {s: conflicts(req.layout, s, old, indexes[s], devkit) for s, (_, old) in loaded.items()}
     guard_identity(req, identity, clashes)
     p = plan_units(req, devkit, indexes, parallelism, identity, min_bytes)
-    drop_stale_records(p.units)
+    if not req.dry_run:
+        drop_stale_records(p.units)
     return p
 
 
@@ -541,24 +599,60 @@ def print_summary(req: PrepareRequest, units: list[Unit], before: set[str], wall
     print(f"wall time {wall:.1f}s; root {req.layout.root}")
 
 
+def common_units(units: list[Unit]) -> list[Unit]:
+    """What both splits need first: meta.bin and the devkit's md5."""
+    return [u for u in units if u.kind == "meta" or (u.kind == "md5" and u.args["key"] == "devkit")]
+
+
+def split_units(units: list[Unit], split: str) -> list[Unit]:
+    """A split's own units: its shards and its archive's md5."""
+    return [u for u in units if u.kind == split or (u.kind == "md5" and u.args["key"] == split)]
+
+
 def dispatch_slurm(cluster: dispatch.Cluster, folder: Path, p: Plan, todo: list[Unit], active: dict) -> list:
     """Arrays per split. Without waiting, each split's finalize job waits (afterok) for its arrays in
     SLURM; when this process waits anyway, it finalizes itself, as on the other executors."""
     from launcher import runner
 
-    common = [u for u in todo if u.kind == "meta" or (u.kind == "md5" and u.args["key"] == "devkit")]
-    jobs = runner.submit_units(cluster, folder, "prepare-common", common)
+    jobs = runner.submit_units(cluster, folder, "prepare-common", common_units(todo))
     running = [job for uid, (_, _, job) in active.items() if uid in ("meta", "md5-devkit")]
     after_common = [j.job_id for j in jobs] + running
     for split, fin in p.finalize.items():
-        mine = [u for u in todo if u.kind == split or (u.kind == "md5" and u.args["key"] == split)]
-        split_jobs = runner.submit_units(cluster, folder, f"prepare-{split}", mine)
+        split_jobs = runner.submit_units(cluster, folder, f"prepare-{split}", split_units(todo, split))
         jobs += split_jobs
         waiting = [job for uid, (_, _, job) in active.items() if uid.startswith((f"{split}-", f"md5-{split}"))]
         if not cluster.waits and not is_complete(fin) and fin.id not in active:
             after = after_common + [j.job_id for j in split_jobs] + waiting
             jobs += runner.submit_units(cluster, folder, f"prepare-{split}-finalize", [fin], after=after)
     return jobs
+
+
+def planned_submissions(cluster: dispatch.Cluster, p: Plan, todo: list[Unit]) -> list[tuple[str, list[Unit], str]]:
+    """(job name, units, what it waits for) of each submission a real run would make now."""
+    if cluster.executor != "slurm":
+        return [("prepare", todo, "")]
+    subs = [("prepare-common", common_units(todo), "")]
+    for split, fin in p.finalize.items():
+        subs.append((f"prepare-{split}", split_units(todo, split), ""))
+        if not cluster.waits and not is_complete(fin):
+            subs.append((f"prepare-{split}-finalize", [fin], f"afterok: prepare-common, prepare-{split}"))
+    return [sub for sub in subs if sub[1]]
+
+
+def run_dry(req: PrepareRequest, cluster: dispatch.Cluster) -> int:
+    """prepare.dry_run=true: the plan and what would be submitted, from what is on disk (devkit and
+    indexes read into memory when not cached); creates no folder, record, index, lock or ledger line."""
+    from launcher import runner
+
+    min_bytes = plan.MIN_SHARD_BYTES if cluster.executor == "slurm" else 0
+    p = make_plan(req, cluster.parallelism, min_bytes)
+    print_plan(req, p)
+    todo = [u for u in p.units if not is_complete(u)]
+    print(f"\ndry run: nothing was written; a real run would submit to cluster={cluster.name}:")
+    print(runner.describe_submissions(cluster, planned_submissions(cluster, p, todo)))
+    if cluster.waits:
+        print("and then finalize each split in this process (wait=true)")
+    return 0
 
 
 def finalize_here(p: Plan) -> dict[str, str]:
@@ -575,7 +669,9 @@ def run_prepare(req: PrepareRequest, cluster: dispatch.Cluster) -> int:
     """The prepare command: returns the exit code (0 only when every split is complete)."""
     t0 = time.time()
     check_archives(req)
-    if not req.dry_run and (done := already_complete(req)):
+    if req.dry_run:
+        return run_dry(req, cluster)
+    if done := already_complete(req):
         print_complete(req, done)
         return 0
     from launcher import dispatch, runner  # submitit: not needed when everything is complete
@@ -584,9 +680,6 @@ def run_prepare(req: PrepareRequest, cluster: dispatch.Cluster) -> int:
     with Lock(req.layout.lock_file, f"prepare of {req.layout.root}"):
         min_bytes = plan.MIN_SHARD_BYTES if cluster.executor == "slurm" else 0
         p = make_plan(req, cluster.parallelism, min_bytes)
-        if req.dry_run:
-            print_plan(req, p)
-            return 0
         all_units = [*p.units, *p.finalize.values()]
         warn_unchecked_md5(req)
         make_output_dirs(req)

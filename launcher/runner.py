@@ -39,6 +39,34 @@ def submit_units(cluster: dispatch.Cluster, folder: Path, name: str, units: list
     return dispatch.submit(cluster, folder, name, run_units, tasks, after=after)
 
 
+def describe_resources(cluster: dispatch.Cluster) -> str:
+    """Partition, time limit, memory and CPUs each job asks for, as the cluster config says."""
+    params = cluster.params
+    mem = f"{params['mem_gb']} GB" if params.get("mem_gb") is not None else "the cluster default"
+    return (
+        f"partition {params.get('partition') or '(the default)'}, time limit {params.get('timeout_min', 60)} min, "
+        f"memory {mem}, {params.get('cpus_per_task', 1)} CPU(s) per task"
+    )
+
+
+def describe_submissions(cluster: dispatch.Cluster, subs: Sequence[tuple[str, list[Unit], str]]) -> str:
+    """One line per submission: SLURM arrays (chunked to MaxArraySize, %array_parallelism), or the
+    local jobs sharing one queue; then the resources each job asks for."""
+    lines = []
+    for name, units, after in subs:
+        n = len(job_groups(units, cluster))
+        if cluster.executor == "slurm":
+            chunk = dispatch.max_array_size(cluster)
+            arrays = -(-n // chunk)
+            what = f"{arrays} job array{'s' * (arrays > 1)} of {n} task{'s' * (n > 1)}, %{cluster.parallelism}"
+        else:
+            what = f"{n} {cluster.executor} job{'s' * (n > 1)} pulling {len(units)} units from one queue"
+        lines.append(f"  {name}: {what}" + (f" ({after})" if after else ""))
+    if cluster.executor == "slurm":
+        lines.append(f"  each task: {describe_resources(cluster)}")
+    return "\n".join(lines) if lines else "  nothing (every unit is complete)"
+
+
 def record_submission(
     layout: Layout,
     command: str,
