@@ -166,7 +166,18 @@ def prepare_request(cfg: DictConfig):
         stripe_count=cfg.storage.stripe_count,
         log_dir=Path(cfg.storage.log_dir).absolute(),
         argv=task_overrides(),
+        config=run_config(cfg),
     )
+
+
+def run_config(cfg: DictConfig) -> dict:
+    """The config of this run, interpolations and ${oc.env:...} resolved, paths made absolute (the
+    ledger keeps it so that a resubmission runs the same thing wherever it is typed)."""
+    config = plain(cfg)
+    for key in ("archive_dir", "root", "state_dir", "log_dir"):
+        if config["storage"].get(key) is not None:
+            config["storage"][key] = str(Path(config["storage"][key]).absolute())
+    return config
 
 
 def synth_spec(options):
@@ -234,6 +245,7 @@ def verify_request(cfg: DictConfig):
         report=Path(o.report).absolute(),
         log_dir=Path(cfg.storage.log_dir).absolute(),
         argv=task_overrides(),
+        config=run_config(cfg),
     )
 
 
@@ -246,7 +258,8 @@ def cmd_verify(cfg: DictConfig) -> int:
 def cmd_status(cfg: DictConfig) -> int:
     from launcher.status import show_status
 
-    return show_status(layout_of(cfg), cfg.tail)
+    o = cfg.status
+    return show_status(layout_of(cfg), o.tail, units=o.units, as_json=o.json)
 
 
 def loader_config(cfg: DictConfig) -> dict:

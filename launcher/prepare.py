@@ -60,6 +60,8 @@ class PrepareRequest:
     stripe_count: int | None = None
     log_dir: Path | None = None
     argv: list[str] = field(default_factory=list)
+    # the resolved config of the run (for the ledger); the dataset choice and values (for the identity)
+    config: dict = field(default_factory=dict)
 
     def archive(self, key: str) -> Path:
         return self.archive_dir / self.archives[key][0]
@@ -128,6 +130,7 @@ def load_devkit(req: PrepareRequest) -> tuple[Devkit, str]:
     cached = read_json(req.layout.devkit_file)
     if same_archive(cached, path):
         return Devkit.from_json(cached["devkit"]), cached["fingerprint"]
+    print(f"reading the devkit {path.name}", file=sys.stderr, flush=True)
     devkit = parse_devkit(path, req.devkit_meta, req.devkit_ground_truth, req.devkit_max_bytes)
     data = devkit.to_json()
     fp = digest(data)
@@ -143,13 +146,37 @@ def load_index(req: PrepareRequest, split: str, devkit: Devkit) -> tuple[dict, d
     cached = read_json(cache)
     if same_archive(cached, path):
         return cached, None
+    announce_indexing(path, split, cached, devkit)
+    t0 = time.time()
     if split == "train":
         index = index_train(path, req.train_class_pattern)
     else:
         index = index_val(path, req.val_image_pattern, len(devkit.val_wnids))
+    print(f"indexed {path.name}: {len(index['members'])} members in {time.time() - t0:.1f}s", file=sys.stderr)
     if not req.dry_run:
         write_json(cache, index)
     return index, cached
+
+
+def announce_indexing(path: Path, split: str, cached: dict | None, devkit: Devkit) -> None:
+    """Say what happens before the first unit: which archive is indexed and how many headers (the
+    devkit's count of class tars or val images; the last index's when the archive changed)."""
+    known = len(cached["members"]) if cached else len(devkit.wnid_to_classes if split == "train" else devkit.val_wnids)
+    what = "class-tar" if split == "train" else "image"
+    print(
+        f"indexing {path.name} ({human_bytes(path.stat().st_size)}): {human_count(known)} {what} headers",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def human_count(n: int) -> str:
+    """50000 -> 50 k, 1281167 -> 1.28 M."""
+    if n >= 1_000_000:
+        return f"{n / 1e6:.2f} M"
+    if n >= 10_000:
+        return f"{n / 1e3:.0f} k"
+    return str(n)
 
 
 def check_against_devkit(req: PrepareRequest, devkit: Devkit, indexes: dict) -> None:
@@ -696,13 +723,26 @@ def run_prepare(req: PrepareRequest, cluster: dispatch.Cluster) -> int:
         else:
             jobs = runner.submit_units(cluster, folder, "prepare", todo)
         records = {u.id: u.record for u in all_units}
-        runner.record_submission(req.layout, "prepare", req.argv, cluster, folder, list(records), jobs, records=records)
+        sizes = {u.id: u.size for u in all_units}
+        runner.record_submission(
+            req.layout,
+            "prepare",
+            req.argv,
+            cluster,
+            folder,
+            list(records),
+            jobs,
+            records=records,
+            sizes=sizes,
+            config=req.config,
+        )
         if not cluster.waits:
             runner.print_submitted("prepare", cluster, folder, jobs, req.argv)
             return 0
+        if jobs:
+            print(runner.jobs_line(cluster, folder, jobs), flush=True)
         jobs += [dispatch.attach(ex, job, where) for ex, where, job in sorted(set(active.values()))]
-        errors = runner.follow("prepare", p.units, jobs, cluster)
-        errors.update(finalize_here(p))
+        errors = runner.follow("prepare", all_units, jobs, cluster, then=lambda: finalize_here(p))
         print_summary(req, all_units, before, time.time() - t0)
         if errors or not all(is_complete(u) for u in all_units):
             runner.print_errors(errors or {"prepare": "some units did not complete; see `launcher status`"})

@@ -102,6 +102,8 @@ class VerifyRequest:
     report: Path | None = None
     log_dir: Path | None = None
     argv: list[str] = field(default_factory=list)
+    # the resolved config of the run, kept in the ledger
+    config: dict = field(default_factory=dict)
 
     def archive_candidates(self, key: str) -> list[Path]:
         """Where an archive may be: storage.archive_dir, or the root itself (torchvision keeps them there)."""
@@ -1134,7 +1136,16 @@ def run_verify(req: VerifyRequest, cluster: dispatch.Cluster) -> int:
             jobs = runner.submit_units(cluster, folder, "verify", units)
         plan_ids = [u.id for u in [*units, p.report]]
         runner.record_submission(
-            req.layout, "verify", req.argv, cluster, folder, plan_ids, jobs, records_dir=p.run_dir / "units"
+            req.layout,
+            "verify",
+            req.argv,
+            cluster,
+            folder,
+            plan_ids,
+            jobs,
+            records_dir=p.run_dir / "units",
+            sizes={u.id: u.size for u in [*units, p.report]},
+            config=req.config,
         )
         if not cluster.waits:
             print_submitted(p, cluster, folder, jobs, report_path, req.argv)
