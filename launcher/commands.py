@@ -116,6 +116,78 @@ def task_overrides() -> list[str]:
 # ---------------------------------------------------------------- config -> plain values
 
 
+def hydra_overrides() -> list[str] | None:
+    """The command line's overrides when run by Hydra; None when composed through compose_config."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return None
+
+
+def shown(value) -> str:
+    return "null" if value is None else str(value)
+
+
+def dataset_differences(chosen: dict, stored: dict) -> list[str]:
+    """The facts (archive names and md5s, expected counts, devkit members, name patterns) on which two
+    dataset configs disagree; an md5 left null on either side does not count."""
+    out = []
+    for group in ("archives", "expected", "devkit", "patterns"):
+        a, b = chosen.get(group) or {}, stored.get(group) or {}
+        for key in sorted(set(a) | set(b)):
+            x, y = a.get(key), b.get(key)
+            if isinstance(x, dict) or isinstance(y, dict):
+                x, y = x or {}, y or {}
+                for sub in sorted(set(x) | set(y)):
+                    if x.get(sub) != y.get(sub) and not (sub == "md5" and None in (x.get(sub), y.get(sub))):
+                        out.append(
+                            f"dataset.{group}.{key}.{sub} is {shown(x.get(sub))} here, {shown(y.get(sub))} there"
+                        )
+            elif x != y:
+                out.append(f"dataset.{group}.{key} is {shown(x)} here, {shown(y)} there")
+    return out
+
+
+def DatasetMismatch(message: str):
+    """A config mistake (exit 2): the chosen dataset is not the one the root was prepared with."""
+    from launcher.errors import LauncherError
+
+    err = LauncherError(message)
+    err.exit_code = 2
+    return err
+
+
+def use_root_dataset(cfg: DictConfig) -> None:
+    """verify/status/bench on a prepared root: without `dataset=<choice>` on the command line, take
+    the dataset config the root was prepared with (dataset.* overrides still apply on top); with a
+    choice that disagrees with it, stop with a message naming both configs."""
+    from omegaconf import OmegaConf
+
+    from launcher.prepare import root_dataset
+
+    overrides = hydra_overrides()
+    stored = root_dataset(layout_of(cfg)) if overrides is not None else None
+    if stored is None:
+        return
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
+    if "dataset" in keys:
+        if diff := dataset_differences(plain(cfg.dataset), stored):
+            raise DatasetMismatch(
+                f"dataset={cfg.dataset.name} disagrees with dataset={stored.get('name')}, the one "
+                f"{layout_of(cfg).root} was prepared with ({'; '.join(diff[:3])}). Leave dataset=... out to "
+                f"use the root's, or pass dataset={stored.get('name')}."
+            )
+        return
+    from launcher.config import DatasetConfig
+
+    kept = {k: OmegaConf.select(cfg, k) for k in keys if k.startswith("dataset.")}
+    cfg.dataset = OmegaConf.merge(OmegaConf.structured(DatasetConfig), stored)
+    for key, value in kept.items():
+        OmegaConf.update(cfg, key, value)
+
+
 def plain(node) -> dict:
     from omegaconf import OmegaConf
 
@@ -213,7 +285,7 @@ def cmd_synth(cfg: DictConfig) -> int:
     )
     for key, path in result.files.items():
         print(f"  {key:6} {path.name}  {path.stat().st_size:,} bytes  md5 {result.md5[key]}")
-    print("prepare checks these md5s with:\n  " + " ".join(result.md5_overrides()))
+    print("prepare them (md5s checked) with:\n  " + result.prepare_command(task_overrides()))
     return 0
 
 
@@ -252,12 +324,14 @@ def verify_request(cfg: DictConfig):
 def cmd_verify(cfg: DictConfig) -> int:
     from launcher.verify import run_verify
 
+    use_root_dataset(cfg)
     return run_verify(verify_request(cfg), cluster_of(cfg))
 
 
 def cmd_status(cfg: DictConfig) -> int:
     from launcher.status import show_status
 
+    use_root_dataset(cfg)
     o = cfg.status
     return show_status(layout_of(cfg), o.tail, units=o.units, as_json=o.json)
 
@@ -335,6 +409,7 @@ def cmd_bench(cfg: DictConfig) -> int:
         from launcher.errors import LauncherError
 
         raise LauncherError(f"bench.split={cfg.bench.split!r} is not train or val")
+    use_root_dataset(cfg)
     request = bench_request(cfg)
     require_root(request.config["storage"]["root"])
     return run_bench(request, cluster_of(cfg))

@@ -274,6 +274,23 @@ def guard_identity(req: PrepareRequest, identity: dict, clashes: dict[str, list[
     write_json(layout.state_dir / "identity.json", {**stored, **identity})
 
 
+def remember_dataset(layout: Layout, dataset: dict | None) -> None:
+    """Keep the dataset config a root is prepared with (choice and resolved values: archive names,
+    md5s, expected counts, patterns) in its identity record, for verify, status and bench."""
+    if not dataset:
+        return
+    path = layout.state_dir / "identity.json"
+    stored = read_json(path) or {}
+    if stored.get("dataset") != dataset:
+        write_json(path, {**stored, "dataset": dataset})
+
+
+def root_dataset(layout: Layout) -> dict | None:
+    """The dataset config the root was prepared with, or None (not ours, or prepared before we kept it)."""
+    stored = read_json(layout.state_dir / "identity.json")
+    return stored.get("dataset") if isinstance(stored, dict) else None
+
+
 def reset(layout: Layout, splits, meta: bool) -> None:
     """Forget and delete what was prepared for `splits` (and meta.bin)."""
     for split in splits:
@@ -562,6 +579,8 @@ def make_plan(req: PrepareRequest, parallelism: int, min_bytes: int = 0) -> Plan
     identity = {"devkit": devkit_fp, **{s: indexes[s]["fingerprint"] for s in indexes}}
     clashes = {s: conflicts(req.layout, s, old, indexes[s], devkit) for s, (_, old) in loaded.items()}
     guard_identity(req, identity, clashes)
+    if not req.dry_run:
+        remember_dataset(req.layout, req.config.get("dataset"))
     p = plan_units(req, devkit, indexes, parallelism, identity, min_bytes)
     if not req.dry_run:
         drop_stale_records(p.units)
