@@ -238,6 +238,7 @@ def prepare_request(cfg: DictConfig):
         stripe_count=cfg.storage.stripe_count,
         log_dir=Path(cfg.storage.log_dir).absolute(),
         argv=task_overrides(),
+        storage=cfg.storage.name,
         config=run_config(cfg),
     )
 
@@ -412,7 +413,27 @@ def cmd_bench(cfg: DictConfig) -> int:
     use_root_dataset(cfg)
     request = bench_request(cfg)
     require_root(request.config["storage"]["root"])
+    warn_batch_larger_than_split(cfg)
     return run_bench(request, cluster_of(cfg))
+
+
+def warn_batch_larger_than_split(cfg: DictConfig) -> None:
+    """One line on stderr when the batch size bench.split uses exceeds the images the split holds
+    (from its complete record): a train epoch with drop_last then has no batch at all."""
+    from launcher.layout import read_json
+
+    split, o = cfg.bench.split, cfg.loader
+    done = read_json(layout_of(cfg).complete_file(split)) or {}
+    images = done.get("images")
+    key = "batch_size" if split == "train" or o.eval_batch_size is None else "eval_batch_size"
+    size = o[key]
+    if images is None or size <= images:
+        return
+    why = " with loader.drop_last=true an epoch has no batch;" if split == "train" and o.drop_last else ""
+    print(
+        f"warning: loader.{key}={size} is larger than the {split} split ({images} images):{why} lower loader.{key}.",
+        file=sys.stderr,
+    )
 
 
 def cmd_stage(cfg: DictConfig) -> int:

@@ -60,6 +60,8 @@ class PrepareRequest:
     stripe_count: int | None = None
     log_dir: Path | None = None
     argv: list[str] = field(default_factory=list)
+    # the storage option chosen (local, lustre, nfs, scratch or a variant): shared storage warns on a login node
+    storage: str = "local"
     # the resolved config of the run (for the ledger); the dataset choice and values (for the identity)
     config: dict = field(default_factory=dict)
 
@@ -116,6 +118,49 @@ def warn_unchecked_md5(req: PrepareRequest) -> None:
                 f"warning: dataset.archives.{key}.md5 is null: {req.archive(key).name} is not md5-checked.",
                 file=sys.stderr,
             )
+
+
+SHARED_STORAGE = ("lustre", "nfs")
+OURS = {"meta.bin", "train", "val", ".partial", ".launcher"}
+
+
+def warn_probable_mistakes(req: PrepareRequest, cluster: dispatch.Cluster) -> None:
+    """One line on stderr for each setting that is probably a mistake; the work goes on."""
+    for message in (login_node_warning(req, cluster), foreign_folder_warning(req)):
+        if message:
+            print(f"warning: {message}", file=sys.stderr)
+
+
+def login_node_warning(req: PrepareRequest, cluster: dispatch.Cluster) -> str | None:
+    """Work on this machine, on shared storage, where SLURM is at hand but no job runs: a login node."""
+    if cluster.executor == "slurm" or not req.storage.startswith(SHARED_STORAGE):
+        return None
+    if not shutil.which("sbatch") or os.environ.get("SLURM_JOB_ID"):
+        return None
+    return (
+        f"cluster={cluster.name} runs the units on this machine, which looks like a login node (sbatch is "
+        f"here, SLURM_JOB_ID is not set), with storage={req.storage}: pass cluster=slurm to run them as "
+        "SLURM jobs, or run this inside a job (salloc/srun)."
+    )
+
+
+def foreign_folder_warning(req: PrepareRequest) -> str | None:
+    """storage.root holds things that are neither an ImageNet root's, ours, nor the archives."""
+    root = req.layout.root
+    if not root.is_dir() or (req.layout.state_dir / "identity.json").exists():
+        return None
+    archives = {name for name, _ in req.archives.values()}
+    try:
+        names = sorted(e.name for e in os.scandir(root) if e.name not in OURS | archives)
+    except OSError:
+        return None
+    if not names or OURS & set(os.listdir(root)) - {".launcher"}:
+        return None  # empty, or a root of its own (the identity guard decides about it)
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (
+        f"storage.root={root} is not empty ({shown}) and is not an ImageNet root: prepare adds meta.bin, "
+        "train/ and val/ beside what is there. Point storage.root at a new folder if that is not what you want."
+    )
 
 
 # ---------------------------------------------------------------- devkit and indexes (cached)
@@ -715,6 +760,7 @@ def run_prepare(req: PrepareRequest, cluster: dispatch.Cluster) -> int:
     """The prepare command: returns the exit code (0 only when every split is complete)."""
     t0 = time.time()
     check_archives(req)
+    warn_probable_mistakes(req, cluster)
     if req.dry_run:
         return run_dry(req, cluster)
     if done := already_complete(req):

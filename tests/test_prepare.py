@@ -312,3 +312,43 @@ def test_rerun_after_fixing_the_archive_completes_what_is_missing(archives, orac
     (d / FILES["train"]).write_bytes(good)  # downloaded again
     assert prepare(result, root, no_md5, "prepare.train_shards=4", archive_dir=d) == 0
     assert_same_as_oracle(root, oracle())
+
+
+def fake_sbatch(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_local_work_on_shared_storage_from_a_login_node_warns(archives, tmp_path, monkeypatch, capsys):
+    fake_sbatch(tmp_path, monkeypatch)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    result = archives("tiny")
+    lustre = tmp_path / "lustre"
+    shutil.copytree(result.archive_dir, lustre)  # lustre and nfs keep the archives in the root
+    overrides = ["storage=lustre", f"storage.root={lustre}", *dataset_overrides(result), "prepare.dry_run=true"]
+    assert launch("prepare", [*overrides, "cluster=local"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: cluster=")]
+    assert len(warnings) == 1 and "login node" in warnings[0] and "cluster=slurm" in warnings[0]
+    monkeypatch.setenv("SLURM_JOB_ID", "42")  # inside a job: fine
+    assert launch("prepare", [*overrides, "cluster=local"]) == 0
+    assert "login node" not in capsys.readouterr().err
+    monkeypatch.delenv("SLURM_JOB_ID")
+    assert launch("prepare", [*overrides, "cluster=slurm", "cluster.max_array_size=10"]) == 0
+    assert "login node" not in capsys.readouterr().err
+
+
+def test_preparing_into_a_folder_of_other_things_warns(archives, tmp_path, capsys):
+    root = tmp_path / "home"
+    root.mkdir()
+    (root / "thesis.tex").write_text("x")
+    (root / "photos").mkdir()
+    assert prepare(archives("tiny"), root, "prepare.dry_run=true") == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: storage.root")]
+    assert len(warnings) == 1 and "photos, thesis.tex" in warnings[0] and "not an ImageNet root" in warnings[0]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert prepare(archives("tiny"), empty, "prepare.dry_run=true") == 0
+    assert "warning: storage.root" not in capsys.readouterr().err
