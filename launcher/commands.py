@@ -6,6 +6,7 @@ importable without Hydra or torch so that `launcher --help` answers at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -326,7 +327,45 @@ def cmd_verify(cfg: DictConfig) -> int:
     from launcher.verify import run_verify
 
     use_root_dataset(cfg)
+    if cfg.verify.report == "-":
+        return verify_to_stdout(cfg)
     return run_verify(verify_request(cfg), cluster_of(cfg))
+
+
+@contextlib.contextmanager
+def logging_to_stderr():
+    """Point the root logger's stdout handlers (Hydra's job logging) at stderr for a while."""
+    moved = [h for h in logging.getLogger().handlers if getattr(h, "stream", None) is sys.stdout]
+    for handler in moved:
+        handler.setStream(sys.stderr)
+    try:
+        yield
+    finally:
+        for handler in moved:
+            handler.setStream(sys.stdout)
+
+
+def verify_to_stdout(cfg: DictConfig) -> int:
+    """verify.report=-: the JSON report alone on stdout (kept in the state folder as well), and what
+    verify says meanwhile on stderr."""
+    import json
+
+    from omegaconf import open_dict
+
+    from launcher.layout import read_json
+    from launcher.verify import run_verify
+
+    report = Path(cfg.storage.state_dir).absolute() / f"verify-{cfg.split.name}.json"
+    with open_dict(cfg):
+        cfg.verify.report = str(report)
+    report.unlink(missing_ok=True)
+    with contextlib.redirect_stdout(sys.stderr), logging_to_stderr():
+        code = run_verify(verify_request(cfg), cluster_of(cfg))
+    if (written := read_json(report)) is not None:
+        print(json.dumps(written, indent=1))
+    else:
+        print(f"verify.report=-: no report yet; its job writes {report} (see `launcher status`)", file=sys.stderr)
+    return code
 
 
 def cmd_status(cfg: DictConfig) -> int:

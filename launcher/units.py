@@ -109,13 +109,26 @@ def claim(claims: Path, unit_id: str) -> bool:
     return True
 
 
+class StdStream(logging.StreamHandler):
+    """A handler writing to sys.stdout or sys.stderr as they are when each line is logged (a
+    redirection or a capture in effect then is followed)."""
+
+    def __init__(self, which: str):
+        self.which = which
+        super().__init__(getattr(sys, which))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = getattr(sys, self.which)
+        super().emit(record)
+
+
 def setup_unit_log() -> None:
-    """Where no logging is configured (a job's process): timestamped lines, info on stdout,
-    warnings and errors on stderr (the log status shows the tail of)."""
-    if log.handlers or logging.getLogger().handlers:
+    """Unit lines, with a timestamp: info on stdout, warnings and errors on stderr (the log status
+    shows the tail of); in a job's process as in the launcher's (debug executor)."""
+    if log.handlers:
         return
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
-    out, err = logging.StreamHandler(sys.stdout), logging.StreamHandler(sys.stderr)
+    out, err = StdStream("stdout"), StdStream("stderr")
     out.addFilter(lambda record: record.levelno < logging.WARNING)
     err.setLevel(logging.WARNING)
     for handler in (out, err):

@@ -525,3 +525,15 @@ def test_slurm_submits_and_the_report_job_writes_the_report(slurm_cluster, ours,
     report = json.loads(report_file.read_text())
     assert not report["ok"] and str(path.relative_to(root)) in failing(report)
     assert report["shards"] and all(s["job"] for s in report["shards"]), "shards ran as SLURM jobs"
+
+
+def test_report_dash_writes_the_report_alone_to_stdout(archives, tmp_path):
+    result = archives("tiny")
+    overrides = [*storage_overrides(result.archive_dir, tmp_path / "root"), *dataset_overrides(result)]
+    assert launch("prepare", [*overrides, "cluster=debug"]) == 0
+    run = cli("verify", *overrides, "cluster=debug", "verify.report=-")
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)  # nothing else on stdout
+    assert report["ok"] is True and report["splits"] == ["train", "val"]
+    assert "no problems" in run.stderr
+    assert json.loads((tmp_path / "root" / ".launcher" / "verify-all.json").read_text()) == report
