@@ -359,7 +359,7 @@ def verify_to_stdout(cfg: DictConfig) -> int:
     with open_dict(cfg):
         cfg.verify.report = str(report)
     report.unlink(missing_ok=True)
-    with contextlib.redirect_stdout(sys.stderr), logging_to_stderr():
+    with logging_to_stderr(), contextlib.redirect_stdout(sys.stderr):
         code = run_verify(verify_request(cfg), cluster_of(cfg))
     if (written := read_json(report)) is not None:
         print(json.dumps(written, indent=1))
