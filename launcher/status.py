@@ -174,7 +174,7 @@ def summarize_part(part: str, statuses: list[UnitStatus], since: float, now: flo
 
 def eta(recent: list[UnitStatus], remaining: list[UnitStatus], elapsed: float) -> float | None:
     """Seconds left at the pace so far: by the bytes the units read when known, else by unit count."""
-    if all(s.size for s in recent + remaining) and sum(s.size for s in recent):
+    if sum(s.size for s in recent):  # the ledger has each unit's bytes
         return elapsed * sum(s.size for s in remaining) / sum(s.size for s in recent)
     return elapsed * len(remaining) / len(recent)
 

@@ -146,3 +146,30 @@ def test_status_shows_slurm_pending_reasons(slurm_cluster, archives, tmp_path):
     finally:
         arrays = {j["job_id"].split("_")[0] for j in ledger(root)[-1]["jobs"]}
         subprocess.run(["scancel", *arrays], check=False)
+
+
+def test_a_running_split_shows_rate_eta_and_pending_reasons():
+    """The line of a split half done: rate from the units finished since the submission, ETA from
+    the bytes left, SLURM's reasons beside the queued count."""
+    from launcher.status import UnitStatus, part_line, summarize_part
+
+    since = 1000.0
+    done = [
+        UnitStatus(f"train-000{i}-of-0008", "train", "complete", size=100, images=10, bytes=100, started=since + 10 * i)
+        for i in range(4)
+    ]
+    for s in done:
+        s.wall_s = 10.0
+    running = [UnitStatus("train-0004-of-0008", "train", "running", size=100)]
+    queued = [
+        UnitStatus(f"train-000{i}-of-0008", "train", "queued", size=100, reason="JobArrayTaskLimit") for i in (5, 6)
+    ]
+    queued.append(UnitStatus("finalize-train", "train", "queued", size=0, reason="Dependency"))
+    part = summarize_part("train", done + running + queued, since, now=since + 40)
+    assert part.counts == {"complete": 4, "running": 1, "queued": 3}
+    assert part.images == 40 and part.bytes == 400 and part.rate_bytes_s == 10.0
+    assert part.eta_s == 30.0  # 300 bytes left at 400 bytes per 40 s
+    line = part_line(part)
+    assert line == (
+        "4/8 complete, 1 running, 3 queued (Dependency 1, JobArrayTaskLimit 2); 40 images, 400 B done; 10 B/s; ETA 30s"
+    ), line
