@@ -283,7 +283,20 @@ def status_json(layout: Layout, summaries: dict, tail_lines: int) -> dict:
             "resubmit": resubmit_line(command, entry),
         }
     ok = not any(c["counts"].get("failed") for c in commands.values())
-    return {"root": str(layout.root), "ledger": str(layout.ledger), "ok": ok, "commands": commands}
+    return {
+        "root": str(layout.root),
+        "dataset": root_dataset_name(layout),
+        "ledger": str(layout.ledger),
+        "ok": ok,
+        "commands": commands,
+    }
+
+
+def root_dataset_name(layout: Layout) -> str | None:
+    """The dataset config the root was prepared with, as its identity record says."""
+    from launcher.prepare import root_dataset
+
+    return (root_dataset(layout) or {}).get("name")
 
 
 def show_status(layout: Layout, tail_lines: int = 20, units: bool = False, as_json: bool = False) -> int:
@@ -299,7 +312,8 @@ def show_status(layout: Layout, tail_lines: int = 20, units: bool = False, as_js
     failed_any = False
     for command, (entry, statuses, parts) in summaries.items():
         failed_any |= print_command(command, entry, statuses, parts, units, tail_lines)
-    print(f"\nroot {layout.root}; ledger {layout.ledger}")
+    dataset = root_dataset_name(layout)
+    print(f"\nroot {layout.root}" + (f" (dataset={dataset})" if dataset else "") + f"; ledger {layout.ledger}")
     return 1 if failed_any else 0
 
 
