@@ -6,6 +6,7 @@ importable without Hydra or torch so that `launcher --help` answers at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -116,6 +117,78 @@ def task_overrides() -> list[str]:
 # ---------------------------------------------------------------- config -> plain values
 
 
+def hydra_overrides() -> list[str] | None:
+    """The command line's overrides when run by Hydra; None when composed through compose_config."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return None
+
+
+def shown(value) -> str:
+    return "null" if value is None else str(value)
+
+
+def dataset_differences(chosen: dict, stored: dict) -> list[str]:
+    """The facts (archive names and md5s, expected counts, devkit members, name patterns) on which two
+    dataset configs disagree; an md5 left null on either side does not count."""
+    out = []
+    for group in ("archives", "expected", "devkit", "patterns"):
+        a, b = chosen.get(group) or {}, stored.get(group) or {}
+        for key in sorted(set(a) | set(b)):
+            x, y = a.get(key), b.get(key)
+            if isinstance(x, dict) or isinstance(y, dict):
+                x, y = x or {}, y or {}
+                for sub in sorted(set(x) | set(y)):
+                    if x.get(sub) != y.get(sub) and not (sub == "md5" and None in (x.get(sub), y.get(sub))):
+                        out.append(
+                            f"dataset.{group}.{key}.{sub} is {shown(x.get(sub))} here, {shown(y.get(sub))} there"
+                        )
+            elif x != y:
+                out.append(f"dataset.{group}.{key} is {shown(x)} here, {shown(y)} there")
+    return out
+
+
+def DatasetMismatch(message: str):
+    """A config mistake (exit 2): the chosen dataset is not the one the root was prepared with."""
+    from launcher.errors import LauncherError
+
+    err = LauncherError(message)
+    err.exit_code = 2
+    return err
+
+
+def use_root_dataset(cfg: DictConfig) -> None:
+    """verify/status/bench on a prepared root: without `dataset=<choice>` on the command line, take
+    the dataset config the root was prepared with (dataset.* overrides still apply on top); with a
+    choice that disagrees with it, stop with a message naming both configs."""
+    from omegaconf import OmegaConf
+
+    from launcher.prepare import root_dataset
+
+    overrides = hydra_overrides()
+    stored = root_dataset(layout_of(cfg)) if overrides is not None else None
+    if stored is None:
+        return
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
+    if "dataset" in keys:
+        if diff := dataset_differences(plain(cfg.dataset), stored):
+            raise DatasetMismatch(
+                f"dataset={cfg.dataset.name} disagrees with dataset={stored.get('name')}, the one "
+                f"{layout_of(cfg).root} was prepared with ({'; '.join(diff[:3])}). Leave dataset=... out to "
+                f"use the root's, or pass dataset={stored.get('name')}."
+            )
+        return
+    from launcher.config import DatasetConfig
+
+    kept = {k: OmegaConf.select(cfg, k) for k in keys if k.startswith("dataset.")}
+    cfg.dataset = OmegaConf.merge(OmegaConf.structured(DatasetConfig), stored)
+    for key, value in kept.items():
+        OmegaConf.update(cfg, key, value)
+
+
 def plain(node) -> dict:
     from omegaconf import OmegaConf
 
@@ -168,7 +241,19 @@ def prepare_request(cfg: DictConfig):
         stripe_count=cfg.storage.stripe_count,
         log_dir=Path(cfg.storage.log_dir).absolute(),
         argv=task_overrides(),
+        storage=cfg.storage.name,
+        config=run_config(cfg),
     )
+
+
+def run_config(cfg: DictConfig) -> dict:
+    """The config of this run, interpolations and ${oc.env:...} resolved, paths made absolute (the
+    ledger keeps it so that a resubmission runs the same thing wherever it is typed)."""
+    config = plain(cfg)
+    for key in ("archive_dir", "root", "state_dir", "log_dir"):
+        if config["storage"].get(key) is not None:
+            config["storage"][key] = str(Path(config["storage"][key]).absolute())
+    return config
 
 
 def synth_spec(options):
@@ -204,7 +289,7 @@ def cmd_synth(cfg: DictConfig) -> int:
     )
     for key, path in result.files.items():
         print(f"  {key:6} {path.name}  {path.stat().st_size:,} bytes  md5 {result.md5[key]}")
-    print("prepare checks these md5s with:\n  " + " ".join(result.md5_overrides()))
+    print("prepare them (md5s checked) with:\n  " + result.prepare_command(task_overrides()))
     return 0
 
 
@@ -240,19 +325,61 @@ def verify_request(cfg: DictConfig):
         log_dir=Path(cfg.storage.log_dir).absolute(),
         argv=task_overrides(),
         limits=Limits(o.max_file_bytes, o.max_pixels, o.max_scans, "verify"),
+        config=run_config(cfg),
     )
 
 
 def cmd_verify(cfg: DictConfig) -> int:
     from launcher.verify import run_verify
 
+    use_root_dataset(cfg)
+    if cfg.verify.report == "-":
+        return verify_to_stdout(cfg)
     return run_verify(verify_request(cfg), cluster_of(cfg))
+
+
+@contextlib.contextmanager
+def logging_to_stderr():
+    """Point the root logger's stdout handlers (Hydra's job logging) at stderr for a while."""
+    moved = [h for h in logging.getLogger().handlers if getattr(h, "stream", None) is sys.stdout]
+    for handler in moved:
+        handler.setStream(sys.stderr)
+    try:
+        yield
+    finally:
+        for handler in moved:
+            handler.setStream(sys.stdout)
+
+
+def verify_to_stdout(cfg: DictConfig) -> int:
+    """verify.report=-: the JSON report alone on stdout (kept in the state folder as well), and what
+    verify says meanwhile on stderr."""
+    import json
+
+    from omegaconf import open_dict
+
+    from launcher.layout import read_json
+    from launcher.verify import run_verify
+
+    report = Path(cfg.storage.state_dir).absolute() / f"verify-{cfg.split.name}.json"
+    with open_dict(cfg):
+        cfg.verify.report = str(report)
+    report.unlink(missing_ok=True)
+    with logging_to_stderr(), contextlib.redirect_stdout(sys.stderr):
+        code = run_verify(verify_request(cfg), cluster_of(cfg))
+    if (written := read_json(report)) is not None:
+        print(json.dumps(written, indent=1))
+    else:
+        print(f"verify.report=-: no report yet; its job writes {report} (see `launcher status`)", file=sys.stderr)
+    return code
 
 
 def cmd_status(cfg: DictConfig) -> int:
     from launcher.status import show_status
 
-    return show_status(layout_of(cfg), cfg.tail)
+    use_root_dataset(cfg)
+    o = cfg.status
+    return show_status(layout_of(cfg), o.tail, units=o.units, as_json=o.json)
 
 
 def loader_config(cfg: DictConfig) -> dict:
@@ -328,9 +455,30 @@ def cmd_bench(cfg: DictConfig) -> int:
         from launcher.errors import LauncherError
 
         raise LauncherError(f"bench.split={cfg.bench.split!r} is not train or val")
+    use_root_dataset(cfg)
     request = bench_request(cfg)
     require_root(request.config["storage"]["root"])
+    warn_batch_larger_than_split(cfg)
     return run_bench(request, cluster_of(cfg))
+
+
+def warn_batch_larger_than_split(cfg: DictConfig) -> None:
+    """One line on stderr when the batch size bench.split uses exceeds the images the split holds
+    (from its complete record): a train epoch with drop_last then has no batch at all."""
+    from launcher.layout import read_json
+
+    split, o = cfg.bench.split, cfg.loader
+    done = read_json(layout_of(cfg).complete_file(split)) or {}
+    images = done.get("images")
+    key = "batch_size" if split == "train" or o.eval_batch_size is None else "eval_batch_size"
+    size = o[key]
+    if images is None or size <= images:
+        return
+    why = " with loader.drop_last=true an epoch has no batch;" if split == "train" and o.drop_last else ""
+    print(
+        f"warning: loader.{key}={size} is larger than the {split} split ({images} images):{why} lower loader.{key}.",
+        file=sys.stderr,
+    )
 
 
 def cmd_stage(cfg: DictConfig) -> int:

@@ -339,9 +339,19 @@ class SynthConfig(CommandConfig):
 
 
 @dataclass
-class StatusConfig(CommandConfig):
-    # log lines shown for each failed job
+class StatusOptions:
+    # log lines shown for each unit that did not finish
     tail: int = 20
+    # also print one row per unit (state, the job that ran it, SLURM's pending reason, images, bytes)
+    units: bool = False
+    # print the whole status as one JSON object (for scripts) instead of text
+    json: bool = False
+
+
+@dataclass
+class StatusConfig(CommandConfig):
+    # options of `status`
+    status: StatusOptions = field(default_factory=StatusOptions)
 
 
 @dataclass

@@ -286,6 +286,16 @@ def squeue_states(job_ids: list[str]) -> dict[str, str]:
     return {j: states[j] for j in job_ids if j in states}
 
 
+def squeue_reasons(job_ids: list[str]) -> dict[str, str]:
+    """Why queued jobs wait, as squeue's %r says (Dependency, JobArrayTaskLimit, Priority, Resources)."""
+    if not job_ids or not shutil.which("squeue"):
+        return {}
+    arrays = sorted({j.split("_")[0] for j in job_ids})
+    out = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(arrays), "-o", "%i|%r"], capture_output=True, text=True)
+    reasons = dict(line.split("|", 1) for line in out.stdout.splitlines() if "|" in line)
+    return {j: reasons[j].strip() for j in job_ids if reasons.get(j, "").strip() not in ("", "None")}
+
+
 def job_state(executor: str, folder: str, job_id: str) -> str:
     return job_states(executor, folder, [job_id])[job_id]
 

@@ -65,6 +65,10 @@ class PrepareRequest:
     stripe_count: int | None = None
     log_dir: Path | None = None
     argv: list[str] = field(default_factory=list)
+    # the storage option chosen (local, lustre, nfs, scratch or a variant): shared storage warns on a login node
+    storage: str = "local"
+    # the resolved config of the run (for the ledger); the dataset choice and values (for the identity)
+    config: dict = field(default_factory=dict)
 
     def archive(self, key: str) -> Path:
         return self.archive_dir / self.archives[key][0]
@@ -121,6 +125,49 @@ def warn_unchecked_md5(req: PrepareRequest) -> None:
             )
 
 
+SHARED_STORAGE = ("lustre", "nfs")
+OURS = {"meta.bin", "train", "val", ".partial", ".launcher"}
+
+
+def warn_probable_mistakes(req: PrepareRequest, cluster: dispatch.Cluster) -> None:
+    """One line on stderr for each setting that is probably a mistake; the work goes on."""
+    for message in (login_node_warning(req, cluster), foreign_folder_warning(req)):
+        if message:
+            print(f"warning: {message}", file=sys.stderr)
+
+
+def login_node_warning(req: PrepareRequest, cluster: dispatch.Cluster) -> str | None:
+    """Work on this machine, on shared storage, where SLURM is at hand but no job runs: a login node."""
+    if cluster.executor == "slurm" or not req.storage.startswith(SHARED_STORAGE):
+        return None
+    if not shutil.which("sbatch") or os.environ.get("SLURM_JOB_ID"):
+        return None
+    return (
+        f"cluster={cluster.name} runs the units on this machine, which looks like a login node (sbatch is "
+        f"here, SLURM_JOB_ID is not set), with storage={req.storage}: pass cluster=slurm to run them as "
+        "SLURM jobs, or run this inside a job (salloc/srun)."
+    )
+
+
+def foreign_folder_warning(req: PrepareRequest) -> str | None:
+    """storage.root holds things that are neither an ImageNet root's, ours, nor the archives."""
+    root = req.layout.root
+    if not root.is_dir() or (req.layout.state_dir / "identity.json").exists():
+        return None
+    archives = {name for name, _ in req.archives.values()}
+    try:
+        names = sorted(e.name for e in os.scandir(root) if e.name not in OURS | archives)
+    except OSError:
+        return None
+    if not names or OURS & set(os.listdir(root)) - {".launcher"}:
+        return None  # empty, or a root of its own (the identity guard decides about it)
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (
+        f"storage.root={root} is not empty ({shown}) and is not an ImageNet root: prepare adds meta.bin, "
+        "train/ and val/ beside what is there. Point storage.root at a new folder if that is not what you want."
+    )
+
+
 # ---------------------------------------------------------------- devkit and indexes (cached)
 
 
@@ -133,6 +180,7 @@ def load_devkit(req: PrepareRequest) -> tuple[Devkit, str]:
     cached = read_json(req.layout.devkit_file)
     if same_archive(cached, path):
         return Devkit.from_json(cached["devkit"]), cached["fingerprint"]
+    print(f"reading the devkit {path.name}", file=sys.stderr, flush=True)
     devkit = parse_devkit(
         path,
         req.devkit_meta,
@@ -144,7 +192,8 @@ def load_devkit(req: PrepareRequest) -> tuple[Devkit, str]:
     data = devkit.to_json()
     fp = digest(data)
     ident = archive_identity(path, req.archives["devkit"][1])
-    write_json(req.layout.devkit_file, {"archive": ident, "fingerprint": fp, "devkit": data})
+    if not req.dry_run:  # a dry run keeps what it read in memory
+        write_json(req.layout.devkit_file, {"archive": ident, "fingerprint": fp, "devkit": data})
     return devkit, fp
 
 
@@ -156,12 +205,37 @@ def load_index(req: PrepareRequest, split: str, devkit: Devkit) -> tuple[dict, d
     if same_archive(cached, path):
         return cached, None
     md5 = req.archives[split][1]
+    announce_indexing(path, split, cached, devkit)
+    t0 = time.time()
     if split == "train":
         index = index_train(path, req.train_class_pattern, req.wnid_pattern, md5)
     else:
         index = index_val(path, req.val_image_pattern, len(devkit.val_wnids), md5)
-    write_json(cache, index)
+    print(f"indexed {path.name}: {len(index['members'])} members in {time.time() - t0:.1f}s", file=sys.stderr)
+    if not req.dry_run:
+        write_json(cache, index)
     return index, cached
+
+
+def announce_indexing(path: Path, split: str, cached: dict | None, devkit: Devkit) -> None:
+    """Say what happens before the first unit: which archive is indexed and how many headers (the
+    devkit's count of class tars or val images; the last index's when the archive changed)."""
+    known = len(cached["members"]) if cached else len(devkit.wnid_to_classes if split == "train" else devkit.val_wnids)
+    what = "class-tar" if split == "train" else "image"
+    print(
+        f"indexing {path.name} ({human_bytes(path.stat().st_size)}): {human_count(known)} {what} headers",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def human_count(n: int) -> str:
+    """50000 -> 50 k, 1281167 -> 1.28 M."""
+    if n >= 1_000_000:
+        return f"{n / 1e6:.2f} M"
+    if n >= 10_000:
+        return f"{n / 1e3:.0f} k"
+    return str(n)
 
 
 def check_against_devkit(req: PrepareRequest, devkit: Devkit, indexes: dict) -> None:
@@ -232,7 +306,7 @@ def guard_identity(req: PrepareRequest, identity: dict, clashes: dict[str, list[
     prepared again. Records of another root (a shared state_dir) are refused, those of a root that
     is gone are forgotten."""
     layout = req.layout
-    check_tree(layout, req.force)
+    check_tree(layout, req.force and not req.dry_run)
     stored = records_of_this_root(layout, read_json(layout.state_dir / "identity.json"))
     if stored is None:
         outputs = (layout.meta_bin, layout.split_dir("train"), layout.split_dir("val"))
@@ -243,6 +317,8 @@ def guard_identity(req: PrepareRequest, identity: dict, clashes: dict[str, list[
                 f"records are not in {layout.state_dir}). Check it with `launcher verify`, or pass "
                 f"prepare.force=true to prepare over it (its {', '.join(found)} are replaced)."
             )
+        if req.dry_run:  # checked, nothing written
+            return
         if found:
             reset(layout, ["train", "val"], meta=True)
         write_json(layout.state_dir / "identity.json", identity)
@@ -256,6 +332,8 @@ def guard_identity(req: PrepareRequest, identity: dict, clashes: dict[str, list[
             f"root holds{': ' + examples if examples else ''}). Point storage.root at a new folder, or pass "
             "prepare.force=true to replace what is there."
         )
+    if req.dry_run:
+        return
     if prepared:
         splits = SPLITS if "devkit" in prepared else [s for s in SPLITS if s in prepared]
         reset(layout, splits, meta="devkit" in prepared)
@@ -356,6 +434,23 @@ def forget_records(layout: Layout) -> None:
     remove_records(layout, lambda name: True)
 
 
+def remember_dataset(layout: Layout, dataset: dict | None) -> None:
+    """Keep the dataset config a root is prepared with (choice and resolved values: archive names,
+    md5s, expected counts, patterns) in its identity record, for verify, status and bench."""
+    if not dataset:
+        return
+    path = layout.state_dir / "identity.json"
+    stored = read_json(path) or {}
+    if stored.get("dataset") != dataset:
+        write_json(path, {**stored, "dataset": dataset})
+
+
+def root_dataset(layout: Layout) -> dict | None:
+    """The dataset config the root was prepared with, or None (not ours, or prepared before we kept it)."""
+    stored = read_json(layout.state_dir / "identity.json")
+    return stored.get("dataset") if isinstance(stored, dict) else None
+
+
 def reset(layout: Layout, splits, meta: bool, reason: str = "prepare.force") -> None:
     """Forget and delete what was prepared for `splits` (and meta.bin); links are removed
     themselves, never followed."""
@@ -405,7 +500,8 @@ def plan_units(
         md5 = req.archives[key][1]
         if key in md5_keys(req):
             ident = identity["archives"][key]
-            forget_stale_md5(rec(f"md5-{key}"), ident, md5)
+            if not req.dry_run:
+                forget_stale_md5(rec(f"md5-{key}"), ident, md5)
             units.append(
                 Unit(
                     f"md5-{key}",
@@ -523,16 +619,24 @@ def finalize_unit(req: PrepareRequest, split: str, units: list[Unit], identity: 
             "manifest": str(layout.manifest_file(split)),
             "identity": split_identity(identity, split),
             "root": str(layout.root),
+            "partial": partial_folders(req, split),
         },
     )
 
 
 def finalize_split(
-    split: str, records: list[str], devkit: str, expected: int | None, manifest: str, identity: dict, root: str
+    split: str,
+    records: list[str],
+    devkit: str,
+    expected: int | None,
+    manifest: str,
+    identity: dict,
+    root: str,
+    partial: list[str] | None = None,
 ) -> dict:
     """Finalize unit: every unit of the split complete, from the archives and root of the plan ->
-    counts checked -> manifest. Its completion record (written by the unit runner) is the split's
-    complete-<split>.json."""
+    counts checked -> manifest -> empty root/.partial folders removed. Its completion record (written
+    by the unit runner) is the split's complete-<split>.json."""
     missing = [Path(r).stem for r in records if not safefs.is_file(r)]
     if missing:
         raise LauncherError(
@@ -557,6 +661,8 @@ def finalize_split(
             f"{split} is not complete: {Path(root) / split} lacks {', '.join(lost[:5])}. Run prepare again."
         )
     write_manifest(Path(manifest), build_manifest(split, files, kit["wnid_to_classes"]))
+    if root is not None:
+        remove_empty_partial(Path(root), partial or [])
     return {
         "split": split,
         "images": len(files),
@@ -598,6 +704,44 @@ def missing_folders(folder: Path, wnids: set[str]) -> list[str]:
     except OSError:
         present = set()
     return sorted(wnids - present)
+
+
+def remove_empty_partial(root: Path, folders: list[str]) -> None:
+    """rmdir each of `folders` (".partial/train", ".partial") under root when it is an empty folder.
+    Every step is opened with O_NOFOLLOW and rmdir never follows a link: a link there is left
+    alone, and so is a folder that holds anything."""
+    for folder in folders:
+        parent, _, name = folder.rpartition("/")
+        try:
+            fd = open_dir_nofollow(root, parent)
+        except OSError:
+            continue
+        try:
+            os.rmdir(name, dir_fd=fd)
+        except OSError:  # absent, not empty, or a link (ENOTDIR): leave it
+            pass
+        finally:
+            os.close(fd)
+
+
+def open_dir_nofollow(root: Path, relative: str) -> int:
+    """A descriptor of root/relative, opened one component at a time, never through a link."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(root, flags)
+    for part in filter(None, relative.split("/")):
+        try:
+            child = os.open(part, flags, dir_fd=fd)
+        finally:
+            os.close(fd)
+        fd = child
+    return fd
+
+
+def partial_folders(req: PrepareRequest, split: str) -> list[str]:
+    """What finalize-<split> removes when empty: train's own .partial/train, and .partial itself
+    unless train (the one split that writes there) is also being prepared and finalizes it."""
+    own = [".partial/train"] if split == "train" else []
+    return own + ([".partial"] if split == "train" or "train" not in req.splits else [])
 
 
 # ---------------------------------------------------------------- output folders
@@ -686,6 +830,8 @@ def make_plan(req: PrepareRequest, parallelism: int, min_bytes: int = 0) -> Plan
     clashes = {s: conflicts(req.layout, s, old, indexes[s], devkit) for s, (_, old) in loaded.items()}
     guard_identity(req, identity, clashes)
     identity["root"] = root_of_plan(req)
+    if not req.dry_run:
+        remember_dataset(req.layout, req.config.get("dataset"))
     p = plan_units(req, devkit, indexes, parallelism, identity, min_bytes)
     if not req.dry_run:
         drop_stale_records(req.layout, p)
@@ -786,24 +932,60 @@ def print_summary(req: PrepareRequest, units: list[Unit], before: set[str], wall
     print(f"wall time {wall:.1f}s; root {req.layout.root}")
 
 
+def common_units(units: list[Unit]) -> list[Unit]:
+    """What both splits need first: meta.bin and the devkit's md5."""
+    return [u for u in units if u.kind == "meta" or (u.kind == "md5" and u.args["key"] == "devkit")]
+
+
+def split_units(units: list[Unit], split: str) -> list[Unit]:
+    """A split's own units: its shards and its archive's md5."""
+    return [u for u in units if u.kind == split or (u.kind == "md5" and u.args["key"] == split)]
+
+
 def dispatch_slurm(cluster: dispatch.Cluster, folder: Path, p: Plan, todo: list[Unit], active: dict) -> list:
     """Arrays per split. Without waiting, each split's finalize job waits (afterok) for its arrays in
     SLURM; when this process waits anyway, it finalizes itself, as on the other executors."""
     from launcher import runner
 
-    common = [u for u in todo if u.kind == "meta" or (u.kind == "md5" and u.args["key"] == "devkit")]
-    jobs = runner.submit_units(cluster, folder, "prepare-common", common)
+    jobs = runner.submit_units(cluster, folder, "prepare-common", common_units(todo))
     running = [job for uid, (_, _, job) in active.items() if uid in ("meta", "md5-devkit")]
     after_common = [j.job_id for j in jobs] + running
     for split, fin in p.finalize.items():
-        mine = [u for u in todo if u.kind == split or (u.kind == "md5" and u.args["key"] == split)]
-        split_jobs = runner.submit_units(cluster, folder, f"prepare-{split}", mine)
+        split_jobs = runner.submit_units(cluster, folder, f"prepare-{split}", split_units(todo, split))
         jobs += split_jobs
         waiting = [job for uid, (_, _, job) in active.items() if uid.startswith((f"{split}-", f"md5-{split}"))]
         if not cluster.waits and not is_complete(fin) and fin.id not in active:
             after = after_common + [j.job_id for j in split_jobs] + waiting
             jobs += runner.submit_units(cluster, folder, f"prepare-{split}-finalize", [fin], after=after)
     return jobs
+
+
+def planned_submissions(cluster: dispatch.Cluster, p: Plan, todo: list[Unit]) -> list[tuple[str, list[Unit], str]]:
+    """(job name, units, what it waits for) of each submission a real run would make now."""
+    if cluster.executor != "slurm":
+        return [("prepare", todo, "")]
+    subs = [("prepare-common", common_units(todo), "")]
+    for split, fin in p.finalize.items():
+        subs.append((f"prepare-{split}", split_units(todo, split), ""))
+        if not cluster.waits and not is_complete(fin):
+            subs.append((f"prepare-{split}-finalize", [fin], f"afterok: prepare-common, prepare-{split}"))
+    return [sub for sub in subs if sub[1]]
+
+
+def run_dry(req: PrepareRequest, cluster: dispatch.Cluster) -> int:
+    """prepare.dry_run=true: the plan and what would be submitted, from what is on disk (devkit and
+    indexes read into memory when not cached); creates no folder, record, index, lock or ledger line."""
+    from launcher import runner
+
+    min_bytes = plan.MIN_SHARD_BYTES if cluster.executor == "slurm" else 0
+    p = make_plan(req, cluster.parallelism, min_bytes)
+    print_plan(req, p)
+    todo = [u for u in p.units if not is_complete(u)]
+    print(f"\ndry run: nothing was written; a real run would submit to cluster={cluster.name}:")
+    print(runner.describe_submissions(cluster, planned_submissions(cluster, p, todo)))
+    if cluster.waits:
+        print("and then finalize each split in this process (wait=true)")
+    return 0
 
 
 def finalize_here(p: Plan) -> dict[str, str]:
@@ -832,9 +1014,11 @@ def run_prepare(req: PrepareRequest, cluster: dispatch.Cluster) -> int:
     """The prepare command: returns the exit code (0 only when every split is complete)."""
     t0 = time.time()
     check_archives(req)
-    if not req.dry_run:
-        finish_interrupted_fixes(req.layout)
-    if not req.dry_run and (done := already_complete(req)):
+    warn_probable_mistakes(req, cluster)
+    if req.dry_run:
+        return run_dry(req, cluster)
+    finish_interrupted_fixes(req.layout)
+    if done := already_complete(req):
         print_complete(req, done)
         return 0
     from launcher import dispatch, runner  # submitit: not needed when everything is complete
@@ -844,9 +1028,6 @@ def run_prepare(req: PrepareRequest, cluster: dispatch.Cluster) -> int:
     with Lock(req.layout.lock_file, f"prepare of {req.layout.root}", replace=req.force):
         min_bytes = plan.MIN_SHARD_BYTES if cluster.executor == "slurm" else 0
         p = make_plan(req, cluster.parallelism, min_bytes)
-        if req.dry_run:
-            print_plan(req, p)
-            return 0
         all_units = [*p.units, *p.finalize.values()]
         warn_unchecked_md5(req)
         make_output_dirs(req)
@@ -863,13 +1044,26 @@ def run_prepare(req: PrepareRequest, cluster: dispatch.Cluster) -> int:
         else:
             jobs = runner.submit_units(cluster, folder, "prepare", todo)
         records = {u.id: u.record for u in all_units}
-        runner.record_submission(req.layout, "prepare", req.argv, cluster, folder, list(records), jobs, records=records)
+        sizes = {u.id: u.size for u in all_units}
+        runner.record_submission(
+            req.layout,
+            "prepare",
+            req.argv,
+            cluster,
+            folder,
+            list(records),
+            jobs,
+            records=records,
+            sizes=sizes,
+            config=req.config,
+        )
         if not cluster.waits:
             runner.print_submitted("prepare", cluster, folder, jobs, req.argv)
             return 0
+        if jobs:
+            print(runner.jobs_line(cluster, folder, jobs), flush=True)
         jobs += [dispatch.attach(ex, job, where) for ex, where, job in sorted(set(active.values()))]
-        errors = runner.follow("prepare", p.units, jobs, cluster)
-        errors.update(finalize_here(p))
+        errors = runner.follow("prepare", all_units, jobs, cluster, then=lambda: finalize_here(p))
         print_summary(req, all_units, before, time.time() - t0)
         if errors or not all(is_complete(u) for u in all_units):
             runner.print_errors(errors or {"prepare": "some units did not complete; see `launcher status`"})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from launcher import dispatch, safefs
@@ -39,6 +39,34 @@ def submit_units(cluster: dispatch.Cluster, folder: Path, name: str, units: list
     return dispatch.submit(cluster, folder, name, run_units, tasks, after=after)
 
 
+def describe_resources(cluster: dispatch.Cluster) -> str:
+    """Partition, time limit, memory and CPUs each job asks for, as the cluster config says."""
+    params = cluster.params
+    mem = f"{params['mem_gb']} GB" if params.get("mem_gb") is not None else "the cluster default"
+    return (
+        f"partition {params.get('partition') or '(the default)'}, time limit {params.get('timeout_min', 60)} min, "
+        f"memory {mem}, {params.get('cpus_per_task', 1)} CPU(s) per task"
+    )
+
+
+def describe_submissions(cluster: dispatch.Cluster, subs: Sequence[tuple[str, list[Unit], str]]) -> str:
+    """One line per submission: SLURM arrays (chunked to MaxArraySize, %array_parallelism), or the
+    local jobs sharing one queue; then the resources each job asks for."""
+    lines = []
+    for name, units, after in subs:
+        n = len(job_groups(units, cluster))
+        if cluster.executor == "slurm":
+            chunk = dispatch.max_array_size(cluster)
+            arrays = -(-n // chunk)
+            what = f"{arrays} job array{'s' * (arrays > 1)} of {n} task{'s' * (n > 1)}, %{cluster.parallelism}"
+        else:
+            what = f"{n} {cluster.executor} job{'s' * (n > 1)} pulling {len(units)} units from one queue"
+        lines.append(f"  {name}: {what}" + (f" ({after})" if after else ""))
+    if cluster.executor == "slurm":
+        lines.append(f"  each task: {describe_resources(cluster)}")
+    return "\n".join(lines) if lines else "  nothing (every unit is complete)"
+
+
 def record_submission(
     layout: Layout,
     command: str,
@@ -49,9 +77,12 @@ def record_submission(
     jobs: list,
     records_dir: Path | None = None,
     records: dict[str, str] | None = None,
+    sizes: dict[str, int] | None = None,
+    config: dict | None = None,
 ) -> None:
     """One ledger line per submission; a unit's completion record is records[id], else
-    records_dir/<id>.json."""
+    records_dir/<id>.json; `sizes` (bytes each unit reads) give status its ETA; `config` is the
+    resolved config of the run (paths from environment variables resolved)."""
     append_line(
         layout.ledger,
         {
@@ -65,6 +96,8 @@ def record_submission(
             "records_dir": str(records_dir or layout.units_dir),
             "records": records or {},
             "jobs": [j.to_json() for j in jobs],
+            "sizes": sizes or {},
+            "config": config or {},
         },
     )
 
@@ -137,25 +170,35 @@ def wait_for_earlier_local_jobs(layout: Layout, units: list[Unit], poll_s: float
         time.sleep(max(poll_s, 1.0))
 
 
-def follow(label: str, units: list[Unit], jobs: list, cluster: dispatch.Cluster) -> dict[str, str]:
-    """Wait for the jobs with a live progress line; returns job id -> error of the failed ones."""
-    watched = [u for u in units if not is_complete(u)]
-    progress = Progress(label, len(watched), sum(u.size for u in watched))
+def follow(
+    label: str, units: list[Unit], jobs: list, cluster: dispatch.Cluster, then: Callable[[], dict] | None = None
+) -> dict[str, str]:
+    """Wait for the jobs with a progress display over every unit given (those complete already
+    count as done); `then` runs after the jobs (e.g. finalize here) and before the last line.
+    Returns job id -> error of the failed ones."""
+    remaining = [u for u in units if not is_complete(u)]
+    progress = Progress(label, len(units), sum(u.size for u in remaining), done_units=len(units) - len(remaining))
 
     def on_poll(final: bool = False):
-        done = [u for u in watched if is_complete(u)]
-        failed = len(watched) - len(done) if final else 0
-        progress.update(len(done), sum(u.size for u in done), failed=failed, final=final)
+        done = [u for u in remaining if is_complete(u)]
+        failed = len(remaining) - len(done) if final else 0
+        progress.update(len(units) - len(remaining) + len(done), sum(u.size for u in done), failed, final)
 
     errors = dispatch.wait(jobs, cluster.poll_s, on_poll)
+    if then is not None:
+        errors.update(then())
     on_poll(final=True)
     return errors
 
 
-def print_submitted(command: str, cluster: dispatch.Cluster, folder: Path, jobs: list, argv: list[str]) -> None:
+def jobs_line(cluster: dispatch.Cluster, folder: Path, jobs: list) -> str:
     arrays = sorted({j.job_id.split("_")[0] for j in jobs})
+    return f"submitted {len(jobs)} jobs to {cluster.name} (job ids {', '.join(arrays)}); logs in {folder}"
+
+
+def print_submitted(command: str, cluster: dispatch.Cluster, folder: Path, jobs: list, argv: list[str]) -> None:
     args = " ".join(a for a in argv if not a.startswith("wait="))
-    print(f"submitted {len(jobs)} jobs to {cluster.name} (job ids {', '.join(arrays)}); logs in {folder}")
+    print(jobs_line(cluster, folder, jobs))
     print(f"follow progress with: launcher status {args}".rstrip())
     print(f"or wait for them:     launcher {command} {args} wait=true".rstrip())
 

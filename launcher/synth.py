@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import shlex
 import tarfile
 import time
 from collections.abc import Iterable
@@ -77,6 +78,13 @@ class SynthResult:
 
     def md5_overrides(self) -> list[str]:
         return [f"dataset.archives.{key}.md5={self.md5[key]}" for key in ARCHIVE_KEYS]
+
+    def prepare_command(self, overrides: list[str]) -> str:
+        """The `launcher prepare` that prepares these archives: dataset=synthetic, their md5s, and the
+        storage and dataset overrides synth ran with (so it finds them), each shell-quoted."""
+        keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+        kept = [o for o, k in zip(overrides, keys) if k.startswith(("storage", "dataset.")) and not k.endswith(".md5")]
+        return shlex.join(["launcher", "prepare", "dataset=synthetic", *kept, *self.md5_overrides()])
 
 
 # ---------------------------------------------------------------- images

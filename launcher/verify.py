@@ -134,6 +134,8 @@ class VerifyRequest:
     argv: list[str] = field(default_factory=list)
     # what one image file may cost (verify.max_file_bytes, verify.max_pixels, verify.max_scans)
     limits: Limits = DEFAULT_LIMITS
+    # the resolved config of the run, kept in the ledger
+    config: dict = field(default_factory=dict)
 
     def archive_candidates(self, key: str) -> list[Path]:
         """Where an archive may be: storage.archive_dir, or the root itself (torchvision keeps them there)."""
@@ -1243,7 +1245,16 @@ def run_verify(req: VerifyRequest, cluster: dispatch.Cluster) -> int:
             jobs = runner.submit_units(cluster, folder, "verify", units)
         plan_ids = [u.id for u in [*units, p.report]]
         runner.record_submission(
-            req.layout, "verify", req.argv, cluster, folder, plan_ids, jobs, records_dir=p.run_dir / "units"
+            req.layout,
+            "verify",
+            req.argv,
+            cluster,
+            folder,
+            plan_ids,
+            jobs,
+            records_dir=p.run_dir / "units",
+            sizes={u.id: u.size for u in [*units, p.report]},
+            config=req.config,
         )
         if not cluster.waits:
             print_submitted(p, cluster, folder, jobs, report_path, req.argv)

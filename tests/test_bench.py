@@ -123,3 +123,16 @@ def test_bench_two_ranks_on_slurm(slurm_cluster, prepared, tmp_path):
     (row,) = rows(table)
     assert row["ranks"] == "2" and row["executor"] == "slurm" and row["coverage"] == "ok"
     assert "samples seen" in result.stdout and "FAILED" not in result.stdout
+
+
+def test_a_batch_larger_than_the_split_warns(archives, tmp_path):
+    from conftest import cli, dataset_overrides, launch, storage_overrides
+
+    result = archives("tiny")
+    overrides = [*storage_overrides(result.archive_dir, tmp_path / "root"), *dataset_overrides(result)]
+    assert launch("prepare", [*overrides, "cluster=debug"]) == 0
+    bench = cli("bench", *overrides, "cluster=debug", "bench.split=val", "loader.batch_size=64", "loader.num_workers=0")
+    warnings = [line for line in bench.stderr.splitlines() if line.startswith("warning: loader.")]
+    assert warnings == [
+        "warning: loader.batch_size=64 is larger than the val split (6 images): lower loader.batch_size."
+    ]

@@ -103,12 +103,55 @@ def test_resumes_what_a_crash_left(archives, oracle, tmp_path):
     assert not list((root / ".partial").rglob("*.JPEG")) and not list(root.rglob("*.part"))
 
 
+def tree_listing(base) -> list[str]:
+    """Every path under base (folders, files, links), relative, sorted."""
+    return sorted(str(p.relative_to(base)) for p in base.rglob("*"))
+
+
 def test_dry_run_prints_the_plan_and_writes_nothing(archives, tmp_path, capsys):
-    root = tmp_path / "root"
-    assert prepare(archives(), root, "prepare.dry_run=true", "prepare.train_shards=4") == 0
+    root, state = tmp_path / "root", tmp_path / "state"
+    before = tree_listing(tmp_path)
+    extra = ["prepare.dry_run=true", "prepare.train_shards=4", f"storage.state_dir={state}"]
+    assert prepare(archives(), root, *extra) == 0
     out = capsys.readouterr().out
     assert "train-0003-of-0004" in out and "val-0000-of-0001" in out and "md5-train" in out and "meta.bin" in out
-    assert not (root / "train").exists() and not (root / "meta.bin").exists()
+    assert tree_listing(tmp_path) == before, "a dry run created files or folders"
+    assert "1 debug job pulling 9 units" in out
+
+
+def test_dry_run_on_slurm_lists_the_arrays_and_writes_nothing(archives, tmp_path, capsys):
+    root = tmp_path / "root"
+    before = tree_listing(tmp_path)
+    extra = ["prepare.dry_run=true", "prepare.train_shards=5", "cluster.max_array_size=3", "wait=false"]
+    extra += ["cluster.array_parallelism=4", "cluster.partition=cpu", "cluster.mem_gb=2", "cluster.timeout_min=30"]
+    assert prepare(archives(), root, *extra, cluster="slurm") == 0
+    out = capsys.readouterr().out
+    assert tree_listing(tmp_path) == before
+    assert "prepare-train: 2 job arrays of 6 tasks, %4" in out  # 5 shards + md5-train, MaxArraySize 3
+    assert "prepare-common: 1 job array of 2 tasks, %4" in out
+    assert "prepare-val-finalize: 1 job array of 1 task, %4 (afterok: prepare-common, prepare-val)" in out
+    assert "partition cpu, time limit 30 min, memory 2.0 GB" in out
+
+
+def test_complete_root_keeps_no_empty_partial_folder(archives, tmp_path):
+    root = tmp_path / "root"
+    assert prepare(archives(), root) == 0
+    assert not os.path.lexists(root / ".partial")
+
+
+def test_empty_partial_removal_does_not_follow_a_link(tmp_path):
+    from launcher.prepare import remove_empty_partial
+
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    (elsewhere / "train").mkdir(parents=True)
+    root.mkdir()
+    (root / ".partial").symlink_to(elsewhere)
+    remove_empty_partial(root, [".partial/train", ".partial"])
+    assert (elsewhere / "train").is_dir() and (root / ".partial").is_symlink()
+    (root / ".partial").unlink()
+    (root / ".partial" / "train" / "n01").mkdir(parents=True)  # not empty: stays
+    remove_empty_partial(root, [".partial/train", ".partial"])
+    assert (root / ".partial" / "train" / "n01").is_dir()
 
 
 def test_shard_count_change_reuses_finished_classes(archives, oracle, tmp_path):
@@ -269,3 +312,43 @@ def test_rerun_after_fixing_the_archive_completes_what_is_missing(archives, orac
     (d / FILES["train"]).write_bytes(good)  # downloaded again
     assert prepare(result, root, no_md5, "prepare.train_shards=4", archive_dir=d) == 0
     assert_same_as_oracle(root, oracle())
+
+
+def fake_sbatch(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_local_work_on_shared_storage_from_a_login_node_warns(archives, tmp_path, monkeypatch, capsys):
+    fake_sbatch(tmp_path, monkeypatch)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    result = archives("tiny")
+    lustre = tmp_path / "lustre"
+    shutil.copytree(result.archive_dir, lustre)  # lustre and nfs keep the archives in the root
+    overrides = ["storage=lustre", f"storage.root={lustre}", *dataset_overrides(result), "prepare.dry_run=true"]
+    assert launch("prepare", [*overrides, "cluster=local"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: cluster=")]
+    assert len(warnings) == 1 and "login node" in warnings[0] and "cluster=slurm" in warnings[0]
+    monkeypatch.setenv("SLURM_JOB_ID", "42")  # inside a job: fine
+    assert launch("prepare", [*overrides, "cluster=local"]) == 0
+    assert "login node" not in capsys.readouterr().err
+    monkeypatch.delenv("SLURM_JOB_ID")
+    assert launch("prepare", [*overrides, "cluster=slurm", "cluster.max_array_size=10"]) == 0
+    assert "login node" not in capsys.readouterr().err
+
+
+def test_preparing_into_a_folder_of_other_things_warns(archives, tmp_path, capsys):
+    root = tmp_path / "home"
+    root.mkdir()
+    (root / "thesis.tex").write_text("x")
+    (root / "photos").mkdir()
+    assert prepare(archives("tiny"), root, "prepare.dry_run=true") == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: storage.root")]
+    assert len(warnings) == 1 and "photos, thesis.tex" in warnings[0] and "not an ImageNet root" in warnings[0]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert prepare(archives("tiny"), empty, "prepare.dry_run=true") == 0
+    assert "warning: storage.root" not in capsys.readouterr().err

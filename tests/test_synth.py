@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shlex
 import tarfile
 
 import numpy as np
@@ -133,3 +134,36 @@ def test_synth_command_prints_md5_overrides(tmp_path):
     assert "dataset.archives.train.md5=" in result.stdout
     assert (tmp_path / "data" / "archives" / FILES["val"]).exists()
     assert np.all([(tmp_path / "data" / "archives" / f).exists() for f in FILES.values()])
+
+
+def run_printed(line: str, cwd):
+    """Run a printed `launcher ...` line as a shell would split it."""
+    words = shlex.split(line)
+    assert words[0] == "launcher", line
+    return cli(*words[1:], cwd=cwd)
+
+
+def test_printed_prepare_runs_and_the_root_remembers_its_dataset(tmp_path):
+    """synth prints the exact prepare command; after it, verify, status and bench take the dataset the
+    root was prepared with, and a disagreeing dataset choice gets advice naming the configs."""
+    archives = tmp_path / "my archives"  # a space: the printed command must be quoted
+    small = ["synth.classes=3", "synth.train_min=1", "synth.train_max=2", "synth.val_per_class=1"]
+    synth = cli("synth", *small, f"storage.archive_dir={archives}", cwd=tmp_path)
+    assert synth.returncode == 0, synth.stderr
+    line = synth.stdout.strip().splitlines()[-1].strip()
+    assert "dataset=synthetic" in line and shlex.quote(f"storage.archive_dir={archives}") in line
+    prepare = run_printed(line + " cluster=debug", tmp_path)
+    assert prepare.returncode == 0, prepare.stdout + prepare.stderr
+    assert not (tmp_path / "data" / "archives").exists()  # it found the archives where synth wrote them
+    verify = cli("verify", "cluster=debug", cwd=tmp_path)  # no dataset=synthetic
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert cli("status", cwd=tmp_path).returncode == 0
+    bench = cli(
+        "bench", "cluster=debug", "bench.max_batches=1", "loader.batch_size=2", "loader.num_workers=0", cwd=tmp_path
+    )
+    assert bench.returncode == 0, bench.stdout + bench.stderr
+    wrong = cli("verify", "cluster=debug", "dataset=imagenet", cwd=tmp_path)
+    assert wrong.returncode == 2
+    message = wrong.stderr.strip()
+    assert "dataset=imagenet disagrees with dataset=synthetic" in message and "pass dataset=synthetic" in message
+    assert "meta.bin" not in message and len(message.splitlines()) == 1

@@ -688,3 +688,15 @@ def test_hostile_manifest_is_a_finding(kind, ours, archives, tmp_path):
     assert code != 0
     assert "not read" in failing(report)[str(manifest)] or "not a manifest" in failing(report)[str(manifest)]
     assert report["counts"]["train"]["images"] == len(images(ours))
+
+
+def test_report_dash_writes_the_report_alone_to_stdout(archives, tmp_path):
+    result = archives("tiny")
+    overrides = [*storage_overrides(result.archive_dir, tmp_path / "root"), *dataset_overrides(result)]
+    assert launch("prepare", [*overrides, "cluster=debug"]) == 0
+    run = cli("verify", *overrides, "cluster=debug", "verify.report=-")
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)  # nothing else on stdout
+    assert report["ok"] is True and report["splits"] == ["train", "val"]
+    assert "no problems" in run.stderr
+    assert json.loads((tmp_path / "root" / ".launcher" / "verify-all.json").read_text()) == report

@@ -1,0 +1,177 @@
+"""status: one line per split for a run of many units, every unit on request, JSON for scripts, the
+job that ran each unit, interrupted units after Ctrl-C, SLURM's pending reasons; unit logs and the
+ledger's resolved config."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from launcher.layout import read_json
+
+from conftest import cli, dataset_overrides, launch, storage_overrides
+
+MANY = ["prepare.train_shards=12", "prepare.val_shards=6"]
+
+
+def many_units_root(archives, tmp_path, cluster="local"):
+    result = archives("uneven")  # 24 classes
+    root = tmp_path / "root"
+    overrides = [*storage_overrides(result.archive_dir, root), *dataset_overrides(result)]
+    assert launch("prepare", [*overrides, f"cluster={cluster}", "cluster.workers=2", *MANY]) == 0
+    return result, root, overrides
+
+
+def ledger(root) -> list[dict]:
+    return [json.loads(line) for line in (root / ".launcher" / "ledger.jsonl").read_text().splitlines()]
+
+
+def test_status_of_many_units_is_one_line_per_split(archives, tmp_path, capsys):
+    result, root, overrides = many_units_root(archives, tmp_path)
+    capsys.readouterr()
+    assert launch("status", overrides) == 0
+    out = capsys.readouterr().out
+    train_images = sum(result.train_counts.values())
+    assert re.search(rf"^  train\s+14/14 complete; {train_images} images, [\d.]+ [KM]B done$", out, re.M), out
+    assert re.search(rf"^  val\s+8/8 complete; {len(result.val_wnids)} images", out, re.M), out
+    assert re.search(r"^  common\s+2/2 complete; [\d.]+ KB done$", out, re.M), out  # meta, md5-devkit
+    assert "train-0003-of-0012" not in out, "one line per split, not a row per unit"
+    assert f"root {root} (dataset=synthetic); ledger" in out
+
+
+def test_status_units_shows_the_job_that_ran_each_unit(archives, tmp_path, capsys):
+    _, root, overrides = many_units_root(archives, tmp_path)
+    capsys.readouterr()
+    assert launch("status", [*overrides, "status.units=true"]) == 0
+    out = capsys.readouterr().out
+    jobs = {j["job_id"] for j in ledger(root)[-1]["jobs"]}
+    for i in range(12):
+        uid = f"train-{i:04d}-of-0012"
+        ran = read_json(root / ".launcher" / "units" / f"{uid}.json")["job"]
+        assert ran in jobs
+        assert re.search(rf"^{uid}\s+complete\s+{ran}\s", out, re.M), out
+
+
+def test_status_json_parses_and_counts(archives, tmp_path, capsys):
+    _, root, overrides = many_units_root(archives, tmp_path)
+    capsys.readouterr()
+    assert launch("status", [*overrides, "status.json=true"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    prepare = report["commands"]["prepare"]
+    assert report["ok"] is True and prepare["counts"] == {"complete": 2 + 14 + 8}
+    assert report["dataset"] == "synthetic" and report["root"] == str(root)
+    assert prepare["splits"]["train"]["counts"] == {"complete": 14} and prepare["splits"]["train"]["units"] == 14
+    assert len(prepare["units"]) == 24 and {u["state"] for u in prepare["units"]} == {"complete"}
+
+
+def test_ledger_keeps_the_resolved_config_and_resubmit_reproduces_it(archives, tmp_path, monkeypatch, capsys):
+    """storage.root comes from $LAUNCHER_DATA; the ledger and the resubmit line carry the resolved path."""
+    result = archives("tiny")
+    data = tmp_path / "data"
+    monkeypatch.setenv("LAUNCHER_DATA", str(data))
+    shutil.copytree(result.archive_dir, data / "archives")
+    overrides = [*dataset_overrides(result), "cluster=debug"]
+    assert launch("prepare", overrides) == 0
+    entry = ledger(data / "imagenet")[-1]
+    assert entry["config"]["storage"]["root"] == str(data / "imagenet")
+    assert entry["config"]["storage"]["archive_dir"] == str(data / "archives")
+    assert entry["config"]["dataset"]["name"] == "synthetic" and entry["config"]["cluster"]["name"] == "debug"
+    (data / "imagenet" / ".launcher" / "units" / "train-0000-of-0003.json").unlink()  # as if the unit had failed
+    capsys.readouterr()
+    launch("status", [])
+    out = capsys.readouterr().out
+    assert f"storage.root={data / 'imagenet'}" in out.split("resubmit what is missing with:")[1]
+
+
+def test_a_unit_log_has_timestamps_duration_and_throughput(archives, tmp_path):
+    _, root, _ = many_units_root(archives, tmp_path)
+    logs = [j["stdout"] for j in ledger(root)[-1]["jobs"]]
+    text = "".join(open(p).read() for p in logs)
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO"
+    assert re.search(rf"^{stamp} unit train-\d{{4}}-of-0012 \(train\) started: reads [\d.]+ KB$", text, re.M), text
+    rate = r"\([\d.]+ [KM]B/s, \d+ images/s\)"
+    finished = rf"^{stamp} unit train-\d{{4}}-of-0012 finished: \d+ images, [\d.]+ KB in [\d.]+s {rate}$"
+    assert re.search(finished, text, re.M), text
+
+
+def test_units_say_interrupted_after_ctrl_c(archives, tmp_path):
+    """Ctrl-C (SIGINT to the foreground process group) while local jobs start: status says interrupted."""
+    result = archives("uneven")
+    root = tmp_path / "root"
+    args = [*storage_overrides(result.archive_dir, root), *dataset_overrides(result), "cluster=local"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.Popen(
+        [sys.executable, "-m", "launcher", "prepare", *args],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    ledger_file = root / ".launcher" / "ledger.jsonl"
+    end = time.time() + 120
+    while not ledger_file.exists() and time.time() < end and run.poll() is None:
+        time.sleep(0.02)
+    os.killpg(run.pid, signal.SIGINT)
+    out = run.communicate(timeout=120)[0].decode()
+    assert run.returncode == 130, out
+    time.sleep(1)
+    status = cli("status", *args)
+    assert "interrupted" in status.stdout and "unknown" not in status.stdout, status.stdout
+    assert "resubmit what is missing with" in status.stdout
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_status_shows_slurm_pending_reasons(slurm_cluster, archives, tmp_path):
+    """One array task at a time (%1) and finalize jobs behind afterok: squeue's reasons show in status."""
+    result = archives("uneven")
+    root = tmp_path / "root"
+    args = [*storage_overrides(result.archive_dir, root), *dataset_overrides(result)]
+    args += ["cluster=slurm", "cluster.timeout_min=10", "cluster.mem_gb=1", "cluster.array_parallelism=1"]
+    run = cli("prepare", *args, *MANY)
+    assert run.returncode == 0, run.stdout + run.stderr
+    try:
+        status = cli("status", *args)
+        lines = [line for line in status.stdout.splitlines() if line.startswith("  train")]
+        assert lines and re.search(r"queued \(.*(Dependency|JobArrayTaskLimit)", lines[0]), status.stdout
+        report = json.loads(cli("status", *args, "status.json=true").stdout)
+        reasons = {u["reason"] for u in report["commands"]["prepare"]["units"]}
+        assert reasons & {"Dependency", "JobArrayTaskLimit"}, reasons
+    finally:
+        arrays = {j["job_id"].split("_")[0] for j in ledger(root)[-1]["jobs"]}
+        subprocess.run(["scancel", *arrays], check=False)
+
+
+def test_a_running_split_shows_rate_eta_and_pending_reasons():
+    """The line of a split half done: rate from the units finished since the submission, ETA from
+    the bytes left, SLURM's reasons beside the queued count."""
+    from launcher.status import UnitStatus, part_line, summarize_part
+
+    since = 1000.0
+    done = [
+        UnitStatus(f"train-000{i}-of-0008", "train", "complete", size=100, images=10, bytes=100, started=since + 10 * i)
+        for i in range(4)
+    ]
+    for s in done:
+        s.wall_s = 10.0
+    running = [UnitStatus("train-0004-of-0008", "train", "running", size=100)]
+    queued = [
+        UnitStatus(f"train-000{i}-of-0008", "train", "queued", size=100, reason="JobArrayTaskLimit") for i in (5, 6)
+    ]
+    queued.append(UnitStatus("finalize-train", "train", "queued", size=0, reason="Dependency"))
+    part = summarize_part("train", done + running + queued, since, now=since + 40)
+    assert part.counts == {"complete": 4, "running": 1, "queued": 3}
+    assert part.images == 40 and part.bytes == 400 and part.rate_bytes_s == 10.0
+    assert part.eta_s == 30.0  # 300 bytes left at 400 bytes per 40 s
+    line = part_line(part)
+    assert line == (
+        "4/8 complete, 1 running, 3 queued (Dependency 1, JobArrayTaskLimit 2); 40 images, 400 B done; 10 B/s; ETA 30s"
+    ), line
