@@ -193,6 +193,7 @@ def _loader_dataset() -> dict[str, Any]:
         "root": "${storage.root}",
         "state_dir": "${storage.state_dir}",
         "use_manifest": "${..use_manifest}",
+        "allow_incomplete": "${..allow_incomplete}",
     }
 
 
@@ -220,6 +221,8 @@ class LoaderConfig:
     seed: int = 0
     # read the prepare manifest when present (no directory walk)
     use_manifest: bool = True
+    # load a split whose prepare records say it is not whole (a failed md5 or unit); refused by default
+    allow_incomplete: bool = False
     # instantiate(cfg.loader.dataset, split="val", transform=tf) builds the dataset of storage.root
     dataset: dict[str, Any] = field(default_factory=_loader_dataset)
 

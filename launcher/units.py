@@ -8,6 +8,7 @@ A failing unit does not stop the others of its job; the job fails at the end, na
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import socket
@@ -69,7 +70,11 @@ def run_unit(unit: Unit) -> dict:
         if (done := read_json(record)) is not None:  # finished while we waited for the lock
             return {**done, "skipped": True}
         start = time.time()
-        result = function_of(unit.kind)(**unit.args)
+        try:
+            result = function_of(unit.kind)(**unit.args)
+        except Exception as err:
+            note_failure(unit, err)
+            raise
         result = {
             "unit": unit.id,
             "kind": unit.kind,
@@ -80,7 +85,20 @@ def run_unit(unit: Unit) -> dict:
             **result,
         }
         write_json(record, result)
+        failure_note(unit).unlink(missing_ok=True)
     return result
+
+
+def failure_note(unit: Unit) -> Path:
+    """Beside the unit's record: <unit id>.failed, the error of its last failed run (launcher.completion
+    reads it to say why a split is not complete); removed when the unit completes."""
+    return Path(unit.record).with_name(f"{unit.id}.failed")
+
+
+def note_failure(unit: Unit, err: BaseException) -> None:
+    message = str(err) if isinstance(err, LauncherError) else f"{type(err).__name__}: {err}"
+    with contextlib.suppress(OSError):  # a read-only or full state folder: the error itself still goes up
+        write_json(failure_note(unit), {"unit": unit.id, "error": message[:4000], "time": time.time()})
 
 
 def claim(claims: Path, unit_id: str) -> bool:

@@ -30,7 +30,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launcher import dispatch, plan, runner
+from launcher import completion, dispatch, plan, runner
 from launcher.errors import LauncherError
 from launcher.layout import SPLITS, Layout, Lock, append_line, read_json, write_json
 from launcher.manifest import read_manifest, write_manifest
@@ -810,6 +810,8 @@ def make_plan(req: VerifyRequest, parallelism: int, processes: int, min_bytes: i
     totals: dict[str, dict] = {}
     n_shards = req.shards or 2 * parallelism
     for split in req.splits:
+        if reason := completion.incomplete_reason(layout.root, layout.state_dir, split):
+            findings.append([split, "prepare", f"{reason}; run `launcher prepare` again after fixing the cause"])
         present = list_split(layout.root, split, findings)
         manifest = read_manifest(layout.manifest_file(split))
         if manifest is not None:
