@@ -190,8 +190,10 @@ class TransformConfig:
 def _loader_dataset() -> dict[str, Any]:
     return {
         "_target_": "launcher.data.load_imagenet",
-        "root": "${storage.root}",
-        "state_dir": "${storage.state_dir}",
+        # relative (loader.dataset -> loader -> the node holding storage): works at the root and
+        # nested, e.g. under a training repo's `data:`
+        "root": "${...storage.root}",
+        "state_dir": "${...storage.state_dir}",
         "use_manifest": "${..use_manifest}",
         "allow_incomplete": "${..allow_incomplete}",
     }
@@ -388,6 +390,11 @@ class DemoConfig(CommandConfig):
     bench: BenchOptions = field(default_factory=BenchOptions)
 
 
+@dataclass
+class TrainingConfig(CommandConfig):
+    """What training code composes (launcher.training_config): the groups, no command options."""
+
+
 GROUP_SCHEMAS = {
     "storage": StorageConfig,
     "dataset": DatasetConfig,
@@ -405,6 +412,7 @@ COMMAND_SCHEMAS = {
     "bench": BenchConfig,
     "stage": StageConfig,
     "demo": DemoConfig,
+    "training": TrainingConfig,
 }
 
 
