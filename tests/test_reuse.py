@@ -51,6 +51,8 @@ hydra:
     - pkg://launcher.conf
 """
 NESTED_DATA = """\
+_target_: launcher.lightning.ImageNetDataModule
+_recursive_: false
 defaults:
   - /storage@storage: local
   - /dataset@dataset: synthetic
