@@ -176,7 +176,7 @@ def test_moved_state_dir_finds_the_roots_own_manifest(prepared, tmp_path, capsys
 def test_without_manifest_falls_back_to_torchvisions_scan_and_says_so_once(oracle, tmp_path, capsys, monkeypatch):
     """A root prepared by torchvision (no records of ours): torchvision's scan, and one note naming
     the folders looked in and the slow path."""
-    monkeypatch.setattr(D, "SAID", set())
+    monkeypatch.setattr(D, "SAID", set(), raising=False)
     root = oracle()
     cfg = config(root, f"storage.state_dir={tmp_path}/empty")
     ours = D.build_dataset(cfg, "train")
@@ -196,7 +196,7 @@ def test_root_whose_prepare_failed_is_refused_with_the_reason(archives, tmp_path
     """The val archive failed its md5 (its images are on disk all the same): the loader refuses val
     with the md5 error from the records and names loader.allow_incomplete; verify reports the same;
     train, which completed, loads."""
-    monkeypatch.setattr(D, "SAID", set())
+    monkeypatch.setattr(D, "SAID", set(), raising=False)
     result = archives("tiny")
     root = tmp_path / "root"
     overrides = [
@@ -440,7 +440,7 @@ def no_ranks(monkeypatch):
     """No launcher variables, and the once-per-process notes not yet said."""
     for key in RANK_KEYS:
         monkeypatch.delenv(key, raising=False)
-    monkeypatch.setattr(D, "SAID", set())
+    monkeypatch.setattr(D, "SAID", set(), raising=False)
     return monkeypatch
 
 

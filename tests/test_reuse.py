@@ -17,7 +17,7 @@ import pytest
 import test_data
 from omegaconf import OmegaConf
 
-from launcher import compose_config, training_config
+import launcher
 from launcher.data import build_loader
 
 from conftest import REPO
@@ -70,6 +70,7 @@ if {isolate}:  # only the wheel's copy of launcher: drop the checkout the dev in
     sys.path[:] = [p for p in sys.path if p not in ({repo!r}, "")]
 import hydra
 from hydra.core.hydra_config import HydraConfig
+import launcher
 from launcher.data import build_loader
 
 
@@ -169,7 +170,7 @@ def test_groups_compose_nested_under_data(prepared, tmp_path):
 
 def test_training_config_at_the_root_and_nested(prepared):
     root = prepared()
-    cfg = training_config([f"storage.root={root}", "loader.batch_size=2", "loader.num_workers=0"])
+    cfg = launcher.training_config([f"storage.root={root}", "loader.batch_size=2", "loader.num_workers=0"])
     assert cfg.command == "training" and cfg.loader.dataset.root == str(root)
     assert len(next(iter(build_loader(cfg, "train")))[1]) == 2
     nested = OmegaConf.create({"data": OmegaConf.to_container(cfg), "trainer": {"max_epochs": 1}})
@@ -189,10 +190,10 @@ def test_site_settings_from_launcher_config_dir(tmp_path, monkeypatch):
     (site / "launcher_site" / "default.yaml").write_text("# @package _global_\nstorage:\n  base: /site/data\n")
     assert not (REPO / "conf" / "local").exists() and (REPO / "conf" / "launcher_site").is_dir()
     monkeypatch.setenv("LAUNCHER_CONFIG_DIR", str(site))
-    cfg = compose_config("prepare", ["cluster=mysite"])
+    cfg = launcher.compose_config("prepare", ["cluster=mysite"])
     assert (cfg.cluster.name, cfg.cluster.partition, cfg.cluster.executor) == ("mysite", "cpu", "slurm")
     assert cfg.storage.root == "/site/data/imagenet"
-    assert training_config().storage.root == "/site/data/imagenet"
+    assert launcher.training_config().storage.root == "/site/data/imagenet"
     result = subprocess.run(
         [sys.executable, "-m", "launcher", "prepare", "cluster=mysite", "--cfg", "job", "--resolve"],
         capture_output=True,
@@ -202,7 +203,7 @@ def test_site_settings_from_launcher_config_dir(tmp_path, monkeypatch):
     assert result.returncode == 0, result.stderr
     assert "partition: cpu" in result.stdout and "root: /site/data/imagenet" in result.stdout
     monkeypatch.delenv("LAUNCHER_CONFIG_DIR")
-    assert compose_config("prepare").storage.root != "/site/data/imagenet"
+    assert launcher.compose_config("prepare").storage.root != "/site/data/imagenet"
 
 
 def test_opt_in_works_from_a_wheel(prepared, tmp_path):
@@ -240,4 +241,4 @@ def test_training_config_refuses_unknown_options(bad):
     from hydra.errors import ConfigCompositionException
 
     with pytest.raises(ConfigCompositionException, match="unknown option"):
-        training_config([bad])
+        launcher.training_config([bad])
