@@ -3,7 +3,7 @@
     cfg = launcher.training_config(["storage.root=/data/imagenet"])  # or your own Hydra config
     train = build_loader(cfg, "train")          # DataLoader: manifest dataset + transforms + sampler
     for epoch in range(epochs):
-        set_epoch(train, epoch)                 # optional: pins the shuffle (each pass takes the next)
+        set_epoch(train, epoch)                 # optional: without it each pass takes the next epoch
         for images, targets in train: ...
 
 - `build_dataset(cfg, split)`: an `ImageNet`, a subclass of `torchvision.datasets.ImageNet` with the
@@ -20,7 +20,8 @@
   the GPU stays so, the layout convnets train fastest in under AMP).
 - `build_loader(cfg, split)`: a DataLoader with every `loader` option, per rank (batch_size is per
   rank). Train uses a `TrainSampler` (a DistributedSampler, world size 1 when alone) that takes the
-  next epoch's shuffle on each new pass; `set_epoch(loader, epoch)` pins it. Eval uses
+  next epoch's shuffle on each new pass until `set_epoch(loader, epoch)` is called; from then on the
+  caller sets the epoch. Eval uses
   `EvalSampler`: rank r takes indices r, r+world, ..., so the ranks together see every image
   exactly once (no padding with duplicates; sum correct counts with all_reduce). Rank and world
   come from torch.distributed when initialized, else RANK/WORLD_SIZE (torchrun), else SLURM's task
@@ -730,6 +731,7 @@ def load_imagenet(
     A root whose records say prepare did not finish the split is refused unless `allow_incomplete`.
     `hydra.utils.instantiate(cfg.loader.dataset, split=..., transform=...)`."""
     if reason := completion.incomplete_reason(root, state_dir, split):
+        require_prepared(root, split)  # a split never prepared: say that first
         if not allow_incomplete:
             raise LauncherError(
                 f"{Path(os.path.expanduser(root)) / split} is not whole: {reason}. Fix the cause and run "
@@ -836,25 +838,27 @@ def local_rank_and_size() -> tuple[int, int]:
 
 class TrainSampler(DistributedSampler):
     """DistributedSampler (every rank draws the same permutation of seed + epoch and takes its share)
-    that advances its epoch by itself: each new iteration (each `for batch in loader`) takes the next
-    epoch, so code that never calls `set_epoch` (pytorch/examples outside DDP, code ported from
-    `shuffle=True`) still gets a new order every epoch. `set_epoch(e)` pins the next iteration to
-    epoch e (resumed jobs stay deterministic); iterations after it go on from e + 1. Every rank
-    iterates as often as the others, so the ranks agree without talking."""
+    that advances its epoch by itself until `set_epoch` is called: each new iteration (each
+    `for batch in loader`) takes the next epoch, so code that never calls `set_epoch` (pytorch/examples
+    outside DDP, code ported from `shuffle=True`) still gets a new order every epoch. Once
+    `set_epoch(e)` is called the caller owns the epoch, as with a plain DistributedSampler: every
+    iteration uses the epoch last set (resumed jobs stay deterministic; looking at the order with
+    `list(sampler)` before iterating changes nothing). Every rank iterates as often as the others,
+    so the ranks agree without talking."""
 
     def __init__(self, dataset: Any, num_replicas: int, rank: int, seed: int = 0, drop_last: bool = False):
         super().__init__(dataset, num_replicas, rank, shuffle=True, seed=seed, drop_last=drop_last)
-        self.iterated = False  # an iteration has run (the next one takes the next epoch)
-        self.pinned = False  # set_epoch was called since the last iteration
+        self.iterations = 0  # iterations begun while no set_epoch was called
+        self.pinned = False  # set_epoch was called: the caller owns the epoch
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
         self.pinned = True
 
     def __iter__(self) -> Iterator[int]:
-        if self.iterated and not self.pinned:
-            self.epoch += 1
-        self.iterated, self.pinned = True, False
+        if not self.pinned:
+            self.epoch = self.iterations
+            self.iterations += 1
         return super().__iter__()
 
 
@@ -955,7 +959,7 @@ def loader_from_options(dataset: Any, train: bool | None = None, **node: Any) ->
 
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Pin the shuffle of the next epoch to `epoch` (the same on every rank). Optional: without it,
-    each new pass over a train loader takes the next epoch by itself."""
+    """Set the epoch of the train shuffle (the same on every rank); from then on the caller owns it.
+    Optional: without any call, each new pass over a train loader takes the next epoch by itself."""
     if hasattr(loader.sampler, "set_epoch"):
         loader.sampler.set_epoch(epoch)

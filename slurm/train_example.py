@@ -6,8 +6,8 @@
 1. compose the same configs prepare used: launcher.training_config (any Hydra override works here too);
 2. stage the prepared root to node-local disk once per node (local rank 0 copies, the others wait);
 3. join torch.distributed from SLURM's variables of the srun step (gloo on CPU, nccl on GPU);
-4. build the loaders (loader.batch_size is per rank); set_epoch pins each epoch's shuffle (without
-   it each pass takes the next epoch by itself); evaluate every val image exactly once.
+4. build the loaders (loader.batch_size is per rank); set_epoch sets each epoch's shuffle (without
+   any call each pass takes the next epoch by itself); evaluate every val image exactly once.
 The model is left out: this shows how ranks find their data.
 """
 
@@ -52,7 +52,7 @@ def main(overrides: list[str]) -> None:
     train, val = build_loader(cfg, "train"), build_loader(cfg, "val")
     seen = torch.zeros(2, dtype=torch.long)
     for epoch in range(int(os.environ.get("EPOCHS", 1))):
-        set_epoch(train, epoch)  # pins the shuffle (resumable); every rank the same: each sample once per epoch
+        set_epoch(train, epoch)  # resumable; every rank shuffles the same way: each sample once per epoch
         for images, labels in train:
             if cfg.transform.output == "uint8":
                 images = normalize_on_device(images, cfg.transform.mean, cfg.transform.std, device)
