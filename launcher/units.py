@@ -97,8 +97,12 @@ def failure_note(unit: Unit) -> Path:
 
 def note_failure(unit: Unit, err: BaseException) -> None:
     message = str(err) if isinstance(err, LauncherError) else f"{type(err).__name__}: {err}"
-    with contextlib.suppress(OSError):  # a read-only or full state folder: the error itself still goes up
-        write_json(failure_note(unit), {"unit": unit.id, "error": message[:4000], "time": time.time()})
+    note = failure_note(unit)
+    try:
+        write_json(note, {"unit": unit.id, "error": message[:4000], "time": time.time()})
+    except OSError:  # a read-only or full state folder: no note, no half-written temporary; the error goes up
+        with contextlib.suppress(OSError):
+            note.with_name(f".{note.name}.tmp").unlink(missing_ok=True)
 
 
 def claim(claims: Path, unit_id: str) -> bool:
