@@ -56,7 +56,9 @@ def run_with_hydra(command: str, overrides: list[str], program: str | None = Non
 
     task.__module__ = "launcher"  # Hydra names the job after this unless hydra.job.name is set
     saved = sys.argv
-    sys.argv = [program or f"launcher {command}", *overrides]
+    from launcher import site_searchpath
+
+    sys.argv = [program or f"launcher {command}", *site_searchpath(overrides), *overrides]  # before --cfg etc.
     try:
         hydra.main(version_base=None, config_path="pkg://launcher.conf", config_name=command)(task)()
     finally:

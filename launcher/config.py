@@ -200,9 +200,12 @@ class TransformConfig:
 def _loader_dataset() -> dict[str, Any]:
     return {
         "_target_": "launcher.data.load_imagenet",
-        "root": "${storage.root}",
-        "state_dir": "${storage.state_dir}",
+        # relative (loader.dataset -> loader -> the node holding storage): works at the root and
+        # nested, e.g. under a training repo's `data:`
+        "root": "${...storage.root}",
+        "state_dir": "${...storage.state_dir}",
         "use_manifest": "${..use_manifest}",
+        "allow_incomplete": "${..allow_incomplete}",
     }
 
 
@@ -230,6 +233,8 @@ class LoaderConfig:
     seed: int = 0
     # read the prepare manifest when present (no directory walk)
     use_manifest: bool = True
+    # load a split whose prepare records say it is not whole (a failed md5 or unit); refused by default
+    allow_incomplete: bool = False
     # instantiate(cfg.loader.dataset, split="val", transform=tf) builds the dataset of storage.root
     dataset: dict[str, Any] = field(default_factory=_loader_dataset)
 
@@ -411,6 +416,11 @@ class DemoConfig(CommandConfig):
     bench: BenchOptions = field(default_factory=BenchOptions)
 
 
+@dataclass
+class TrainingConfig(CommandConfig):
+    """What training code composes (launcher.training_config): the groups, no command options."""
+
+
 GROUP_SCHEMAS = {
     "storage": StorageConfig,
     "dataset": DatasetConfig,
@@ -428,6 +438,7 @@ COMMAND_SCHEMAS = {
     "bench": BenchConfig,
     "stage": StageConfig,
     "demo": DemoConfig,
+    "training": TrainingConfig,
 }
 
 

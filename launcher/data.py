@@ -1,9 +1,9 @@
 """Datasets, transforms, samplers and loaders for a prepared root: what a training script imports.
 
-    cfg = launcher.compose_config("bench", ["storage.root=/data/imagenet"])  # or your own Hydra config
+    cfg = launcher.training_config(["storage.root=/data/imagenet"])  # or your own Hydra config
     train = build_loader(cfg, "train")          # DataLoader: manifest dataset + transforms + sampler
     for epoch in range(epochs):
-        set_epoch(train, epoch)                 # reshuffles (DistributedSampler.set_epoch)
+        set_epoch(train, epoch)                 # optional: without it each pass takes the next epoch
         for images, targets in train: ...
 
 - `build_dataset(cfg, split)`: an `ImageNet`, a subclass of `torchvision.datasets.ImageNet` with the
@@ -18,12 +18,14 @@
   `normalize_on_device(images, mean, std, device)`, which gives the same values as float output.
   A uint8 batch is channels-last (HWC in memory, as DALI and FFCV hand it over; the float batch on
   the GPU stays so, the layout convnets train fastest in under AMP).
-- `build_loader(cfg, split)`: a DataLoader with every `loader` option, per rank. Train uses a
-  `DistributedSampler` (world size 1 when alone): call `set_epoch(loader, epoch)` (or
-  `loader.sampler.set_epoch(epoch)`) at the start of each epoch. Eval uses `EvalSampler`: rank r
-  takes indices r, r+world, ..., so the ranks together see every image exactly once (no padding
-  with duplicates; sum correct counts with all_reduce). Rank and world come from torch.distributed
-  when initialized, else RANK/WORLD_SIZE (torchrun), else SLURM_PROCID/SLURM_NTASKS.
+- `build_loader(cfg, split)`: a DataLoader with every `loader` option, per rank (batch_size is per
+  rank). Train uses a `TrainSampler` (a DistributedSampler, world size 1 when alone) that takes the
+  next epoch's shuffle on each new pass until `set_epoch(loader, epoch)` is called; from then on the
+  caller sets the epoch. Eval uses
+  `EvalSampler`: rank r takes indices r, r+world, ..., so the ranks together see every image
+  exactly once (no padding with duplicates; sum correct counts with all_reduce). Rank and world
+  come from torch.distributed when initialized, else RANK/WORLD_SIZE (torchrun), else SLURM's task
+  variables in an srun step; otherwise the whole split (stderr says why, once).
 - `hydra.utils.instantiate`: `instantiate(cfg.transform, train=True)`,
   `instantiate(cfg.loader.dataset, split="val", transform=tf)` and
   `instantiate(cfg.loader, dataset={"split": "train", "transform": tf})`.
@@ -41,6 +43,7 @@ import itertools
 import json
 import math
 import os
+import re
 import sys
 import threading
 from array import array
@@ -57,7 +60,7 @@ from torchvision.datasets.vision import VisionDataset
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
-from launcher import shared_batches
+from launcher import completion, shared_batches
 from launcher.errors import LauncherError
 from launcher.imagebounds import BadImage, Limits, Refused, check_image, check_pixels, read_regular, too_many_scans
 from launcher.manifest import read_manifest
@@ -109,6 +112,7 @@ LOADER_DEFAULTS: dict[str, Any] = {
     "drop_last": True,
     "seed": 0,
     "use_manifest": True,
+    "allow_incomplete": False,
 }
 HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
 
@@ -777,12 +781,32 @@ def load_imagenet(
     use_manifest: bool = True,
     transform: Callable | None = None,
     target_transform: Callable | None = None,
+    allow_incomplete: bool = False,
 ) -> ImageNet:
-    """An ImageNet split from the manifest in `state_dir` (default root/.launcher) or, without one,
-    torchvision's scan. `hydra.utils.instantiate(cfg.loader.dataset, split=..., transform=...)`."""
-    if state_dir is None:
-        state_dir = Path(os.path.expanduser(root)) / ".launcher"
-    manifest = manifest_for(state_dir, split) if use_manifest else None
+    """An ImageNet split from the manifest in `state_dir` (default root/.launcher; the root's own
+    root/.launcher is looked in as well) or, without one, torchvision's scan, said once on stderr.
+    A root whose records say prepare did not finish the split is refused unless `allow_incomplete`.
+    `hydra.utils.instantiate(cfg.loader.dataset, split=..., transform=...)`."""
+    if reason := completion.incomplete_reason(root, state_dir, split):
+        require_prepared(root, split)  # a split never prepared: say that first
+        if not allow_incomplete:
+            raise LauncherError(
+                f"{Path(os.path.expanduser(root)) / split} is not whole: {reason}. Fix the cause and run "
+                f"`launcher prepare storage.root={root}` again, or set loader.allow_incomplete=true to load "
+                "the images that are there anyway."
+            )
+        say_once(f"launcher.data: loading {split} of {root} although {reason} (loader.allow_incomplete=true)")
+    manifest = None
+    if use_manifest:
+        folders = completion.state_folders(root, state_dir)
+        manifest = next((m for f in folders if (m := manifest_for(f, split)) is not None), None)
+        if manifest is None:
+            say_once(
+                f"launcher.data: no prepare manifest of {split} in {' or '.join(map(str, folders))}: listing "
+                f"{Path(os.path.expanduser(root)) / split} with torchvision's directory scan instead (slow on a "
+                f"parallel file system). Point storage.state_dir at the folder holding manifest-{split}.json, "
+                "or set loader.use_manifest=false to scan without this note."
+            )
     return ImageNet(root, split, transform=transform, target_transform=target_transform, manifest=manifest)
 
 
@@ -796,21 +820,69 @@ def build_dataset(cfg: Any, split: str, transform: Callable | None | str = "conf
     if isinstance(transform, str):
         node = section(cfg, "transform")
         transform = build_transforms(node, split == "train") if node is not None else None
-    return load_imagenet(storage["root"], split, storage.get("state_dir"), loader["use_manifest"], transform)
+    return load_imagenet(
+        storage["root"],
+        split,
+        storage.get("state_dir"),
+        loader["use_manifest"],
+        transform,
+        allow_incomplete=bool(loader["allow_incomplete"]),
+    )
 
 
 # ---------------------------------------------------------------- ranks and samplers
 
 
 def rank_and_world() -> tuple[int, int]:
-    """(rank, world size): torch.distributed if initialized, else RANK/WORLD_SIZE (torchrun,
-    submitit), else SLURM_PROCID/SLURM_NTASKS (srun), else (0, 1)."""
+    """(rank, world size) of this process, from what a launcher says, else (0, 1) -- the whole split:
+    torch.distributed if initialized, else RANK/WORLD_SIZE (torchrun, submitit), else SLURM's task
+    variables in a process that srun started as one of its tasks (SLURM_STEP_ID set; the world is
+    SLURM_STEP_NUM_TASKS). A plain `python train.py` in an `sbatch --ntasks=N` script has
+    SLURM_PROCID=0 and SLURM_NTASKS=N too, but it is one process: it gets the whole split, and
+    stderr says once why it was not sharded."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    for rank, world in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
-        if rank in os.environ and world in os.environ:
-            return int(os.environ[rank]), int(os.environ[world])
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return checked_rank("RANK", "WORLD_SIZE")
+    if "SLURM_STEP_ID" in env and "SLURM_PROCID" in env and "SLURM_STEP_NUM_TASKS" in env:
+        return checked_rank("SLURM_PROCID", "SLURM_STEP_NUM_TASKS")
+    tasks = env.get("SLURM_NTASKS", "")
+    if DIGITS.fullmatch(tasks) and int(tasks) > 1:
+        say_once(
+            f"launcher.data: SLURM_NTASKS={tasks} but this process was not started by srun as one of the "
+            "tasks (no SLURM_STEP_ID), and torch.distributed is not initialized: loading the whole split "
+            "on this one process. To shard, start one process per task with `srun python ...` (or torchrun), "
+            "or call torch.distributed.init_process_group first."
+        )
+    elif "WORLD_SIZE" in env or "RANK" in env:
+        say_once(
+            "launcher.data: only one of RANK and WORLD_SIZE is set (torchrun sets both): loading the whole "
+            "split on this one process."
+        )
     return 0, 1
+
+
+DIGITS = re.compile(r"[0-9]{1,9}", re.ASCII)
+SAID: set[str] = set()
+
+
+def checked_rank(rank_key: str, world_key: str) -> tuple[int, int]:
+    """(int(env[rank_key]), int(env[world_key])) when both are whole numbers with rank < world."""
+    rank, world = os.environ[rank_key], os.environ[world_key]
+    if not (DIGITS.fullmatch(rank) and DIGITS.fullmatch(world) and int(rank) < int(world)):
+        raise LauncherError(
+            f"{rank_key}={rank!r} and {world_key}={world!r} are not a rank and a world size "
+            f"(whole numbers, rank < world size): fix or unset them"
+        )
+    return int(rank), int(world)
+
+
+def say_once(message: str) -> None:
+    """`message` on stderr, once per process."""
+    if message not in SAID:
+        SAID.add(message)
+        print(message, file=sys.stderr, flush=True)
 
 
 def local_rank_and_size() -> tuple[int, int]:
@@ -821,14 +893,46 @@ def local_rank_and_size() -> tuple[int, int]:
     return 0, 1
 
 
-class EvalSampler(Sampler[int]):
-    """Rank r of `world` takes indices r, r + world, ...: together the ranks see every index exactly
-    once (DistributedSampler pads with duplicates, which makes distributed accuracy wrong)."""
+class TrainSampler(DistributedSampler):
+    """DistributedSampler (every rank draws the same permutation of seed + epoch and takes its share)
+    that advances its epoch by itself until `set_epoch` is called: each new iteration (each
+    `for batch in loader`) takes the next epoch, so code that never calls `set_epoch` (pytorch/examples
+    outside DDP, code ported from `shuffle=True`) still gets a new order every epoch. Once
+    `set_epoch(e)` is called the caller owns the epoch, as with a plain DistributedSampler: every
+    iteration uses the epoch last set (resumed jobs stay deterministic; looking at the order with
+    `list(sampler)` before iterating changes nothing). Every rank iterates as often as the others,
+    so the ranks agree without talking."""
 
-    def __init__(self, size: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, dataset: Any, num_replicas: int, rank: int, seed: int = 0, drop_last: bool = False):
+        super().__init__(dataset, num_replicas, rank, shuffle=True, seed=seed, drop_last=drop_last)
+        self.iterations = 0  # iterations begun while no set_epoch was called
+        self.pinned = False  # set_epoch was called: the caller owns the epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.pinned = True
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.pinned:
+            self.epoch = self.iterations
+            self.iterations += 1
+        return super().__iter__()
+
+
+class EvalSampler(DistributedSampler):
+    """Rank r of `world` takes indices r, r + world, ...: together the ranks see every index exactly
+    once (DistributedSampler pads with duplicates, which makes distributed accuracy wrong). A
+    DistributedSampler by type, so Lightning under DDP keeps it instead of sharding it again."""
+
+    def __init__(self, size: int, rank: int = 0, world_size: int = 1):  # no super().__init__: no dataset
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
         self.size, self.rank, self.world_size = size, rank, world_size
+        # DistributedSampler's attributes, for code that reads them (Lightning, samplers' users)
+        self.dataset, self.num_replicas, self.epoch, self.seed = range(size), world_size, 0, 0
+        self.shuffle, self.drop_last = False, False
+        self.num_samples = len(self)
+        self.total_size = size
 
     def __iter__(self) -> Iterator[int]:
         return iter(range(self.rank, self.size, self.world_size))
@@ -838,6 +942,7 @@ class EvalSampler(Sampler[int]):
 
     def set_epoch(self, epoch: int) -> None:
         """Eval order does not change; here so that `set_epoch` works on every loader."""
+        self.epoch = epoch
 
 
 def default_workers() -> int:
@@ -855,15 +960,15 @@ def make_loader(
     rank: int | None = None,
     world_size: int | None = None,
 ) -> DataLoader:
-    """A DataLoader over `dataset` with the `loader` options, for this rank."""
+    """A DataLoader over `dataset` with the `loader` options, for this rank (`loader.batch_size` is
+    per rank): train with a `TrainSampler` (a new shuffle every epoch), eval with an `EvalSampler`."""
     o = options(options_node, LOADER_DEFAULTS, "loader", ignore=("dataset",))
     if rank is None or world_size is None:
         rank, world_size = rank_and_world()
     if train:
-        sampler: Sampler = DistributedSampler(
-            dataset, world_size, rank, shuffle=True, seed=o["seed"], drop_last=o["drop_last"]
-        )
+        sampler: Sampler = TrainSampler(dataset, world_size, rank, seed=o["seed"], drop_last=o["drop_last"])
         batch_size = o["batch_size"]
+        require_a_batch(len(sampler), len(dataset), batch_size, world_size, bool(o["drop_last"]))
     else:
         sampler = EvalSampler(len(dataset), rank, world_size)
         batch_size = o["eval_batch_size"] or o["batch_size"]
@@ -883,6 +988,17 @@ def make_loader(
     )
 
 
+def require_a_batch(share: int, total: int, batch_size: int, world_size: int, drop_last: bool) -> None:
+    """With drop_last a rank whose share is smaller than one batch would run empty epochs: say so."""
+    if drop_last and share < batch_size:
+        fix = f"loader.batch_size={share} or less" if share else f"at most {total} rank(s)"
+        raise LauncherError(
+            f"loader.batch_size={batch_size} (per rank) is larger than this rank's share of the train split "
+            f"({share} of {total} images over {world_size} rank(s)): with loader.drop_last=true every epoch "
+            f"would have no batch. Use {fix}, or loader.drop_last=false."
+        )
+
+
 def build_loader(cfg: Any, split: str, dataset: Any = None) -> DataLoader:
     """The DataLoader of `split` for this rank: cfg as `launcher.compose_config` returns it (or any
     config with storage, transform and loader nodes; plain dicts work)."""
@@ -900,6 +1016,7 @@ def loader_from_options(dataset: Any, train: bool | None = None, **node: Any) ->
 
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Call at the start of every epoch: a new shuffle for train (the same on every rank)."""
+    """Set the epoch of the train shuffle (the same on every rank); from then on the caller owns it.
+    Optional: without any call, each new pass over a train loader takes the next epoch by itself."""
     if hasattr(loader.sampler, "set_epoch"):
         loader.sampler.set_epoch(epoch)

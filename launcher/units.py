@@ -8,6 +8,7 @@ A failing unit does not stop the others of its job; the job fails at the end, na
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -74,7 +75,11 @@ def run_unit(unit: Unit) -> dict:
         if (done := read_json(record)) is not None:  # finished while we waited for the lock
             return {**done, "skipped": True}
         start = time.time()
-        result = function_of(unit.kind)(**unit.args)
+        try:
+            result = function_of(unit.kind)(**unit.args)
+        except Exception as err:
+            note_failure(unit, err)
+            raise
         result = {
             "unit": unit.id,
             "kind": unit.kind,
@@ -85,6 +90,7 @@ def run_unit(unit: Unit) -> dict:
             **result,
         }
         write_json(record, result)
+        safefs.remove(failure_note(unit))
     return result
 
 
@@ -94,6 +100,22 @@ def current_job() -> str:
     if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
         return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
     return env.get("SLURM_JOB_ID") or env.get("SUBMITIT_LOCAL_JOB_ID", "")
+
+
+def failure_note(unit: Unit) -> Path:
+    """Beside the unit's record: <unit id>.failed, the error of its last failed run (launcher.completion
+    reads it to say why a split is not complete); removed when the unit completes."""
+    return Path(unit.record).with_name(f"{unit.id}.failed")
+
+
+def note_failure(unit: Unit, err: BaseException) -> None:
+    message = str(err) if isinstance(err, LauncherError) else f"{type(err).__name__}: {err}"
+    note = failure_note(unit)
+    try:
+        write_json(note, {"unit": unit.id, "error": message[:4000], "time": time.time()})
+    except OSError:  # a read-only or full state folder: no note, no half-written temporary; the error goes up
+        with contextlib.suppress(OSError, LauncherError):
+            safefs.remove(note.with_name(f".{note.name}.tmp"))
 
 
 def claim(claims: Path, unit_id: str) -> bool:

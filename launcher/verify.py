@@ -34,7 +34,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launcher import dispatch, plan, runner, safefs
+from launcher import completion, dispatch, plan, runner, safefs
 from launcher.errors import LauncherError
 from launcher.fixlog import FIX_MAX_BYTES, FIXES, keep_original, md5_bytes, reconcile_fixes, split_of, update_sizes
 from launcher.imagebounds import (
@@ -964,6 +964,8 @@ def make_plan(req: VerifyRequest, parallelism: int, processes: int, min_bytes: i
     totals: dict[str, dict] = {}
     n_shards = req.shards or 2 * parallelism
     for split in req.splits:
+        if reason := completion.incomplete_reason(layout.root, layout.state_dir, split):
+            findings.append([split, "prepare", f"{reason}; run `launcher prepare` again after fixing the cause"])
         present = list_split(layout.root, split, findings)
         manifest = read_state_manifest(layout.manifest_file(split), findings)
         if manifest is not None:

@@ -3,10 +3,11 @@
     srun python slurm/train_example.py storage=lustre storage.root=/lustre/datasets/imagenet \
         transform=randaugment loader.batch_size=128
 
-1. compose the same configs prepare used (any Hydra override works here too);
+1. compose the same configs prepare used: launcher.training_config (any Hydra override works here too);
 2. stage the prepared root to node-local disk once per node (local rank 0 copies, the others wait);
-3. join torch.distributed from SLURM's variables (gloo on CPU, nccl on GPU);
-4. build the loaders; call set_epoch every epoch; evaluate every val image exactly once.
+3. join torch.distributed from SLURM's variables of the srun step (gloo on CPU, nccl on GPU);
+4. build the loaders (loader.batch_size is per rank); set_epoch sets each epoch's shuffle (without
+   any call each pass takes the next epoch by itself); evaluate every val image exactly once.
 The model is left out: this shows how ranks find their data.
 """
 
@@ -19,14 +20,17 @@ import sys
 import torch
 import torch.distributed as dist
 
-from launcher import compose_config
+from launcher import training_config
 from launcher.data import build_loader, normalize_on_device, set_epoch
 from launcher.stage import stage_root
 
 
 def init_distributed() -> tuple[int, int]:
-    """torch.distributed from srun's SLURM_PROCID/SLURM_NTASKS; the first node hosts the rendezvous."""
-    rank, world = int(os.environ.get("SLURM_PROCID", 0)), int(os.environ.get("SLURM_NTASKS", 1))
+    """torch.distributed from srun's SLURM_PROCID/SLURM_STEP_NUM_TASKS (the tasks of this srun step; a
+    plain `python` in the batch script is one process); the first node hosts the rendezvous."""
+    in_step = "SLURM_STEP_ID" in os.environ
+    rank = int(os.environ.get("SLURM_PROCID", 0)) if in_step else 0
+    world = int(os.environ.get("SLURM_STEP_NUM_TASKS", 1)) if in_step else 1
     if world > 1:
         nodes = os.environ.get("SLURM_JOB_NODELIST", "localhost")
         first = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True).stdout.split()
@@ -38,17 +42,17 @@ def init_distributed() -> tuple[int, int]:
 
 def main(overrides: list[str]) -> None:
     rank, world = init_distributed()
-    cfg = compose_config("bench", overrides)
+    cfg = training_config(overrides)
     if os.environ.get("SLURM_TMPDIR") or os.environ.get("STAGE_TO"):  # node-local copy, once per node
         shared = cfg.storage.root
         local = os.environ.get("STAGE_TO") or os.path.join(os.environ["SLURM_TMPDIR"], "imagenet")
         stage_root(shared, local)
-        cfg = compose_config("bench", [*overrides, f"storage.root={local}"])
+        cfg = training_config([*overrides, f"storage.root={local}"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     train, val = build_loader(cfg, "train"), build_loader(cfg, "val")
     seen = torch.zeros(2, dtype=torch.long)
     for epoch in range(int(os.environ.get("EPOCHS", 1))):
-        set_epoch(train, epoch)  # every rank reshuffles the same way: each sample once per epoch
+        set_epoch(train, epoch)  # resumable; every rank shuffles the same way: each sample once per epoch
         for images, labels in train:
             if cfg.transform.output == "uint8":
                 images = normalize_on_device(images, cfg.transform.mean, cfg.transform.std, device)

@@ -75,8 +75,8 @@ def test_relative_root_gives_torchvisions_relative_paths(prepared, monkeypatch):
 
 @pytest.mark.parametrize("cached", [True, False])
 def test_manifest_construction_walks_no_directory(prepared, monkeypatch, tmp_path, cached):
-    """A constant number of metadata operations: no scandir/listdir/walk; stats of meta.bin, the
-    split folder and the manifest, then one read (the columns cache) when cached."""
+    """A constant number of metadata operations: no scandir/listdir/walk; stats of the complete
+    record, meta.bin, the split folder and the manifest, then one read (the columns cache) when cached."""
     root = prepared("uneven")
     state = tmp_path / "state"
     shutil.copytree(root / ".launcher", state, ignore=shutil.ignore_patterns("*.columns", "logs", "units"))
@@ -114,7 +114,7 @@ def test_manifest_construction_walks_no_directory(prepared, monkeypatch, tmp_pat
     monkeypatch.undo()
     assert len(dataset) > 100
     # cold: two cache files looked for, the manifest read (its folder opened, then the file), the cache written
-    assert counts["stat"] <= (3 if cached else 4) and counts["open"] <= (1 if cached else 6), counts
+    assert counts["stat"] <= (4 if cached else 5) and counts["open"] <= (1 if cached else 6), counts
     assert list(dataset.samples) == torchvision.datasets.ImageNet(str(root), "train").samples
 
 
@@ -170,16 +170,66 @@ def test_samples_behave_like_torchvisions_list(prepared):
     assert pickle.loads(pickle.dumps(ours)) == theirs
 
 
-def test_without_manifest_falls_back_to_torchvisions_scan(prepared, tmp_path):
+def test_moved_state_dir_finds_the_roots_own_manifest(prepared, tmp_path, capsys):
+    """storage.state_dir pointing elsewhere (e.g. moved for a read-only root): the manifest in the
+    root's own .launcher is used, without a directory walk and without a word."""
     root = prepared()
-    state = root / ".launcher"
+    capsys.readouterr()
     ours = D.build_dataset(config(root, f"storage.state_dir={tmp_path}/empty"), "train")
-    assert D.manifest_for(tmp_path / "empty", "train") is None and D.manifest_for(state, "train") is not None
+    assert isinstance(ours.samples, D.SampleList)  # from the manifest, not torchvision's scan
+    assert ours.samples == torchvision.datasets.ImageNet(str(root), "train").samples
+    assert capsys.readouterr().err == ""
+
+
+def test_without_manifest_falls_back_to_torchvisions_scan_and_says_so_once(oracle, tmp_path, capsys, monkeypatch):
+    """A root prepared by torchvision (no records of ours): torchvision's scan, and one note naming
+    the folders looked in and the slow path."""
+    monkeypatch.setattr(D, "SAID", set(), raising=False)
+    root = oracle()
+    cfg = config(root, f"storage.state_dir={tmp_path}/empty")
+    ours = D.build_dataset(cfg, "train")
+    D.build_dataset(cfg, "train")
     theirs = torchvision.datasets.ImageNet(str(root), "train")
     for name in ATTRIBUTES:
         assert getattr(ours, name) == getattr(theirs, name), name
+    err = capsys.readouterr().err
+    assert err.count("no prepare manifest of train") == 1 and f"{tmp_path}/empty or {root}/.launcher" in err
+    assert "directory scan" in err and "storage.state_dir" in err
     off = D.build_dataset(config(root, "loader.use_manifest=false"), "val")
     assert off.samples == torchvision.datasets.ImageNet(str(root), "val").samples
+    assert capsys.readouterr().err == ""
+
+
+def test_root_whose_prepare_failed_is_refused_with_the_reason(archives, tmp_path, capsys, monkeypatch):
+    """The val archive failed its md5 (its images are on disk all the same): the loader refuses val
+    with the md5 error from the records and names loader.allow_incomplete; verify reports the same;
+    train, which completed, loads."""
+    monkeypatch.setattr(D, "SAID", set(), raising=False)
+    result = archives("tiny")
+    root = tmp_path / "root"
+    overrides = [
+        *storage_overrides(result.archive_dir, root),
+        *dataset_overrides(result),
+        "dataset.archives.val.md5=00000000000000000000000000000000",
+        "cluster=debug",
+    ]
+    assert launch("prepare", overrides) != 0
+    assert any((root / "val").iterdir())  # the val images are there
+    with pytest.raises(LauncherError) as err:
+        D.build_dataset(config(root), "val")
+    message = str(err.value)
+    assert f"{root}/val is not whole" in message and "md5-val: md5 mismatch for" in message
+    assert "ILSVRC2012_img_val.tar" in message and "loader.allow_incomplete=true" in message
+    assert len(D.build_dataset(config(root), "train")) == sum(result.train_counts.values())
+    capsys.readouterr()
+    anyway = D.build_dataset(config(root, "loader.allow_incomplete=true"), "val")
+    assert len(anyway) == len(torchvision.datasets.ImageNet(str(root), "val"))
+    assert "loader.allow_incomplete=true" in capsys.readouterr().err
+    assert launch("verify", [*storage_overrides(result.archive_dir, root), "cluster=debug", "split=val"]) != 0
+    report = json.loads((root / ".launcher" / "verify-val.json").read_text())
+    (finding,) = [f for f in report["failures"] if f["check"] == "prepare"]
+    assert finding["path"] == "val" and "md5 mismatch for" in finding["reason"]
+    assert "ILSVRC2012_img_val.tar" in finding["reason"]
 
 
 def test_unprepared_root_says_run_prepare_and_never_extracts(archives, tmp_path):
@@ -390,16 +440,111 @@ def test_eval_sampler_covers_every_index_exactly_once(size, world):
     assert (len(padded) != size) == (size % world != 0)  # what EvalSampler avoids
 
 
-def test_rank_and_world_from_env(monkeypatch):
-    for key in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
+RANK_KEYS = ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_ID", "SLURM_STEP_NUM_TASKS")
+
+
+@pytest.fixture
+def no_ranks(monkeypatch):
+    """No launcher variables, and the once-per-process notes not yet said."""
+    for key in RANK_KEYS:
         monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(D, "SAID", set(), raising=False)
+    return monkeypatch
+
+
+def test_rank_and_world_from_env(no_ranks, capsys):
+    monkeypatch = no_ranks
     assert D.rank_and_world() == (0, 1)
+    monkeypatch.setenv("SLURM_STEP_ID", "0")  # a process srun started as task 3 of 4
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")
     monkeypatch.setenv("SLURM_PROCID", "3")
     monkeypatch.setenv("SLURM_NTASKS", "4")
     assert D.rank_and_world() == (3, 4)
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")  # `srun -n1` inside a 4-task job: one process
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert D.rank_and_world() == (0, 1)
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert D.rank_and_world() == (1, 2)
+    monkeypatch.setenv("RANK", "1\u0661")  # an Arabic-Indic digit: int() would take it
+    with pytest.raises(LauncherError, match="RANK='1\u0661' and WORLD_SIZE='2'"):
+        D.rank_and_world()
+    assert capsys.readouterr().err == ""
+
+
+def test_sbatch_without_srun_loads_the_whole_split_and_says_why_once(prepared, no_ranks, capsys):
+    """`sbatch --ntasks=2 --wrap 'python train.py'`: one process with SLURM_PROCID=0, SLURM_NTASKS=2
+    and no step variables: the whole split, and one line on stderr."""
+    no_ranks.setenv("SLURM_PROCID", "0")
+    no_ranks.setenv("SLURM_NTASKS", "2")
+    cfg = config(prepared(), "loader.batch_size=2", "loader.num_workers=0")
+    capsys.readouterr()  # what preparing the root printed
+    train, val = D.build_loader(cfg, "train"), D.build_loader(cfg, "val")
+    assert len(val.sampler) == len(val.dataset) and len(train.sampler) == len(train.dataset)
+    assert (train.sampler.rank, train.sampler.num_replicas) == (0, 1)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "SLURM_NTASKS=2" in err and "srun" in err and "whole split" in err
+
+
+def indices(loader) -> list[int]:
+    """The indices of one pass over the loader, as the DataLoader draws them."""
+    return [i for batch in loader.batch_sampler for i in batch]
+
+
+def test_train_sampler_reshuffles_every_pass_unless_pinned(prepared, no_ranks):
+    """pytorch/examples-style code (no set_epoch outside DDP) gets a new order every epoch;
+    once set_epoch(e) is called, epoch e is used until the next call; two ranks stay disjoint and
+    agree without set_epoch."""
+    cfg = config(prepared(), "loader.batch_size=2", "loader.num_workers=0", "loader.drop_last=false")
+    train = D.build_loader(cfg, "train")
+    first, second, third = indices(train), indices(train), indices(train)
+    n = len(train.dataset)
+    assert sorted(first) == sorted(second) == list(range(n))
+    assert first != second and second != third and first != third
+    D.set_epoch(train, 5)
+    pinned = indices(train)
+    assert indices(train) == pinned  # set_epoch called: the caller owns the epoch (a look changes nothing)
+    again = D.build_loader(cfg, "train")
+    D.set_epoch(again, 5)
+    assert indices(again) == pinned
+    D.set_epoch(again, 6)
+    assert indices(again) != pinned
+    fresh = D.build_loader(cfg, "train")  # never pinned: the passes are epochs 0, 1, 2, ...
+    assert [indices(fresh) for _ in range(3)] == [first, second, third]
+    D.set_epoch(fresh, 1)
+    assert indices(fresh) == second
+    # through the DataLoader itself (targets in the order it delivers them)
+    plain = D.build_loader(cfg, "train", dataset=D.build_dataset(cfg, "train", transform=v2.Resize((8, 8))))
+    epochs = [torch.cat([y for _, y in plain]).tolist() for _ in range(2)]
+    assert epochs[0] != epochs[1] and sorted(epochs[0]) == sorted(epochs[1])
+    # two ranks, no set_epoch: every pass the ranks are disjoint and cover the split
+    dataset = train.dataset
+    options = {"batch_size": 1, "num_workers": 0, "drop_last": True}
+    ranks = [D.make_loader(dataset, True, options, r, 2) for r in (0, 1)]
+    passes = [[indices(loader) for _ in range(3)] for loader in ranks]
+    for k in range(3):
+        zero, one = passes[0][k], passes[1][k]
+        assert not set(zero) & set(one) and len(set(zero) | set(one)) == 2 * (n // 2)
+    assert passes[0][0] != passes[0][1]
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_batch_larger_than_a_ranks_share_is_an_error(prepared, no_ranks, world):
+    """drop_last=true and a per-rank batch larger than the rank's share: an error naming the
+    numbers and the override, not an epoch of no batches."""
+    dataset = D.build_dataset(config(prepared()), "train", transform=None)
+    n = len(dataset)
+    share = n // world
+    options = {"batch_size": share + 1, "num_workers": 0, "drop_last": True}
+    with pytest.raises(LauncherError) as err:
+        D.make_loader(dataset, True, options, world - 1, world)
+    message = str(err.value)
+    assert f"loader.batch_size={share + 1} (per rank)" in message and f"{share} of {n} images" in message
+    assert f"loader.batch_size={share} or less" in message and "loader.drop_last=false" in message
+    options["drop_last"] = False
+    assert len(D.make_loader(dataset, True, options, world - 1, world)) == 1
+    options.update(batch_size=share, drop_last=True)
+    assert len(D.make_loader(dataset, True, options, world - 1, world)) == 1
 
 
 def test_loader_takes_every_option(prepared, monkeypatch):

@@ -270,3 +270,54 @@ def test_training_example_on_two_ranks(slurm_cluster, archives, tmp_path):
     assert int(counts.group(2)) == n_val
     assert n_train <= int(counts.group(1)) <= n_train + 1  # DistributedSampler pads train to even shares
     assert (local / "meta.bin").exists() and tree_bytes(local) == tree_bytes(shared)
+
+
+SHARD_PROBE = """\
+import os, sys
+from launcher import training_config
+from launcher.data import build_loader
+
+cfg = training_config([f"storage.root={sys.argv[1]}", "loader.batch_size=2", "loader.num_workers=0"])
+val = build_loader(cfg, "val")
+s = val.sampler
+print(f"task {os.environ['SLURM_PROCID']} rank {s.rank} world {s.world_size} val {len(s)} of {len(val.dataset)}")
+"""
+
+
+@pytest.mark.parametrize("start", ["python", "srun python"])
+def test_sharding_follows_how_the_tasks_were_started(start, slurm_cluster, archives, tmp_path):
+    """`sbatch --ntasks=2 --wrap 'python ...'` is one process with SLURM_PROCID=0 SLURM_NTASKS=2:
+    the whole split and one line on stderr saying why; under srun the two tasks shard it."""
+    result = archives()
+    root = tmp_path / "root"
+    overrides = [*storage_overrides(result.archive_dir, root), *dataset_overrides(result), "cluster=debug"]
+    assert cli("prepare", *overrides).returncode == 0
+    (tmp_path / "probe.py").write_text(SHARD_PROBE)
+    out, err = tmp_path / "job.out", tmp_path / "job.err"
+    run = subprocess.run(
+        [
+            "sbatch",
+            "--wait",
+            "--ntasks=2",
+            "--mem-per-cpu=1G",
+            f"--output={out}",
+            f"--error={err}",
+            f"--wrap={start.replace('python', sys.executable)} {tmp_path / 'probe.py'} {root}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    log, errors = out.read_text() if out.exists() else "", err.read_text() if err.exists() else ""
+    assert run.returncode == 0, run.stderr + log + errors
+    n_val = len(result.val_wnids)
+    lines = sorted(line for line in log.splitlines() if line.startswith("task "))
+    if start == "python":
+        assert lines == [f"task 0 rank 0 world 1 val {n_val} of {n_val}"]
+        notes = [line for line in errors.splitlines() if line.startswith("launcher.data:")]
+        assert len(notes) == 1 and "SLURM_NTASKS=2" in notes[0] and "srun" in notes[0], errors
+    else:
+        shares = [len(range(r, n_val, 2)) for r in (0, 1)]
+        assert lines == [f"task {r} rank {r} world 2 val {shares[r]} of {n_val}" for r in (0, 1)], log + errors
+        assert "launcher.data:" not in errors
