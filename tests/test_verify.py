@@ -408,10 +408,10 @@ def test_missing_root_is_refused(archives, tmp_path, capsys):
 # ---------------------------------------------------------------- fix
 
 
-@pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning")
 def test_fix_makes_every_file_a_jpeg_decode_jpeg_reads(ours, archives, tmp_path):
     import torch
-    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from launcher.imageio import ImageReadMode, decode_jpeg
 
     result = archives("small")
     root = copy_root(ours, tmp_path)
