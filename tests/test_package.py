@@ -15,6 +15,7 @@ import pytest
 import tomllib
 
 import launcher
+from launcher import dispatch
 
 from conftest import REPO, cli
 from venvs import clean_env, clone_head, make_venv
@@ -49,6 +50,18 @@ def pip_wheel(source: Path, out: Path, **env: str) -> subprocess.CompletedProces
         env=clean_env(**env),
         timeout=600,
     )
+
+
+def test_a_local_job_imports_the_installed_launcher_not_the_current_folder(tmp_path, monkeypatch):
+    """submitit starts jobs with `python -m`, which puts the current folder first on sys.path: run from a
+    clone's root, a job imported the source folder (no compiled launcher._jpeg) instead of the install."""
+    decoy = tmp_path / "cwd" / "launcher"
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text("")
+    monkeypatch.chdir(decoy.parent)
+    executor = dispatch.make_executor(dispatch.Cluster(name="local", executor="local"), tmp_path / "jobs", "probe")
+    job = executor.submit(eval, "__import__('launcher').__file__")
+    assert Path(job.result()) == Path(launcher.__file__)
 
 
 @pytest.mark.slow
