@@ -10,12 +10,17 @@ from (`launcher.data.build_loader(cfg, "train")`). Both work standalone and insi
 from __future__ import annotations
 
 import os
+from importlib import metadata
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-__version__ = "0.1.0"
+DISTRIBUTION = "imagenet-slurm-launcher"
+try:  # pyproject.toml is the one place the version is written
+    __version__ = metadata.version(DISTRIBUTION)
+except metadata.PackageNotFoundError:  # a source tree on sys.path that was never installed
+    __version__ = "0+unknown"
 __all__ = ["compose_config", "training_config", "__version__"]
 
 CONFIG_MODULE = "launcher.conf"

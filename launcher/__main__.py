@@ -11,6 +11,7 @@ import sys
 from launcher.commands import COMMANDS
 
 USAGE = """usage: launcher <command> [overrides...] [--help | --cfg job | --info | -m]
+       launcher --version
 
 Hydra-configured ImageNet (ILSVRC2012) preparation for SLURM clusters.
 
@@ -36,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in ("-sc", "--shell-completion"):
         return shell_completion(argv)
+    if argv[:1] == ["--version"]:
+        from launcher import DISTRIBUTION, __version__
+
+        print(f"launcher {__version__} ({DISTRIBUTION})")
+        return 0
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0 if argv else 2

@@ -10,7 +10,7 @@
   same `classes, wnids, class_to_idx, wnid_to_idx, samples, targets, imgs`. With the prepare manifest
   (`state_dir/manifest-<split>.json`) it is built from that file alone (no directory walk); without
   it torchvision's own scan runs. It never extracts archives. Images are decoded by
-  `torchvision.io` into uint8 RGB tensors (PIL for what it cannot decode, e.g. CMYK).
+  `torchvision.io` (through launcher.imageio) into uint8 RGB tensors (PIL for what it cannot decode, e.g. CMYK).
 - `build_transforms(cfg.transform, train)`: a `torchvision.transforms.v2.Compose` for uint8 image
   tensors (or PIL images): `standard` (RandomResizedCrop + flip for train, Resize + CenterCrop for
   eval), an optional policy (`randaugment`, `autoaugment`, `trivialaugment`), then float32 +
@@ -57,12 +57,12 @@ import torchvision
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, default_collate, get_worker_info
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.datasets.vision import VisionDataset
-from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
 from launcher import completion, shared_batches
 from launcher.errors import LauncherError
 from launcher.imagebounds import BadImage, Limits, Refused, check_image, check_pixels, read_regular, too_many_scans
+from launcher.imageio import ImageReadMode, decode_image
 from launcher.manifest import read_manifest
 
 try:  # the C extension (launcher/_jpeg.c, built against libjpeg-turbo): decodes only a train crop

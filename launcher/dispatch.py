@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import shlex
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -122,6 +124,13 @@ def executor_parameters(cluster: Cluster, name: str, dependency: str | None = No
     return params
 
 
+def job_python() -> str:
+    """The jobs' interpreter: this one, with -P (Python 3.11+) so that a job started in a clone's root
+    imports the installed launcher, not the source folder that `python -m` would put first on sys.path."""
+    python = shlex.quote(sys.executable)
+    return f"{python} -P" if sys.version_info >= (3, 11) else python
+
+
 def make_executor(cluster: Cluster, folder: Path, name: str, dependency: str | None = None):
     from launcher import safefs
 
@@ -129,6 +138,7 @@ def make_executor(cluster: Cluster, folder: Path, name: str, dependency: str | N
     kwargs = {}
     if cluster.executor in ("slurm", "local"):
         kwargs[f"{cluster.executor}_max_num_timeout"] = cluster.max_num_timeout
+        kwargs[f"{cluster.executor}_python"] = job_python()
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster.executor, **kwargs)
     try:
         executor.update_parameters(**executor_parameters(cluster, name, dependency))

@@ -31,6 +31,29 @@ SHAPES = {
 }
 
 
+# The preparation side (prepare, verify, status, synth) runs without torch: CI runs the tests of these
+# modules under Python 3.10-3.13 as well (.ci/pythons, `-m "notorch and not torch"`). A test in them
+# that needs torch anyway (the torchvision oracle, or a torch import of its own) carries `torch`.
+NOTORCH_MODULES = {
+    "test_cli",
+    "test_config",
+    "test_prepare",
+    "test_runner",
+    "test_synth",
+    "test_tarscan",
+    "test_verify",
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.stem in NOTORCH_MODULES:
+            item.add_marker(pytest.mark.notorch)
+        if "oracle" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.torch)
+
+
 def make_archives(directory: Path, spec: SynthSpec):
     return synthesize(directory, spec, FILES, META, GROUND_TRUTH)
 

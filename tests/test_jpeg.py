@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_jpeg
 
 from launcher import data as D
+from launcher.imageio import ImageReadMode, decode_jpeg
 
 jpeg = D._jpeg  # None when built without libjpeg's headers (libjpeg62-turbo-dev)
 needs_jpeg = pytest.mark.skipif(jpeg is None, reason="launcher._jpeg was not built (no libjpeg headers)")

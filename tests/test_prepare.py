@@ -7,7 +7,6 @@ import shutil
 import stat
 
 import pytest
-import torch
 
 from launcher.layout import Layout, Lock, read_json
 
@@ -29,6 +28,8 @@ def imagenet_view(root, split):
 
 
 def assert_same_as_oracle(root, oracle_root):
+    import torch
+
     assert tree_bytes(root) == tree_bytes(oracle_root)
     ours = torch.load(root / "meta.bin", weights_only=True)
     theirs = torch.load(oracle_root / "meta.bin", weights_only=True)
@@ -54,6 +55,7 @@ def test_local_processes_and_odd_files(archives, oracle, tmp_path):
         assert (root / rel).read_bytes() == (oracle() / rel).read_bytes()
 
 
+@pytest.mark.torch
 def test_manifest_lists_imagenets_samples(archives, tmp_path):
     root = tmp_path / "root"
     assert prepare(archives("uneven"), root) == 0

@@ -192,6 +192,7 @@ def test_header_reads_past_large_segments(tmp_path):
     assert not ok and "truncated" in reason
 
 
+@pytest.mark.torch
 def test_meta_loads_as_torchvision_loads_it(ours, tmp_path):
     """load_meta (no torchvision import) accepts and refuses what torchvision's load_meta_file does."""
     import torch
@@ -414,10 +415,11 @@ def test_missing_root_is_refused(archives, tmp_path, capsys):
 # ---------------------------------------------------------------- fix
 
 
-@pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning")
+@pytest.mark.torch
 def test_fix_makes_every_file_a_jpeg_decode_jpeg_reads(ours, archives, tmp_path):
     import torch
-    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from launcher.imageio import ImageReadMode, decode_jpeg
 
     result = archives("small")
     root = copy_root(ours, tmp_path)

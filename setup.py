@@ -1,0 +1,27 @@
+"""Only what pyproject.toml cannot say: one clear line when the optional C extension is skipped."""
+
+import sys
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+SKIPPED = (
+    "launcher: skipped the C extension launcher._jpeg (no C compiler or no libjpeg headers): the loaders "
+    "will decode whole images instead of each crop. To get it, install gcc and libjpeg-turbo's headers "
+    "(Debian/Ubuntu: apt-get install gcc libjpeg62-turbo-dev) and reinstall, or install the released wheel."
+)
+
+
+class OptionalJpeg(build_ext):
+    """setuptools skips a failed optional extension with a log line pip hides; say it plainly."""
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception:
+            if not ext.optional:
+                raise
+            print(SKIPPED, file=sys.stderr)
+
+
+setup(cmdclass={"build_ext": OptionalJpeg})

