@@ -825,7 +825,9 @@ def make_plan(req: PrepareRequest, parallelism: int, min_bytes: int = 0) -> Plan
     loaded = {split: load_index(req, split, devkit) for split in req.splits}
     indexes = {split: new for split, (new, _) in loaded.items()}
     check_against_devkit(req, devkit, indexes)
-    archives = {"devkit": read_json(req.layout.devkit_file)["archive"], **{s: indexes[s]["archive"] for s in indexes}}
+    kit_archive = (read_json(req.layout.devkit_file) or {}).get("archive")  # none cached in a dry run
+    kit_archive = kit_archive or archive_identity(req.archive("devkit"), req.archives["devkit"][1])
+    archives = {"devkit": kit_archive, **{s: indexes[s]["archive"] for s in indexes}}
     identity = {"devkit": devkit_fp, **{s: indexes[s]["fingerprint"] for s in indexes}, "archives": archives}
     clashes = {s: conflicts(req.layout, s, old, indexes[s], devkit) for s, (_, old) in loaded.items()}
     guard_identity(req, identity, clashes)

@@ -238,8 +238,8 @@ def test_archive_changed_during_a_run(moment, change, clean_run, two_archives, t
     identical to a clean run of the new bytes, or refuses."""
     result, data, refs = two_archives
     _, _, traces = clean_run
-    clean_root, paths = traces[RENAMES]
-    path, n = target_call(paths, MOMENTS[moment])
+    clean_root, paths, keys = traces[RENAMES]
+    path, n = target_call(paths, keys, MOMENTS[moment])
     d = copy_archives(result, tmp_path / "archives")
     root = tmp_path / "root"
     path = str(root) + path.removeprefix(str(clean_root))
