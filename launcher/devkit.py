@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import struct
 import tarfile
 import zlib
 from dataclasses import dataclass
@@ -18,6 +19,15 @@ from pathlib import Path
 from launcher.errors import LauncherError
 
 REQUIRED_FIELDS = ("ILSVRC2012_ID", "WNID", "words", "num_children", "num_train_images")
+NUMBER_FIELDS = ("ILSVRC2012_ID", "num_children", "num_train_images")  # whole numbers >= 0
+TEXT_FIELDS = ("WNID", "words")
+MAX_COUNT = 2**31  # larger than any ID or image count of a devkit
+# MAT-file v5 layout (the devkit's meta.mat): a 128-byte header, then tagged data elements
+MAT_HEADER_BYTES = 128
+MI_MATRIX, MI_COMPRESSED = 14, 15
+MX_CELL, MX_STRUCT, MX_OBJECT = 1, 2, 3
+MAT_MAX_BYTES = 64 << 20  # a compressed element of meta.mat inflating past this is refused
+MAT_MAX_DEPTH = 16  # structs and cells nested deeper than this are refused
 
 
 class DevkitError(LauncherError):
@@ -106,11 +116,115 @@ def read_devkit_members(path: Path, wanted: tuple[str, ...], max_bytes: int) -> 
     return found
 
 
+def check_mat_elements(data: bytes, label: str) -> None:
+    """Walk the tags of a MAT-file v5 before scipy reads it: every element's byte count must fit inside
+    its parent, compressed elements inflate to at most MAT_MAX_BYTES, cells and structs announce no more
+    elements than their bytes can hold, nesting stays shallow. scipy allocates what a tag announces
+    before reading it (a 4-byte edit asks for gigabytes), so this bounds its memory by the file's size."""
+    if len(data) < MAT_HEADER_BYTES or data[126:128] not in (b"IM", b"MI"):
+        raise DevkitError(f"{label} is not a MATLAB 5 MAT-file (no MAT header). Use the original ILSVRC2012 devkit.")
+    order = "<" if data[126:128] == b"IM" else ">"
+    walk_mat(data, MAT_HEADER_BYTES, len(data), order, 0, label)
+
+
+def walk_mat(data: bytes, pos: int, end: int, order: str, depth: int, label: str) -> int:
+    """Check the elements in data[pos:end]; returns how many there are."""
+    count = 0
+    while pos + 8 <= end:
+        kind, size = struct.unpack_from(order + "II", data, pos)
+        if kind >> 16:  # small element: type and size in 4 bytes, data in the next 4
+            pos, count = pos + 8, count + 1
+            continue
+        if size > end - pos - 8:
+            raise bad_mat(label, pos, f"an element claims {size:,} bytes, {end - pos - 8:,} are left")
+        body = pos + 8
+        if kind == MI_MATRIX:
+            check_matrix(data, body, body + size, order, depth + 1, label)
+        elif kind == MI_COMPRESSED:
+            inner = inflate_mat(data[body : body + size], label, pos)
+            walk_mat(inner, 0, len(inner), order, depth + 1, label)
+        step = 8 + size if kind == MI_COMPRESSED else 8 + (size + 7) // 8 * 8
+        assert step > 0, "the MAT walk must advance"
+        pos, count = pos + step, count + 1
+    return count
+
+
+def check_matrix(data: bytes, pos: int, end: int, order: str, depth: int, label: str) -> None:
+    """A miMATRIX: flags, dims, name, then its parts; a cell or struct holds one element per cell
+    (times its fields), and each is at least an 8-byte tag."""
+    if depth > MAT_MAX_DEPTH:
+        raise bad_mat(label, pos, f"cells or structs nested more than {MAT_MAX_DEPTH} deep")
+    if end - pos < 16:  # an empty matrix (as in an empty cell) has no parts
+        walk_mat(data, pos, end, order, depth, label)
+        return
+    mx_class = struct.unpack_from(order + "I", data, pos + 8)[0] & 0xFF
+    dims_kind, dims_size = struct.unpack_from(order + "II", data, pos + 16) if end - pos >= 24 else (0, 0)
+    cells = 1
+    if dims_kind == 5 and 0 < dims_size <= 8 * 64 and dims_size % 4 == 0 and pos + 24 + dims_size <= end:
+        for d in struct.unpack_from(f"{order}{dims_size // 4}i", data, pos + 24):
+            cells *= max(d, 0)
+    walk_mat(data, pos, end, order, depth, label)
+    if mx_class in (MX_CELL, MX_STRUCT, MX_OBJECT) and cells > (end - pos) // 8:
+        raise bad_mat(label, pos, f"a cell or struct array announces {cells:,} elements in {end - pos:,} bytes")
+
+
+def inflate_mat(compressed: bytes, label: str, offset: int) -> bytes:
+    try:
+        inflater = zlib.decompressobj()
+        inner = inflater.decompress(compressed, MAT_MAX_BYTES + 1)
+    except zlib.error as err:
+        raise bad_mat(label, offset, f"a compressed element does not inflate ({err})") from None
+    if len(inner) > MAT_MAX_BYTES:
+        raise bad_mat(label, offset, f"a compressed element inflates past {MAT_MAX_BYTES:,} bytes")
+    return inner
+
+
+def bad_mat(label: str, offset: int, why: str) -> DevkitError:
+    return DevkitError(
+        f"{label} is corrupt at byte {offset:,}: {why}. This is not the ILSVRC2012 devkit's meta.mat: "
+        "download the devkit again."
+    )
+
+
+def check_field_types(synsets, label: str) -> None:
+    """Each synset's numbers are whole numbers >= 0 and its WNID and words are text, as in the devkit;
+    a string, array, struct or NaN where one belongs fails naming the synset and the field."""
+    for index, synset in enumerate(synsets, start=1):
+        for field in NUMBER_FIELDS:
+            if whole_number(synset[field]) is None:
+                raise bad_field(label, index, field, synset[field], "a whole number >= 0")
+        for field in TEXT_FIELDS:
+            if not isinstance(synset[field], str):
+                raise bad_field(label, index, field, synset[field], "text")
+
+
+def whole_number(value) -> int | None:
+    """A Python or numpy integer, or a float with no fraction (MATLAB stores doubles), in [0, 2**31)."""
+    import numpy as np
+
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return None
+    if isinstance(value, (float, np.floating)) and not (np.isfinite(value) and float(value).is_integer()):
+        return None
+    number = int(value)
+    return number if 0 <= number < MAX_COUNT else None
+
+
+def bad_field(label: str, index: int, field: str, value, expected: str) -> DevkitError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    return DevkitError(
+        f"{label}: synset {index} has {field} = {shown} ({type(value).__name__}) where {expected} belongs. "
+        "This is not the ILSVRC2012 devkit's meta.mat: download the devkit again."
+    )
+
+
 def parse_meta_mat(data: bytes, label: str) -> tuple[dict[int, str], dict[str, tuple[str, ...]], dict[str, int]]:
     """(ILSVRC2012_ID -> WNID, WNID -> class names, WNID -> train count) of the leaf synsets."""
     import numpy as np
     import scipy.io
 
+    check_mat_elements(data, label)
     try:
         synsets = scipy.io.loadmat(io.BytesIO(data), squeeze_me=True)["synsets"]
     except Exception as err:  # scipy raises many kinds for a bad file
@@ -123,6 +237,7 @@ def parse_meta_mat(data: bytes, label: str) -> tuple[dict[int, str], dict[str, t
             f"{label}: the synsets lack the field(s) {', '.join(missing)}; a devkit meta.mat has "
             f"{', '.join(REQUIRED_FIELDS)} (and more). Use the original ILSVRC2012 devkit."
         )
+    check_field_types(synsets, label)
     leaves = [s for s in synsets if int(s["num_children"]) == 0]
     if not leaves:
         raise DevkitError(f"{label}: no leaf synsets (num_children == 0) in meta.mat")
