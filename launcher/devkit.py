@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import re
 import struct
 import tarfile
 import zlib
@@ -21,6 +22,7 @@ from launcher.errors import LauncherError
 REQUIRED_FIELDS = ("ILSVRC2012_ID", "WNID", "words", "num_children", "num_train_images")
 NUMBER_FIELDS = ("ILSVRC2012_ID", "num_children", "num_train_images")  # whole numbers >= 0
 TEXT_FIELDS = ("WNID", "words")
+DIGITS = re.compile(r"[0-9]{1,12}", re.ASCII)  # a ground-truth line: ASCII digits only (int() takes "+1", "1_0")
 MAX_COUNT = 2**31  # larger than any ID or image count of a devkit
 # MAT-file v5 layout (the devkit's meta.mat): a 128-byte header, then tagged data elements
 MAT_HEADER_BYTES = 128
@@ -252,7 +254,7 @@ def parse_ground_truth(data: bytes, id_to_wnid: dict[int, str], label: str) -> l
     wnids = []
     for number, line in enumerate(data.decode("ascii", "replace").split(), start=1):
         try:
-            wnids.append(id_to_wnid[int(line)])
+            wnids.append(id_to_wnid[int(line) if DIGITS.fullmatch(line) else -1])
         except (ValueError, KeyError):
             raise DevkitError(
                 f"{label}: line {number} is {line!r}, not the ILSVRC2012_ID of a leaf synset "
