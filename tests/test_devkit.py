@@ -112,3 +112,13 @@ def test_compressed_element_inflating_too_far_is_refused():
 def test_not_a_mat_file():
     with pytest.raises(DevkitError, match="not a MATLAB 5 MAT-file"):
         parse_meta_mat(b"hello", "meta.mat")
+
+
+@pytest.mark.parametrize("line", [b"+1", b"1_0", "١".encode(), b"0x1", b"1.0"])
+def test_ground_truth_lines_are_ascii_digits(line):
+    from launcher.devkit import parse_ground_truth
+
+    id_to_wnid = {1: "n01440764", 10: "n01443537"}
+    assert parse_ground_truth(b"1\n10\n", id_to_wnid, "gt.txt") == ["n01440764", "n01443537"]
+    with pytest.raises(DevkitError, match=r"gt\.txt: line 2 is"):
+        parse_ground_truth(b"1\n" + line + b"\n", id_to_wnid, "gt.txt")
