@@ -1,5 +1,5 @@
 """The parsers' fuzz properties (tests/test_fuzz.py) run for longer than CI does: rounds of fresh
-random examples until the time is up. CI runs 250 derandomized examples per parser in ~40 s; this
+random examples until the time is up. CI runs 200 derandomized examples per parser (~30 s); this
 runs `--examples` per parser per round, each round with new random draws.
 
     python benchmarks/fuzz.py                         # 10 minutes, 2,000 examples per parser per round
