@@ -166,7 +166,7 @@ def scan(fd: int, start: int, end: int, label: str, window: Window | None = None
         if header == ZERO_BLOCK:
             return
         check_checksum(header, label, pos)
-        records = {**global_pax, **pax}
+        records = {**global_pax, **pax} if global_pax else pax
         typeflag = header[156:157]
         name = long_name or records.get("path") or header_name(header)
         size = member_size(header, records, label, name, pos)
@@ -207,6 +207,8 @@ def meta_data(win: Window, offset: int, size: int, label: str, name: str, header
 def refuse_sparse(typeflag: bytes, records: dict[str, str], label: str, name: str, offset: int) -> None:
     """A GNU sparse member (type 'S', or pax GNU.sparse.* records of format 0.0, 0.1 or 1.0) stores
     condensed data: extracted as it stands it would be the wrong bytes. ILSVRC2012 has none."""
+    if typeflag != SPARSE_TYPE and not records:
+        return
     sparse = sorted(k for k in records if k.startswith("GNU.sparse."))
     if typeflag != SPARSE_TYPE and not sparse:
         return
