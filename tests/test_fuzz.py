@@ -271,9 +271,9 @@ def test_tarscan(tar_bases):
     @FUZZ
     @given(data=mutated_tar(tar_bases))
     def prop(data):
-        members = bounded(scan_all, data)
-        for m in members or ():
-            assert m.offset >= 0 and m.end <= len(data)
+        members = bounded(scan_all, data) or []
+        ends = [0] + [m.end for m in members]
+        assert all(m.offset >= before for m, before in zip(members, ends)) and ends[-1] <= len(data)
 
     prop()
 
