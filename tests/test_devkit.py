@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
 import tracemalloc
 
 import numpy as np
@@ -122,3 +124,42 @@ def test_ground_truth_lines_are_ascii_digits(line):
     assert parse_ground_truth(b"1\n10\n", id_to_wnid, "gt.txt") == ["n01440764", "n01443537"]
     with pytest.raises(DevkitError, match=r"gt\.txt: line 2 is"):
         parse_ground_truth(b"1\n" + line + b"\n", id_to_wnid, "gt.txt")
+
+
+CHILD = """
+import sys
+from launcher.devkit import DevkitError, parse_meta_mat
+try:
+    parse_meta_mat(sys.stdin.buffer.read(), "meta.mat")
+    print("read")
+except DevkitError as err:
+    print("DevkitError:", err)
+"""
+
+
+def edited(offset_of, new: bytes) -> bytes:
+    data = bytearray(meta_mat_bytes(SYNSETS))
+    at = offset_of(bytes(data))
+    data[at : at + len(new)] = new
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        # the dimensions of a 1x4 char array (fish) claim 10 bytes instead of 8
+        edited(
+            lambda d: d.index(b"\x05\x00\x00\x00\x08\x00\x00\x00\x01\x00\x00\x00\x04\x00\x00\x00", 128) + 4, b"\x0a"
+        ),
+        # a number's int64 data element retyped as an array (miMATRIX)
+        edited(lambda d: d.index(b"\x0c\x00\x00\x00\x08\x00\x00\x00\x02\x00", 128), b"\x0e"),
+        # an array's flags word with unknown bits and a complex flag, and no imaginary part
+        edited(lambda d: d.index(b"\x06\x00\x00\x00\x08\x00\x00\x00\x0e\x00\x00\x00", 900) + 9, b"\x1a\xb4\xe5"),
+    ],
+    ids=["dims-10-bytes", "number-as-array", "flags"],
+)
+def test_mat_edits_that_crashed_scipy_are_refused(data):
+    """Each of these one- to three-byte edits made scipy's MAT reader die of a segmentation fault."""
+    run = subprocess.run([sys.executable, "-c", CHILD], input=data, capture_output=True, timeout=120)
+    assert run.returncode == 0, run.stderr.decode()[-300:]
+    assert run.stdout.startswith(b"DevkitError: meta.mat is corrupt at byte"), run.stdout
