@@ -13,6 +13,7 @@ import io
 import math
 import numbers
 import re
+import struct
 import tarfile
 import zlib
 from dataclasses import dataclass
@@ -21,6 +22,20 @@ from pathlib import Path
 from launcher.errors import LauncherError
 
 REQUIRED_FIELDS = ("ILSVRC2012_ID", "WNID", "words", "num_children", "num_train_images")
+NUMBER_FIELDS = ("ILSVRC2012_ID", "num_children", "num_train_images")  # whole numbers >= 0
+TEXT_FIELDS = ("WNID", "words")
+DIGITS = re.compile(r"[0-9]{1,12}", re.ASCII)  # a ground-truth line: ASCII digits only (int() takes "+1", "1_0")
+MAX_COUNT = 2**31  # larger than any ID or image count of a devkit
+# MAT-file v5 layout (the devkit's meta.mat): a 128-byte header, then tagged data elements
+MAT_HEADER_BYTES = 128
+MI_MATRIX, MI_COMPRESSED = 14, 15
+# bytes per item of each MAT data type; a count that is not a multiple of it crashes scipy's reader
+MI_ITEM_BYTES = {1: 1, 2: 1, 3: 2, 4: 2, 5: 4, 6: 4, 7: 4, 9: 8, 12: 8, 13: 8, 16: 1, 17: 2, 18: 4}
+MI_INT32, MI_UINT32 = 5, 6
+MX_CELL, MX_STRUCT, MX_CHAR, MX_SPARSE, MX_UINT64 = 1, 2, 4, 5, 15  # classes 4, 6..15: char, numbers
+MI_INT8 = 1
+MAT_MAX_BYTES = 64 << 20  # a compressed element of meta.mat inflating past this is refused
+MAT_MAX_DEPTH = 16  # structs and cells nested deeper than this are refused
 
 
 class DevkitError(LauncherError):
@@ -109,6 +124,146 @@ def read_devkit_members(path: Path, wanted: tuple[str, ...], max_bytes: int) -> 
     return found
 
 
+def check_mat_elements(data: bytes, label: str) -> None:
+    """Walk the tags of a MAT-file v5 before scipy reads it: every element's byte count must fit inside
+    its parent, compressed elements inflate to at most MAT_MAX_BYTES, cells and structs announce no more
+    elements than their bytes can hold, nesting stays shallow. scipy allocates what a tag announces
+    before reading it (a 4-byte edit asks for gigabytes), so this bounds its memory by the file's size."""
+    if len(data) < MAT_HEADER_BYTES or data[126:128] not in (b"IM", b"MI"):
+        raise DevkitError(f"{label} is not a MATLAB 5 MAT-file (no MAT header). Use the original ILSVRC2012 devkit.")
+    order = "<" if data[126:128] == b"IM" else ">"
+    walk_mat(data, MAT_HEADER_BYTES, len(data), order, 0, label, top=True)
+
+
+def walk_mat(data: bytes, pos: int, end: int, order: str, depth: int, label: str, top: bool = False) -> list:
+    """Check the elements in data[pos:end]; (type, offset of the data, size) of each."""
+    parts = []
+    while pos + 8 <= end:
+        kind, size = struct.unpack_from(order + "II", data, pos)
+        if kind >> 16:  # small element: type and size in 4 bytes, data in the next 4
+            kind, size = kind & 0xFFFF, kind >> 16
+            check_items(kind, size, label, pos, small=True)
+            parts.append((kind, pos + 4, size))
+            pos += 8
+            continue
+        if size > end - pos - 8:
+            raise bad_mat(label, pos, f"an element claims {size:,} bytes, {end - pos - 8:,} are left")
+        body = pos + 8
+        if kind == MI_MATRIX:
+            check_matrix(data, body, body + size, order, depth + 1, label)
+        elif kind == MI_COMPRESSED and top:
+            inner = inflate_mat(data[body : body + size], label, pos)
+            if [k for k, _, _ in walk_mat(inner, 0, len(inner), order, depth, label)] != [MI_MATRIX]:
+                raise bad_mat(label, pos, "a compressed element does not hold one array")
+        elif top:
+            raise bad_mat(label, pos, f"a variable of type {kind}, not an array")
+        else:
+            check_items(kind, size, label, pos)
+        parts.append((kind, body, size))
+        step = 8 + size if kind == MI_COMPRESSED else 8 + (size + 7) // 8 * 8
+        assert step > 0, "the MAT walk must advance"
+        pos += step
+    return parts
+
+
+def check_matrix(data: bytes, pos: int, end: int, order: str, depth: int, label: str) -> None:
+    """A miMATRIX: flags, dims, name, then the parts its class has (one array per cell of a cell
+    array, one per field and cell of a struct, a real and an imaginary part of a complex array...)."""
+    if depth > MAT_MAX_DEPTH:
+        raise bad_mat(label, pos, f"cells or structs nested more than {MAT_MAX_DEPTH} deep")
+    if pos == end:  # an empty array (as in an empty cell)
+        return
+    parts = walk_mat(data, pos, end, order, depth, label)
+    kinds = [kind for kind, _, _ in parts]
+    if kinds[:3] != [MI_UINT32, MI_INT32, MI_INT8] or parts[0][2] != 8 or not 8 <= parts[1][2] <= 4 * 32:
+        raise bad_mat(label, pos, "an array does not start with its flags, its dimensions (2 to 32) and its name")
+    flags = struct.unpack_from(order + "I", data, parts[0][1])[0]
+    mx_class, complex_ = flags & 0xFF, bool(flags & 0x0800)
+    if flags & ~0x0EFF:
+        raise bad_mat(label, pos, f"an array has unknown flags 0x{flags:08x}")
+    cells = 1
+    for d in struct.unpack_from(f"{order}{parts[1][2] // 4}i", data, parts[1][1]):
+        if d < 0:
+            raise bad_mat(label, pos, f"an array has a negative dimension ({d})")
+        cells *= d
+    rest = kinds[3:]
+    if mx_class in (MX_CELL, MX_STRUCT) and cells > (end - pos) // 8:
+        raise bad_mat(label, pos, f"a cell or struct array announces {cells:,} elements in {end - pos:,} bytes")
+    if mx_class == MX_CELL:
+        fits = rest == [MI_MATRIX] * cells
+    elif mx_class == MX_STRUCT:
+        fits = len(rest) >= 2 and rest[:2] == [MI_INT32, MI_INT8] and parts[3][2] == 4
+        width = struct.unpack_from(order + "i", data, parts[3][1])[0] if fits else 0
+        fits = fits and width > 0 and parts[4][2] % width == 0
+        fits = fits and rest[2:] == [MI_MATRIX] * (cells * (parts[4][2] // width if width > 0 else 0))
+    elif mx_class == MX_SPARSE:
+        fits = len(rest) == 3 + complex_ and MI_MATRIX not in rest
+    elif MX_CHAR <= mx_class <= MX_UINT64:
+        fits = len(rest) == 1 + complex_ and MI_MATRIX not in rest
+    else:
+        raise bad_mat(label, pos, f"an array of class {mx_class} (objects, functions: not in a devkit)")
+    if not fits:
+        raise bad_mat(label, pos, f"an array of class {mx_class} holds parts {rest[:8]} that do not fit it")
+
+
+def check_items(kind: int, size: int, label: str, offset: int, small: bool = False) -> None:
+    """A data element of a known type holding whole items (a small one holds at most 4 bytes)."""
+    item = MI_ITEM_BYTES.get(kind)
+    if item is None or size % item or (small and size > 4):
+        raise bad_mat(label, offset, f"an element of type {kind} holds {size} bytes")
+
+
+def inflate_mat(compressed: bytes, label: str, offset: int) -> bytes:
+    try:
+        inflater = zlib.decompressobj()
+        inner = inflater.decompress(compressed, MAT_MAX_BYTES + 1)
+    except zlib.error as err:
+        raise bad_mat(label, offset, f"a compressed element does not inflate ({err})") from None
+    if len(inner) > MAT_MAX_BYTES:
+        raise bad_mat(label, offset, f"a compressed element inflates past {MAT_MAX_BYTES:,} bytes")
+    return inner
+
+
+def bad_mat(label: str, offset: int, why: str) -> DevkitError:
+    return DevkitError(
+        f"{label} is corrupt at byte {offset:,}: {why}. This is not the ILSVRC2012 devkit's meta.mat: "
+        "download the devkit again."
+    )
+
+
+def check_field_types(synsets, label: str) -> None:
+    """Each synset's numbers are whole numbers >= 0 and its WNID and words are text, as in the devkit;
+    a string, array, struct or NaN where one belongs fails naming the synset and the field."""
+    for index, synset in enumerate(synsets, start=1):
+        for field in NUMBER_FIELDS:
+            if whole_number(synset[field]) is None:
+                raise bad_field(label, index, field, synset[field], "a whole number >= 0")
+        for field in TEXT_FIELDS:
+            if not isinstance(synset[field], str):
+                raise bad_field(label, index, field, synset[field], "text")
+
+
+def whole_number(value) -> int | None:
+    """A Python or numpy integer, or a float with no fraction (MATLAB stores doubles), in [0, 2**31)."""
+    import numpy as np
+
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return None
+    if isinstance(value, (float, np.floating)) and not (np.isfinite(value) and float(value).is_integer()):
+        return None
+    number = int(value)
+    return number if 0 <= number < MAX_COUNT else None
+
+
+def bad_field(label: str, index: int, field: str, value, expected: str) -> DevkitError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    return DevkitError(
+        f"{label}: synset {index} has {field} = {shown} ({type(value).__name__}) where {expected} belongs. "
+        "This is not the ILSVRC2012 devkit's meta.mat: download the devkit again."
+    )
+
+
 # ---------------------------------------------------------------- names (untrusted until they match)
 
 
@@ -176,6 +331,7 @@ def parse_meta_mat(
     import numpy as np
     import scipy.io
 
+    check_mat_elements(data, label)
     try:
         synsets = scipy.io.loadmat(io.BytesIO(data), squeeze_me=True)["synsets"]
     except Exception as err:  # scipy raises many kinds for a bad file
@@ -188,6 +344,7 @@ def parse_meta_mat(
             f"{label}: the synsets lack the field(s) {', '.join(missing)}; a devkit meta.mat has "
             f"{', '.join(REQUIRED_FIELDS)} (and more). Use the original ILSVRC2012 devkit."
         )
+    check_field_types(synsets, label)
     leaves = [s for s in synsets if int(s["num_children"]) == 0]
     if not leaves:
         raise DevkitError(f"{label}: no leaf synsets (num_children == 0) in meta.mat")

@@ -11,6 +11,7 @@ and the member named. Reads go through `Window`: few large `pread`s instead of m
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -31,6 +32,11 @@ KINDS = {
     b"6": "fifo",
 }
 META_TYPES = (b"L", b"K", b"x", b"g")
+SPARSE_TYPE = b"S"  # an old GNU sparse member: its data is the condensed bytes, the map in the header
+MAX_META_BYTES = 1 << 20  # a GNU long name/link or a pax header longer than this is refused
+OCTAL = re.compile(rb"[0-7]*")
+PAX_LENGTH = re.compile(rb"([0-9]{1,20}) ")
+DECIMAL = re.compile(r"[0-9]{1,20}", re.ASCII)
 
 
 class TarError(LauncherError):
@@ -81,10 +87,14 @@ def truncated(label: str, member: str, needed: int, available: int) -> TarError:
 
 
 def octal(field: bytes) -> int:
-    """A numeric header field: NUL/space-terminated octal, or GNU base-256 for large values."""
-    if field[0] & 0x80:
+    """A numeric header field: NUL/space-terminated ASCII octal digits, or GNU base-256 (first byte
+    0x80) for large values. ValueError for anything else: junk, signs, `_`, non-ASCII digits, and
+    base-256 negatives (first byte 0xff), which no size or checksum can be."""
+    if field[0] == 0x80:
         return int.from_bytes(field[1:], "big")
-    digits = field.split(b"\0", 1)[0].strip()
+    digits = field.split(b"\0", 1)[0].strip(b" ")
+    if not OCTAL.fullmatch(digits):
+        raise ValueError(f"not an octal number: {bytes(field)!r}")
     return int(digits, 8) if digits else 0
 
 
@@ -111,16 +121,38 @@ def check_checksum(header: bytes, label: str, offset: int) -> None:
         )
 
 
-def pax_records(data: bytes) -> dict[str, str]:
-    """`length key=value\\n` records of a pax extended header."""
+def pax_records(data: bytes, label: str, member: str, offset: int) -> dict[str, str]:
+    """`length key=value\\n` records of a pax extended header whose data starts at `offset`. The
+    length (ASCII decimal digits) counts the whole record and must end on its newline inside the
+    data; the key is UTF-8. Anything else fails naming the record's offset. NUL padding after the
+    last record ends the data, as in tarfile."""
     out, pos = {}, 0
-    while pos < len(data):
-        space = data.index(b" ", pos)
-        length = int(data[pos:space])
-        key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
-        out[key.decode()] = value.decode("utf-8", "surrogateescape")
-        pos += length
+    while pos < len(data) and data[pos] != 0:
+        match = PAX_LENGTH.match(data, pos)
+        length = int(match.group(1)) if match else 0
+        end = pos + length
+        if not match or end <= match.end() or end > len(data) or data[end - 1] != 0x0A:
+            raise bad_pax(
+                label, member, offset + pos, "its length is not ASCII digits giving a record that ends in a newline"
+            )
+        key, equals, value = data[match.end() : end - 1].partition(b"=")
+        try:
+            name = key.decode("utf-8")
+        except UnicodeDecodeError:
+            name = ""
+        if not equals or not name:
+            raise bad_pax(label, member, offset + pos, "it is not key=value with a UTF-8 key")
+        out[name] = value.decode("utf-8", "surrogateescape")
+        assert end > pos, "the pax walk must advance"
+        pos = end
     return out
+
+
+def bad_pax(label: str, member: str, offset: int, why: str) -> TarError:
+    return TarError(
+        f"{label} is corrupt: the pax record at offset {offset:,} (in {member!r}) is malformed: {why}. "
+        "Download or copy the archive again."
+    )
 
 
 def scan(fd: int, start: int, end: int, label: str, window: Window | None = None) -> Iterator[Member]:
@@ -128,45 +160,80 @@ def scan(fd: int, start: int, end: int, label: str, window: Window | None = None
     # Without a window from the caller only headers are read: one 512-byte pread per member (an
     # ImageNet member is ~110 KB, so reading ahead would copy data nobody looks at).
     win = window or Window(fd, start, end, label, chunk=BLOCK)
-    pos, long_name, long_link, pax = start, None, None, {}
+    pos, long_name, long_link, pax, global_pax = start, None, None, {}, {}
     while pos + BLOCK <= end:
         header = win.view(pos, BLOCK).tobytes()  # one copy of 512 bytes; fields are sliced from it
         if header == ZERO_BLOCK:
             return
         check_checksum(header, label, pos)
-        size = member_size(header, pax, label, pos)
+        records = {**global_pax, **pax} if global_pax else pax
         typeflag = header[156:157]
+        name = long_name or records.get("path") or header_name(header)
+        size = member_size(header, records, label, name, pos)
         data_at = pos + BLOCK
-        name = long_name or pax.get("path") or header_name(header)
         if data_at + size > end:
             raise truncated(label, name, data_at + size, end)
         if typeflag in META_TYPES:
-            data = win.view(data_at, size, name).tobytes()
+            data = meta_data(win, data_at, size, label, name, pos)
             if typeflag == b"L":
                 long_name = text(data)
             elif typeflag == b"K":
                 long_link = text(data)
             elif typeflag == b"x":
-                pax = pax_records(data)
+                pax = pax_records(data, label, name, data_at)
+            else:
+                global_pax.update(pax_records(data, label, name, data_at))
         else:
-            link = long_link or pax.get("linkpath") or text(header[157:257])
+            refuse_sparse(typeflag, records, label, name, pos)
+            link = long_link or records.get("linkpath") or text(header[157:257])
             yield Member(name, data_at, size, KINDS.get(typeflag, "other"), link)
             long_name, long_link, pax = None, None, {}
-        pos = data_at + (size + BLOCK - 1) // BLOCK * BLOCK
+        after = data_at + (size + BLOCK - 1) // BLOCK * BLOCK
+        assert after > pos, "the header walk must advance"
+        pos = after
     raise truncated(label, "", pos + BLOCK, end)  # no end-of-archive block: cut short
 
 
-def member_size(header: bytes, pax: dict[str, str], label: str, offset: int) -> int:
-    """The data size of a member (a pax `size` record overrides the header's); never negative, so the
-    walk always moves forward."""
+def meta_data(win: Window, offset: int, size: int, label: str, name: str, header_at: int) -> bytes:
+    """The data of a GNU long name/link or a pax header, at most MAX_META_BYTES."""
+    if size > MAX_META_BYTES:
+        raise TarError(
+            f"{label} is corrupt: the long name or pax header at offset {header_at:,} (for member {name!r}) "
+            f"claims {size:,} bytes; at most {MAX_META_BYTES:,} are accepted. Download or copy the archive again."
+        )
+    return win.view(offset, size, name).tobytes()
+
+
+def refuse_sparse(typeflag: bytes, records: dict[str, str], label: str, name: str, offset: int) -> None:
+    """A GNU sparse member (type 'S', or pax GNU.sparse.* records of format 0.0, 0.1 or 1.0) stores
+    condensed data: extracted as it stands it would be the wrong bytes. ILSVRC2012 has none."""
+    if typeflag != SPARSE_TYPE and not records:
+        return
+    sparse = sorted(k for k in records if k.startswith("GNU.sparse."))
+    if typeflag != SPARSE_TYPE and not sparse:
+        return
+    name = records.get("GNU.sparse.name") or name  # format 1.0 keeps the real name there
+    how = "GNU type 'S'" if typeflag == SPARSE_TYPE else f"pax records {', '.join(sparse)}"
+    raise TarError(
+        f"{label}: member {name!r} (header at offset {offset:,}) is a sparse file ({how}); the ILSVRC2012 "
+        "archives hold no sparse members and sparse members are not expanded. Use the original archive, "
+        "or re-create it without --sparse."
+    )
+
+
+def member_size(header: bytes, pax: dict[str, str], label: str, name: str, offset: int) -> int:
+    """The data size of a member (a pax `size` record, ASCII decimal digits, overrides the header's);
+    never negative, so the walk always moves forward."""
     try:
-        size = int(pax["size"]) if "size" in pax else octal(header[124:136])
+        size = octal(header[124:136]) if "size" not in pax else -1
     except ValueError:
         size = -1
+    if "size" in pax and DECIMAL.fullmatch(pax["size"]):
+        size = int(pax["size"])
     if size < 0:
         raise TarError(
-            f"{label} is corrupt: the tar header at offset {offset:,} gives no valid size. Download or copy "
-            "the archive again."
+            f"{label} is corrupt: the tar header at offset {offset:,} (member {name!r}) gives no valid size. "
+            "Download or copy the archive again."
         )
     return size
 

@@ -509,3 +509,60 @@ def test_fault_suite_size():
     count = fault_cases()
     assert count >= 50
     assert f"{count} cases" in (REPO / "README.md").read_text(), f"README should say the suite has {count} cases"
+
+
+# ---------------------------------------------------------------- parsers that hang or crash (issue 14, class 3)
+
+
+def test_zero_length_pax_record_fails_and_releases_the_lock(archives, tmp_path, capsys):
+    """A four-byte pax record ('0 x\\n') made the header walk loop forever holding prepare.lock."""
+    import signal
+
+    from test_tarscan import entry
+
+    d = copy_archives(archives("tiny"), tmp_path / "archives")
+    val = d / FILES["val"]
+    val.write_bytes(entry(b"x", b"0 x\n") + val.read_bytes())
+    args = prepare_args(
+        archives("tiny"), tmp_path / "root", "split=val", "dataset.archives.val.md5=null", archive_dir=d
+    )
+
+    def hang(signum, frame):
+        raise AssertionError("prepare did not finish within 60 s")
+
+    old = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(60)
+    try:
+        runs = [in_process(args, capsys) for _ in range(2)]  # the second is not refused as busy
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    for run in runs:
+        assert run.returncode == 1, run.stderr
+        assert f"{FILES['val']} is corrupt: the pax record at offset 512" in run.stderr
+        assert "Traceback" not in run.stderr
+    assert not list((tmp_path / "root").rglob("*.JPEG"))
+
+
+def test_sparse_member_is_refused_not_written_condensed(archives, tmp_path, capsys):
+    """A pax sparse member (GNU tar --sparse, format 0.0: the real name) holds condensed data: it was written and
+    recorded complete. It is refused naming the member; no image is written."""
+    d = copy_archives(archives("tiny"), tmp_path / "archives")
+    val, work = d / FILES["val"], tmp_path / "members"
+    work.mkdir()
+    names = []
+    for name, data in members(val):
+        (work / name).write_bytes(data)
+        names.append(name)
+    with open(work / names[0], "r+b") as f:  # a hole in the middle: tar --sparse stores it condensed
+        f.seek(256 * 1024)
+        f.write(b"tail")
+    tar = ["tar", "--format=pax", "--sparse", "--sparse-version=0.0", "-cf", str(val), "-C", str(work), *names]
+    subprocess.run(tar, check=True)
+    run = in_process(
+        prepare_args(archives("tiny"), tmp_path / "root", "split=val", "dataset.archives.val.md5=null", archive_dir=d),
+        capsys,
+    )
+    assert run.returncode == 1
+    assert re.search(rf"{FILES['val']}: member '[^']*{names[0]}' \(header at offset [\d,]+\) is a sparse", run.stderr)
+    assert not list((tmp_path / "root").rglob("*.JPEG"))

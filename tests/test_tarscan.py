@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import io
 import os
+import signal
+import subprocess
 import tarfile
 
 import pytest
 
+from launcher.synth import add_bytes
 from launcher.tarscan import TarError, scan
 
 from archive_tools import device, hostile_tar, link
@@ -107,3 +110,122 @@ def test_cut_at_a_header_boundary_is_truncated(archives):
         boundary = tar.getmembers()[5].offset  # where the 6th header starts
     with pytest.raises(TarError, match="end-of-archive marker"):
         scan_bytes(path.read_bytes()[:boundary])
+
+
+# ---------------------------------------------------------------- malformed headers (issue 14, class 3)
+
+
+def tar_header(name: bytes, size_field: bytes, typeflag: bytes, fix_checksum: bool = True) -> bytes:
+    """A 512-byte ustar header with the given raw size field and typeflag, checksum computed."""
+    header = bytearray(512)
+    header[0:100] = name[:100].ljust(100, b"\0")
+    header[100:108] = b"0000644\0"
+    header[124:136] = size_field[:12].ljust(12, b"\0")
+    header[136:148] = b"14122034200\0"
+    header[156:157] = typeflag[:1] or b"\0"
+    header[257:265] = b"ustar\x0000"
+    if fix_checksum:
+        header[148:156] = b" " * 8
+        header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header)
+
+
+def entry(typeflag: bytes, data: bytes, name: bytes = b"./PaxHeaders/x") -> bytes:
+    return tar_header(name, b"%011o\0" % len(data), typeflag) + data + bytes(-len(data) % 512)
+
+
+def with_image(*entries: bytes) -> bytes:
+    """The given raw entries, then one image member and the end-of-archive blocks."""
+    return b"".join(entries) + hostile_tar([("n01440764_1.JPEG", b"x" * 10)])
+
+
+def scan_within(data: bytes, seconds: int = 5):
+    """scan_bytes, failing (not hanging) when the scan does not finish."""
+
+    def hang(signum, frame):
+        raise AssertionError(f"the scan did not finish within {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(seconds)
+    try:
+        return scan_bytes(data)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("typeflag", [b"x", b"g"])
+@pytest.mark.parametrize(
+    "record",
+    [
+        b"0 x\n",  # length 0: the walk never advanced (hung forever)
+        b"00 x\n",
+        b"-5 a=b\n",  # negative
+        "٨ path=a\n".encode(),  # Arabic-Indic digit: int() accepts it
+        b"99999999999999999999 path=a\n",  # beyond the data
+        b"12 path=a\n",  # beyond the data by 2
+        b"8 pathx\n",  # no '='
+        b"7 a=bcde",  # no newline at the end of the record
+        b"8 \xff\xfe=ab\n",  # key not UTF-8
+        b"path=a\n",  # no length at all
+    ],
+)
+def test_malformed_pax_record_fails_naming_offset(typeflag, record):
+    data = with_image(entry(typeflag, record))
+    with pytest.raises(TarError, match=r"t\.tar is corrupt: the pax record at offset 512 \(in '\./PaxHeaders/x'\)"):
+        scan_within(data)
+
+
+@pytest.mark.parametrize(
+    "size_field",
+    [b"00000000_12\0", b"0000000012x\0", b"+0000000012\0", b"\xff" * 12, "00000000١٢".encode()[:12]],
+)
+def test_malformed_size_field_fails(size_field):
+    data = tar_header(b"n01440764_1.JPEG", size_field, b"0") + bytes(1536)
+    with pytest.raises(TarError, match=r"at offset 0 \(member 'n01440764_1\.JPEG'\) gives no valid size"):
+        scan_within(data)
+
+
+def test_pax_size_must_be_ascii_digits():
+    data = with_image(entry(b"x", "11 size=١\n".encode()))
+    with pytest.raises(TarError, match="gives no valid size"):
+        scan_within(data)
+
+
+def test_huge_long_name_is_refused():
+    data = with_image(entry(b"L", b"a" * ((1 << 20) + 1), b"././@LongLink"))
+    with pytest.raises(TarError, match=r"claims 1,048,577 bytes; at most 1,048,576"):
+        scan_within(data)
+
+
+def test_global_pax_header_applies_as_in_tarfile():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT, pax_headers={"comment": "hi"}) as tar:
+        add_bytes(tar, "n01440764_1.JPEG", b"abc")
+    data = with_image(entry(b"g", b"17 linkpath=/etc\n"))
+    ours = scan_within(buf.getvalue())
+    with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tar:
+        assert [(m.name, m.offset, m.size) for m in ours] == [(m.name, m.offset_data, m.size) for m in tar]
+    assert [m.linkname for m in scan_within(data)] == ["/etc"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ("--format=gnu",),
+        ("--format=pax", "--sparse-version=0.0"),
+        ("--format=pax", "--sparse-version=0.1"),
+        ("--format=pax", "--sparse-version=1.0"),
+    ],
+)
+def test_sparse_members_are_refused(tmp_path, options):
+    """GNU tar's sparse members hold condensed data; extracted as they stand they are the wrong bytes."""
+    sparse = tmp_path / "n01440764_1.JPEG"
+    with open(sparse, "wb") as f:
+        f.truncate(40_000)
+        f.seek(20_000)
+        f.write(b"data in the middle")
+    out = tmp_path / "sparse.tar"
+    subprocess.run(["tar", *options, "--sparse", "-cf", str(out), "-C", str(tmp_path), sparse.name], check=True)
+    with pytest.raises(TarError, match=r"t\.tar: member '.*n01440764_1\.JPEG' \(header at offset [\d,]+\) is a sparse"):
+        scan_within(out.read_bytes())

@@ -4,6 +4,9 @@ as torch.load(weights_only=True) does, and it leaves everything else to torch.""
 from __future__ import annotations
 
 import io
+import os
+import pickle
+import signal
 import zipfile
 
 import pytest
@@ -74,3 +77,60 @@ def test_load_agrees_with_torch_and_reads_plain_values_itself(case, tmp_path):
         assert got == expected
     if plain:
         assert torchfile.load_plain(path)[1] == expected
+
+
+# ---------------------------------------------------------------- bounded reads (issue 14, class 3)
+
+
+def nested_pickle(depth: int) -> bytes:
+    """A protocol-2 pickle of nested pairs, each holding the one below twice by reference: a few
+    hundred bytes that stand for 2**depth strings once written out (json.dump of it never ends)."""
+    ops = [b"\x80\x02", b"X\x09\x00\x00\x00n01440764", b"q\x00"]
+    for level in range(depth):
+        ops += [b"h" + bytes([level]), b"\x86", b"q" + bytes([level + 1])]  # (x, x) from x on the stack
+    return b"".join([*ops, b"."])
+
+
+def torch_zip(pkl: bytes, compression=zipfile.ZIP_STORED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression) as archive:
+        for name, record in {"data.pkl": pkl, **torchfile.RECORDS}.items():
+            archive.writestr(f"meta/{name}", record)
+    return buf.getvalue()
+
+
+def test_reference_bomb_is_refused(tmp_path):
+    path = tmp_path / "meta.bin"
+    path.write_bytes(torch_zip(nested_pickle(40)))
+    assert len(path.read_bytes()) < 2048
+    with pytest.raises(
+        torchfile.MetaFileError,
+        match=r"meta\.bin holds values that expand to 2,199,023,255,551 items and [\d,]+ characters \(at most 1,000",
+    ):
+        torchfile.load(path)
+    path.write_bytes(torch_zip(nested_pickle(10)))  # 1,024 strings: plain values, read as torch does
+    assert torchfile.load_plain(path)[1] == torch.load(path, weights_only=True)
+
+
+def test_oversized_file_and_inflating_member_are_refused(tmp_path):
+    path = tmp_path / "meta.bin"
+    path.write_bytes(torch_zip(pickle.dumps("x" * (9 << 20), protocol=2), zipfile.ZIP_DEFLATED))
+    assert path.stat().st_size < 100_000
+    with pytest.raises(torchfile.MetaFileError, match="a meta/data.pkl inflating past 8,388,608 bytes"):
+        torchfile.load_plain(path)
+    with open(path, "ab") as f:
+        f.truncate(9 << 20)
+    with pytest.raises(torchfile.MetaFileError, match="holds 9,437,184 bytes"):
+        torchfile.load_plain(path)
+
+
+def test_fifo_and_link_are_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "meta.bin")
+    signal.alarm(10)  # a blocking open would end the test here, not hang it
+    with pytest.raises(torchfile.MetaFileError, match="is not a regular file"):
+        torchfile.load_plain(tmp_path / "meta.bin")
+    signal.alarm(0)
+    (tmp_path / "real.bin").write_bytes(b"x")
+    (tmp_path / "link.bin").symlink_to(tmp_path / "real.bin")
+    with pytest.raises(torchfile.MetaFileError, match="is a symbolic link"):
+        torchfile.load_plain(tmp_path / "link.bin")
