@@ -214,6 +214,8 @@ def guard_identity(req: PrepareRequest, identity: dict, clashes: dict[str, list[
     as nothing it changes was prepared already."""
     layout = req.layout
     stored = read_json(layout.state_dir / "identity.json")
+    if stored is None and (layout.state_dir / "identity.json").exists():
+        stored = identity_of_complete_splits(layout)  # damaged: what the complete records say
     if stored is None:
         found = [p.name for p in (layout.meta_bin, layout.split_dir("train"), layout.split_dir("val")) if p.exists()]
         if found and not req.force:
@@ -239,6 +241,16 @@ def guard_identity(req: PrepareRequest, identity: dict, clashes: dict[str, list[
         splits = SPLITS if "devkit" in prepared else [s for s in SPLITS if s in prepared]
         reset(layout, splits, meta="devkit" in prepared)
     write_json(layout.state_dir / "identity.json", {**stored, **identity})
+
+
+def identity_of_complete_splits(layout: Layout) -> dict:
+    """The archives' identity as the complete records of the splits state it (for a damaged identity.json)."""
+    identity: dict = {}
+    for split in SPLITS:
+        done = read_json(layout.complete_file(split)) or {}
+        if isinstance(done.get("identity"), dict):
+            identity.update(done["identity"])
+    return identity
 
 
 def reset(layout: Layout, splits, meta: bool) -> None:
@@ -380,13 +392,13 @@ def finalize_split(
 ) -> dict:
     """Finalize unit: every unit of the split complete -> counts checked -> manifest. Its completion
     record (written by the unit runner) is the split's complete-<split>.json."""
-    missing = [Path(r).stem for r in records if not os.path.exists(r)]
-    if missing:
-        raise LauncherError(
-            f"{split} is not complete: units {', '.join(missing)} have not finished. Run prepare again."
-        )
     done = [read_json(Path(r)) for r in records]
-    kit = read_json(Path(devkit))["devkit"]
+    if missing := [Path(r).stem for r, d in zip(records, done) if d is None]:
+        raise LauncherError(
+            f"{split} is not complete: units {', '.join(missing)} have no completion record "
+            "(their errors are in their job logs; `launcher status` shows them)."
+        )
+    kit = read_devkit_record(Path(devkit))
     if split == "train":
         files = [(w, n, s) for d in done if d["kind"] == "train" for w, fs in d["classes"].items() for n, s in fs]
         classes = {w for d in done if d["kind"] == "train" for w in d["classes"]}
@@ -408,6 +420,14 @@ def finalize_split(
         "identity": identity,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+def read_devkit_record(path: Path) -> dict:
+    """The devkit facts cached by prepare; damaged or missing, the next prepare reads the devkit again."""
+    cached = read_json(path)
+    if cached is None or not isinstance(cached.get("devkit"), dict):
+        raise LauncherError(f"{path} is missing or damaged; the next `launcher prepare` reads the devkit again.")
+    return cached["devkit"]
 
 
 # ---------------------------------------------------------------- output folders

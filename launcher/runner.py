@@ -8,14 +8,14 @@ overrides, executor, log folder, the plan's unit ids, and job id <-> units <-> l
 
 from __future__ import annotations
 
-import json
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from launcher import dispatch
-from launcher.layout import Layout, append_line
+from launcher.layout import Layout, append_line, read_lines
 from launcher.progress import Progress
 from launcher.units import Unit, is_complete, run_units
 
@@ -52,6 +52,7 @@ def record_submission(
 ) -> None:
     """One ledger line per submission; a unit's completion record is records[id], else
     records_dir/<id>.json."""
+    end_torn_line(layout.ledger)
     append_line(
         layout.ledger,
         {
@@ -69,10 +70,44 @@ def record_submission(
     )
 
 
+LEDGER_KEYS = ("time", "command", "executor", "folder", "plan", "jobs")
+
+
 def ledger_entries(layout: Layout) -> list[dict]:
-    if not layout.ledger.exists():
-        return []
-    return [json.loads(line) for line in layout.ledger.read_text().splitlines() if line.strip()]
+    """The submissions recorded for a root; a damaged line (a crash mid-append) is skipped and
+    reported, and so is an entry whose jobs are not what record_submission writes."""
+    return read_lines(layout.ledger, well_formed)
+
+
+def well_formed(entry: dict) -> bool:
+    if any(key not in entry for key in LEDGER_KEYS):
+        return False
+    jobs, plan = entry["jobs"], entry["plan"]
+    strings = (entry["command"], entry["executor"], entry["folder"])
+    return (
+        all(isinstance(x, str) for x in strings)
+        and isinstance(plan, list)
+        and isinstance(jobs, list)
+        and all(well_formed_job(j) for j in jobs)
+    )
+
+
+def well_formed_job(job) -> bool:
+    return (
+        isinstance(job, dict)
+        and all(isinstance(job.get(k), str) for k in ("job_id", "stdout", "stderr"))
+        and isinstance(job.get("units"), list)
+    )
+
+
+def end_torn_line(path: Path) -> None:
+    """A line torn by a crash mid-append is ended, so the next entry does not join (and vanish) with it."""
+    try:
+        with open(path, "rb+") as f:
+            if f.seek(0, os.SEEK_END) and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
+                f.write(b"\n")
+    except FileNotFoundError:
+        pass
 
 
 def ledger_jobs(layout: Layout) -> dict[str, list[tuple[str, str, str]]]:

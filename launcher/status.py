@@ -22,7 +22,7 @@ WORDS = {"PENDING": "queued", "REQUEUED": "queued", "CONFIGURING": "queued", "SU
 
 
 def unit_state(record: Path, job: tuple | None) -> str:
-    if record.exists():
+    if read_json(record) is not None:  # a damaged record is reported and counts as missing
         return "complete"
     if job is None:
         return "not submitted"
@@ -37,8 +37,9 @@ def unit_state(record: Path, job: tuple | None) -> str:
 def latest_by_command(layout: Layout) -> dict[str, dict]:
     entries = ledger_entries(layout)
     if not entries:
+        found = f"no readable entry in {layout.ledger}" if layout.ledger.exists() else f"no {layout.ledger}"
         raise LauncherError(
-            f"no submissions recorded for {layout.root} (no {layout.ledger}). Run `launcher prepare` "
+            f"no submissions recorded for {layout.root} ({found}). Run `launcher prepare` "
             "(or verify) with the same storage options first."
         )
     latest: dict[str, dict] = {}

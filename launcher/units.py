@@ -56,7 +56,8 @@ def function_of(kind: str):
 
 
 def is_complete(unit: Unit) -> bool:
-    return os.path.exists(unit.record)
+    """A unit is complete when its record reads back whole (a damaged one is reported, and reruns)."""
+    return read_json(Path(unit.record)) is not None
 
 
 def run_unit(unit: Unit) -> dict:
