@@ -9,10 +9,65 @@ its command's schema below. Comments above fields are the one-line documentation
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+
+class Executor(StrEnum):
+    """cluster.executor: where jobs run."""
+
+    debug = "debug"
+    local = "local"
+    slurm = "slurm"
+
+
+class Split(StrEnum):
+    """A split of ILSVRC2012 (split.splits, bench.split)."""
+
+    train = "train"
+    val = "val"
+
+
+class Level(StrEnum):
+    """verify.level: how much of every file verify reads."""
+
+    exists = "exists"
+    header = "header"
+    decode = "decode"
+
+
+class Output(StrEnum):
+    """transform.output: what the loaders deliver."""
+
+    float = "float"
+    uint8 = "uint8"
+
+
+class Interpolation(StrEnum):
+    """transform.interpolation of every resize."""
+
+    bilinear = "bilinear"
+    bicubic = "bicubic"
+    nearest = "nearest"
+
+
+class Policy(StrEnum):
+    """transform.policy: the automatic augmentation added to train."""
+
+    randaugment = "randaugment"
+    autoaugment = "autoaugment"
+    trivialaugment = "trivialaugment"
+
+
+class StageMode(StrEnum):
+    """stage.mode: what stage.source holds."""
+
+    auto = "auto"
+    root = "root"
+    archives = "archives"
 
 
 @dataclass
@@ -106,7 +161,7 @@ class SplitConfig:
     # name of this choice: train, val or all
     name: str = MISSING
     # the splits a command works on
-    splits: list[str] = field(default_factory=list)
+    splits: list[Split] = field(default_factory=list)
 
 
 @dataclass
@@ -114,7 +169,7 @@ class ClusterConfig:
     # name of this choice (debug, local, slurm or a variant of them)
     name: str = MISSING
     # submitit executor: debug (in-process), local (processes here) or slurm
-    executor: str = MISSING
+    executor: Executor = MISSING
     # parallel jobs for executor=local; null = the number of cores
     workers: int | None = None
     # seconds between two looks at the jobs while waiting
@@ -160,7 +215,7 @@ class TransformConfig:
     # name of this choice: standard, randaugment, autoaugment, trivialaugment, none
     name: str = MISSING
     # automatic augmentation policy added to train: null, randaugment, autoaugment, trivialaugment
-    policy: str | None = None
+    policy: Policy | None = None
     # train crop size (RandomResizedCrop)
     train_crop_size: int = 224
     # scale range of RandomResizedCrop
@@ -174,7 +229,7 @@ class TransformConfig:
     # eval crop ratio: images are resized to floor(eval_crop_size / crop_ratio) before the crop
     crop_ratio: float = 0.875
     # interpolation of every resize (antialiased): bilinear, bicubic, nearest
-    interpolation: str = "bilinear"
+    interpolation: Interpolation = Interpolation.bilinear
     # RandAugment: number of operations per image
     num_ops: int = 2
     # RandAugment: magnitude of the operations
@@ -184,7 +239,7 @@ class TransformConfig:
     # normalization std (RGB, 0..1 scale)
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     # output of the pipeline: float (normalized) or uint8 (launcher.data.normalize_on_device on the GPU)
-    output: str = "float"
+    output: Output = Output.float
 
 
 def _loader_dataset() -> dict[str, Any]:
@@ -271,7 +326,7 @@ class PrepareConfig(CommandConfig):
 @dataclass
 class VerifyOptions:
     # per-file check: exists (size), header (signature, markers, dimensions) or decode (full)
-    level: str = "header"
+    level: Level = Level.header
     # re-encode the odd files (PNG named .JPEG, CMYK) to RGB JPEG
     fix: bool = False
     # JPEG quality of the files verify.fix re-encodes
@@ -331,7 +386,7 @@ class StatusConfig(CommandConfig):
 @dataclass
 class BenchOptions:
     # split the loader iterates
-    split: str = "train"
+    split: Split = Split.train
     # epochs to iterate
     epochs: int = 1
     # stop after this many batches per epoch; null = the whole epoch
@@ -354,7 +409,7 @@ class StageOptions:
     # what to stage: a prepared root (copied to storage.root) or the folder of the three archives
     source: str = MISSING
     # what source holds: root, archives (copied to storage.archive_dir, then prepared here) or auto
-    mode: str = "auto"
+    mode: StageMode = StageMode.auto
     # launcher's records of the source root (manifests); null = <source>/.launcher
     source_state_dir: str | None = None
     # reuse a complete staged copy of the same source

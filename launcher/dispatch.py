@@ -10,10 +10,13 @@ them (timeouts at most `max_num_timeout` times) and they run again, skipping com
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import pickle
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +25,7 @@ from pathlib import Path
 import submitit
 from submitit.core.utils import JobPaths
 
-from launcher.errors import LauncherError
+from launcher.errors import ConfigError, LauncherError
 
 GENERIC = ("timeout_min", "cpus_per_task", "mem_gb", "nodes", "tasks_per_node", "gpus_per_node")
 SLURM_ONLY = (
@@ -36,6 +39,7 @@ SLURM_ONLY = (
     "signal_delay_s",
 )
 EXECUTORS = ("debug", "local", "slurm")
+SUBMIT_OPTIONS = ("partition", "account", "qos", "constraint", "exclude", "gres", "additional_parameters")
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED"}
 FAILED = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
 
@@ -167,7 +171,7 @@ def submit(
     submitted: list[Submitted] = []
     for start in range(0, len(tasks), chunk):
         part = tasks[start : start + chunk]
-        with executor.batch():
+        with refused_submission(cluster), executor.batch():
             jobs = [executor.submit(Resumable(fn, *args)) for _, args in part]
         for job, (unit_ids, _) in zip(jobs, part):
             paths = JobPaths(folder, job_id=job.job_id, task_id=0)
@@ -175,9 +179,30 @@ def submit(
     return submitted
 
 
+@contextlib.contextmanager
+def refused_submission(cluster: Cluster):
+    """sbatch refusing a job (a wrong partition, account, qos) is one line naming the options, not a traceback."""
+    said_by_sbatch = io.StringIO()  # submitit prints sbatch's refusal itself; our line says it once
+    try:
+        with contextlib.redirect_stderr(said_by_sbatch):
+            yield
+    except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError) as err:
+        said = (str(err).strip().splitlines() or ["no reason given"])[-1]
+        options = ", ".join(f"cluster.{k}={cluster.params[k]}" for k in SUBMIT_OPTIONS if cluster.params.get(k))
+        raise ConfigError(
+            f"the cluster refused a submission ({said}). Check "
+            f"{options or 'cluster.partition and cluster.account'} (`sinfo -s` lists the partitions, "
+            "`sacctmgr show assoc user=$USER` your accounts and qos)"
+        ) from None
+    finally:
+        if not said_by_sbatch.getvalue().startswith("sbatch: error"):
+            sys.stderr.write(said_by_sbatch.getvalue())
+
+
 def run_ranks(cluster: Cluster, folder: Path, name: str, fn: Callable, *args) -> Submitted:
     """One job of nodes x tasks_per_node ranks, each running fn(*args)."""
-    job = make_executor(cluster, folder, name).submit(Resumable(fn, *args))
+    with refused_submission(cluster):
+        job = make_executor(cluster, folder, name).submit(Resumable(fn, *args))
     paths = JobPaths(folder, job_id=job.job_id, task_id=0)
     return Submitted(job.job_id, [name], str(paths.stdout), str(paths.stderr), job)
 
@@ -230,7 +255,7 @@ def wait(jobs: Sequence[Submitted], poll_s: float, on_poll: Callable[[], None] |
     debug = [j for j in handles if isinstance(j.handle, submitit.DebugJob)]
     errors: dict[str, str] = {}
     for j in debug:  # in-process: runs now, one after the other
-        errors.update(_outcome(j))
+        errors.update(_debug_outcome(j))
         if on_poll:
             on_poll()
     pending = [j for j in handles if j not in debug]
@@ -244,6 +269,13 @@ def wait(jobs: Sequence[Submitted], poll_s: float, on_poll: Callable[[], None] |
         if j not in debug:
             errors.update(_outcome(j))
     return errors
+
+
+def _debug_outcome(job: Submitted) -> dict[str, str]:
+    """Run an in-process job. Not through DebugJob.results(), which on a failure opens an interactive
+    (Pdb) prompt when run from a terminal: the failure is our message, as on the other executors."""
+    err = job.handle.exception()
+    return {job.job_id: str(err)} if err is not None else {}
 
 
 def _outcome(job: Submitted) -> dict[str, str]:

@@ -70,9 +70,6 @@ def record_submission(
     )
 
 
-LEDGER_KEYS = ("time", "command", "executor", "folder", "plan", "jobs")
-
-
 def ledger_entries(layout: Layout) -> list[dict]:
     """The submissions recorded for a root; a damaged line (a crash mid-append) is skipped and
     reported, and so is an entry whose jobs are not what record_submission writes."""
@@ -80,23 +77,22 @@ def ledger_entries(layout: Layout) -> list[dict]:
 
 
 def well_formed(entry: dict) -> bool:
-    if any(key not in entry for key in LEDGER_KEYS):
-        return False
-    jobs, plan = entry["jobs"], entry["plan"]
-    strings = (entry["command"], entry["executor"], entry["folder"])
+    jobs = entry.get("jobs")
+    typed = {"executor": str, "folder": str, "command": str, "time": str, "plan": list, "argv": list}
     return (
-        all(isinstance(x, str) for x in strings)
-        and isinstance(plan, list)
-        and isinstance(jobs, list)
+        isinstance(jobs, list)
         and all(well_formed_job(j) for j in jobs)
+        and all(isinstance(entry[k], t) for k, t in typed.items() if k in entry)
+        and all(k in entry for k in ("executor", "folder"))
     )
 
 
 def well_formed_job(job) -> bool:
     return (
         isinstance(job, dict)
-        and all(isinstance(job.get(k), str) for k in ("job_id", "stdout", "stderr"))
+        and isinstance(job.get("job_id"), str)
         and isinstance(job.get("units"), list)
+        and all(isinstance(job.get(k, ""), str) for k in ("stdout", "stderr"))
     )
 
 

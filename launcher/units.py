@@ -17,7 +17,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launcher.errors import LauncherError
+from launcher.errors import LauncherError, describe_os_error
 from launcher.layout import Lock, read_json, write_json
 
 KINDS = {
@@ -110,6 +110,10 @@ def run_units(units: list[Unit], claims: str | None = None) -> list[dict]:
         except LauncherError as err:
             failures.append(f"{unit.id}: {err}")
             print(f"unit {unit.id} failed: {err}", file=sys.stderr, flush=True)
+        except OSError as err:  # full disk, read-only, a file where a folder belongs: the path and the fix
+            message = describe_os_error(err, unit.args.get("root") or Path(unit.record).parent)
+            failures.append(f"{unit.id}: {message}")
+            print(f"unit {unit.id} failed: {message}", file=sys.stderr, flush=True)
         except Exception as err:
             failures.append(f"{unit.id}: {type(err).__name__}: {err}")
             traceback.print_exc()
