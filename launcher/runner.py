@@ -9,6 +9,7 @@ overrides, executor, log folder, the plan's unit ids, and job id <-> units <-> l
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -182,12 +183,26 @@ def follow(label: str, units: list[Unit], jobs: list, cluster: dispatch.Cluster)
     return errors
 
 
+def command_line(command: str, argv: list[str]) -> str:
+    """A command to paste into a shell: `launcher <command>` and every argument shell-quoted."""
+    return shlex.join(["launcher", command, *argv])
+
+
+def status_args(argv: list[str]) -> list[str]:
+    """The overrides of a run that `launcher status` accepts: where the root and its state are."""
+    return [a for a in argv if a.lstrip("+~").split("=", 1)[0].split(".", 1)[0] == "storage"]
+
+
+def rerun_args(argv: list[str]) -> list[str]:
+    """The overrides of a run without `wait=`, to rerun it as it was (with wait= chosen anew)."""
+    return [a for a in argv if not a.lstrip("+~").startswith("wait=")]
+
+
 def print_submitted(command: str, cluster: dispatch.Cluster, folder: Path, jobs: list, argv: list[str]) -> None:
     arrays = sorted({j.job_id.split("_")[0] for j in jobs})
-    args = " ".join(a for a in argv if not a.startswith("wait="))
     print(f"submitted {len(jobs)} jobs to {cluster.name} (job ids {', '.join(arrays)}); logs in {folder}")
-    print(f"follow progress with: launcher status {args}".rstrip())
-    print(f"or wait for them:     launcher {command} {args} wait=true".rstrip())
+    print(f"follow progress with: {command_line('status', status_args(argv))}")
+    print(f"or wait for them:     {command_line(command, [*rerun_args(argv), 'wait=true'])}")
 
 
 def print_errors(errors: dict[str, str]) -> None:

@@ -16,7 +16,7 @@ from launcher import dispatch
 from launcher.errors import LauncherError
 from launcher.layout import Layout, read_json
 from launcher.progress import table
-from launcher.runner import latest_states, ledger_entries
+from launcher.runner import command_line, latest_states, ledger_entries, rerun_args
 
 WORDS = {"PENDING": "queued", "REQUEUED": "queued", "CONFIGURING": "queued", "SUSPENDED": "queued"}
 
@@ -65,6 +65,17 @@ def command_status(layout: Layout, entry: dict, tail_lines: int) -> tuple[list[l
     return rows, failures, counts
 
 
+def verdict_ok(entry: dict, records: Path) -> bool:
+    """A finished verify says its verdict, the count of problems and the report; False if it failed."""
+    if entry.get("command") != "verify" or (done := read_json(records / "verify-report.json")) is None:
+        return True
+    if done.get("ok"):
+        print(f"verify: ok, no problems; report {done.get('report')}")
+        return True
+    print(f"verify: FAILED, {done.get('failures')} problems; report {done.get('report')}")
+    return False
+
+
 def show_status(layout: Layout, tail_lines: int = 20) -> int:
     """Print the status of every command's latest submission; exit code 1 if a unit failed."""
     failed_any = False
@@ -73,12 +84,14 @@ def show_status(layout: Layout, tail_lines: int = 20) -> int:
         summary = ", ".join(f"{n} {state}" for state, n in counts.most_common())
         print(f"\n{command}: submitted {entry['time']} to {entry['cluster']} ({entry['executor']}); {summary}")
         print(table(["unit", "state", "job", "job state"], rows, "llll"))
+        if not verdict_ok(entry, Path(entry.get("records_dir", layout.units_dir))):
+            failed_any = True
         if failures:
             failed_any = True
             print(f"\nfailed units of {command}, with the end of their logs:")
             print("\n".join(failures))
-            args = " ".join(a for a in entry.get("argv", []) if not a.startswith("wait="))
-            print(f"\nafter fixing the cause, resubmit what is missing with:\n  launcher {command} {args}".rstrip())
+            again = command_line(command, rerun_args(entry.get("argv", [])))
+            print(f"\nafter fixing the cause, resubmit what is missing with:\n  {again}")
     print(f"\nroot {layout.root}; ledger {layout.ledger}")
     return 1 if failed_any else 0
 

@@ -105,8 +105,11 @@ def run_units(units: list[Unit], claims: str | None = None) -> list[dict]:
             continue
         print(f"unit {unit.id} ({unit.kind}) started", flush=True)
         try:
-            results.append(run_unit(unit))
+            results.append(result := run_unit(unit))
             print(f"unit {unit.id} finished", flush=True)
+            if message := result.get("job_fails"):  # recorded, and yet the job must fail (a failed verify)
+                failures.append(f"{unit.id}: {message}")
+                print(f"unit {unit.id}: {message}", file=sys.stderr, flush=True)
         except LauncherError as err:
             failures.append(f"{unit.id}: {err}")
             print(f"unit {unit.id} failed: {err}", file=sys.stderr, flush=True)
