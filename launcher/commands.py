@@ -437,7 +437,7 @@ def stage_job(cfg: DictConfig) -> tuple:
         from launcher.dispatch import Cluster
         from launcher.prepare import run_prepare
 
-        here = Cluster.from_config({"name": "debug", "executor": "debug", "wait": True})
+        here = Cluster.from_config({"executor": "debug", "wait": True})
         prepare = functools.partial(run_prepare, prepare_request(cfg), here)
         archive_dir = Path(cfg.storage.archive_dir).absolute()
         return stage.stage_archives, (source, names, archive_dir, root, prepare, state_dir, None, o.reuse, o.wait_s)

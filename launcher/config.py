@@ -166,8 +166,9 @@ class SplitConfig:
 
 @dataclass
 class ClusterConfig:
-    # name of this choice (debug, local, slurm or a variant of them)
-    name: str = MISSING
+    # job name (submitit's and hydra-submitit-launcher's `name`); null = launcher's per-step names
+    # (prepare-train, prepare-val-finalize, verify, verify-report, ...)
+    name: str | None = None
     # submitit executor: debug (in-process), local (processes here) or slurm
     executor: Executor = MISSING
     # parallel jobs for executor=local; null = the number of cores
@@ -196,6 +197,22 @@ class ClusterConfig:
     qos: str | None = None
     # SLURM node feature constraint; null = none
     constraint: str | None = None
+    # SLURM nodes not to run on (sbatch --exclude); null = none
+    exclude: str | None = None
+    # SLURM generic resources (sbatch --gres), e.g. gpu:2; null = none
+    gres: str | None = None
+    # memory per CPU (sbatch --mem-per-cpu), e.g. 4G; null = mem_gb or the cluster default
+    mem_per_cpu: str | None = None
+    # CPUs per GPU (sbatch --cpus-per-gpu); null = cpus_per_task
+    cpus_per_gpu: int | None = None
+    # GPUs per task (sbatch --gpus-per-task); null = gpus_per_node
+    gpus_per_task: int | None = None
+    # memory per GPU (sbatch --mem-per-gpu), e.g. 16G; null = mem_gb or the cluster default
+    mem_per_gpu: str | None = None
+    # comment attached to the SLURM jobs (sbatch --comment); null = none
+    comment: str | None = None
+    # write each job's stderr into its stdout log (one log file per job)
+    stderr_to_stdout: bool = False
     # most array tasks running at once
     array_parallelism: int = 64
     # shell lines run before each job (module load, venv activation, ...)

@@ -33,6 +33,14 @@ SLURM_ONLY = (
     "account",
     "qos",
     "constraint",
+    "exclude",
+    "gres",
+    "mem_per_cpu",
+    "cpus_per_gpu",
+    "gpus_per_task",
+    "mem_per_gpu",
+    "comment",
+    "stderr_to_stdout",
     "array_parallelism",
     "setup",
     "additional_parameters",
@@ -48,8 +56,8 @@ FAILED = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEM
 class Cluster:
     """What dispatch needs of the `cluster` config group, as plain values."""
 
-    name: str
     executor: str
+    name: str | None = None  # the job name; None = the step's own (prepare-train, verify, ...)
     workers: int | None = None
     wait: bool | None = None
     poll_s: float = 1.0
@@ -110,11 +118,11 @@ class Resumable(submitit.helpers.Checkpointable):
 
 def executor_parameters(cluster: Cluster, name: str, dependency: str | None = None) -> dict:
     params = {k: v for k, v in cluster.params.items() if k in GENERIC and v is not None}
-    params["name"] = name
+    params["name"] = cluster.name or name
     if cluster.executor == "slurm":
         for key in SLURM_ONLY:
             value = cluster.params.get(key)
-            if value not in (None, [], {}):
+            if value not in (None, [], {}, False):
                 params[f"slurm_{key}"] = dict(value) if key == "additional_parameters" else value
         if dependency:
             params["slurm_dependency"] = dependency
@@ -135,7 +143,7 @@ def make_executor(cluster: Cluster, folder: Path, name: str, dependency: str | N
     try:
         executor.update_parameters(**executor_parameters(cluster, name, dependency))
     except (NameError, AssertionError, ValueError) as err:
-        raise LauncherError(f"cluster={cluster.name}: submitit refused the options: {err}") from err
+        raise LauncherError(f"cluster.executor={cluster.executor}: submitit refused the options: {err}") from err
     return executor
 
 

@@ -61,7 +61,7 @@ def record_submission(
             "command": command,
             "argv": argv,
             "executor": cluster.executor,
-            "cluster": cluster.name,
+            "cluster": cluster.name or cluster.executor,
             "folder": str(folder),
             "plan": plan_ids,
             "records_dir": str(records_dir or layout.units_dir),
@@ -200,7 +200,7 @@ def rerun_args(argv: list[str]) -> list[str]:
 
 def print_submitted(command: str, cluster: dispatch.Cluster, folder: Path, jobs: list, argv: list[str]) -> None:
     arrays = sorted({j.job_id.split("_")[0] for j in jobs})
-    print(f"submitted {len(jobs)} jobs to {cluster.name} (job ids {', '.join(arrays)}); logs in {folder}")
+    print(f"submitted {len(jobs)} jobs to {cluster.executor} (job ids {', '.join(arrays)}); logs in {folder}")
     print(f"follow progress with: {command_line('status', status_args(argv))}")
     print(f"or wait for them:     {command_line(command, [*rerun_args(argv), 'wait=true'])}")
 
