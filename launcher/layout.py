@@ -103,7 +103,7 @@ def read_json(path: Path, default=None):
     try:
         with open(path, "rb") as f:
             obj = json.loads(f.read())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # not there (a file where a folder would be: neither)
         return default
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
         report_damaged(f"a damaged record {path} ({type(err).__name__}: {str(err)[:80]}); it counts as missing")
@@ -120,7 +120,7 @@ def read_lines(path: Path, valid: Callable[[dict], bool] = lambda obj: True) -> 
     try:
         with open(path, "rb") as f:
             data = f.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
     entries = []
     for number, line in enumerate(data.split(b"\n"), 1):
