@@ -282,7 +282,13 @@ def wait(jobs: Sequence[Submitted], poll_s: float, on_poll: Callable[[], None] |
 def _debug_outcome(job: Submitted) -> dict[str, str]:
     """Run an in-process job. Not through DebugJob.results(), which on a failure opens an interactive
     (Pdb) prompt when run from a terminal: the failure is our message, as on the other executors."""
-    err = job.handle.exception()
+    saved = dict(os.environ)
+    os.environ.update(job.handle.environ)  # as results() does: the job sees its own SUBMITIT_* variables
+    try:
+        err = job.handle.exception()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     return {job.job_id: str(err)} if err is not None else {}
 
 
