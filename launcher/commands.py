@@ -48,6 +48,8 @@ def run_with_hydra(command: str, overrides: list[str], program: str | None = Non
 
     if (code := check_overrides(overrides)) is not None:
         return code
+    if (code := check_composes(command, overrides)) is not None:
+        return code
     register_configs()
     codes: list[int] = []
 
@@ -68,14 +70,24 @@ def run_with_hydra(command: str, overrides: list[str], program: str | None = Non
 
 def run_command(cfg: DictConfig) -> int:
     """Run one composed config; a LauncherError becomes its message and a non-zero exit code."""
-    from launcher.errors import LauncherError
+    from omegaconf.errors import OmegaConfBaseException
+
+    from launcher.errors import ConfigError, LauncherError, describe_os_error
 
     function = globals()[COMMANDS[cfg.command].function]
     try:
+        check_config(cfg)
         return int(function(cfg) or 0)
     except LauncherError as err:
         print(f"launcher {cfg.command}: error: {err}", file=sys.stderr)
         return err.exit_code
+    except OmegaConfBaseException as err:  # a mandatory option not set, a value of the wrong type
+        print(f"launcher {cfg.command}: error: {ConfigError(config_message(err))}", file=sys.stderr)
+        return ConfigError.exit_code
+    except OSError as err:
+        where = cfg.storage.get("root") if "storage" in cfg else None
+        print(f"launcher {cfg.command}: error: {describe_os_error(err, where)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"launcher {cfg.command}: interrupted", file=sys.stderr)
         return 130
@@ -100,10 +112,129 @@ def unknown_option(overrides: list[str]) -> str | None:
 
 
 def check_overrides(overrides: list[str]) -> int | None:
-    if message := unknown_option(overrides):
+    message = unknown_option(overrides)
+    if any(item.split("=", 1)[0].lstrip("+~") == "command" for item in overrides):
+        message = "command= is set by the command word: run `launcher <command> ...` instead (e.g. launcher verify)"
+    if message:
         print(f"launcher: {message}", file=sys.stderr)
         return 2
     return None
+
+
+HYDRA_FLAGS = ("-m", "--multirun", "-c", "--cfg", "-i", "--info", "-h", "--help", "-hh", "--hydra-help", "-sc")
+
+
+def check_composes(command: str, overrides: list[str]) -> int | None:
+    """Compose once before Hydra runs, so that a config mistake is one line and exit 2 (Hydra itself
+    prints several lines and exits 1); Hydra's own flags and sweeps are left to Hydra."""
+    if any(a in HYDRA_FLAGS or a.startswith(("--", "hydra.", "+hydra")) for a in overrides):
+        return None
+    from launcher import compose_config
+
+    try:
+        compose_config(command, overrides)
+    except Exception as err:  # Hydra's and OmegaConf's composition errors
+        print(f"launcher {command}: error: {config_message(err)}", file=sys.stderr)
+        return 2
+    return None
+
+
+def config_message(err: BaseException) -> str:
+    """Hydra's and OmegaConf's multi-line errors as one line: what was wrong, the option, the choices."""
+    causes = [err]
+    while causes[-1].__cause__ is not None:
+        causes.append(causes[-1].__cause__)
+    inner = causes[-1]
+    lines = [line.strip() for line in str(inner).splitlines()]
+    if "Config search path:" in lines:
+        lines = lines[: lines.index("Config search path:")]
+    lines = [line for line in lines if line and not line.startswith(("reference_type", "object_type", "full_key"))]
+    text, listing = "", False
+    for line in lines:
+        text += (", " if listing and not text.endswith(":") else " ") + line
+        listing = listing or line.endswith(":")
+    text = text.strip()
+    key = getattr(inner, "full_key", None) or getattr(err, "full_key", None)
+    if key and "Missing mandatory value" in text:
+        return f"{key} is not set: pass {key}=... on the command line (or set it in a config of that group)"
+    first = str(err).splitlines()[0].strip() if inner is not err else ""
+    where = f"{first}: " if first else (f"{key}: " if key else "")
+    return where + text
+
+
+POSITIVE = (
+    "prepare.train_shards",
+    "prepare.val_shards",
+    "verify.shards",
+    "verify.fix_quality",
+    "cluster.workers",
+    "cluster.array_parallelism",
+    "cluster.max_array_size",
+    "cluster.cpus_per_task",
+    "cluster.nodes",
+    "cluster.tasks_per_node",
+    "cluster.timeout_min",
+    "cluster.poll_s",
+    "loader.batch_size",
+    "loader.eval_batch_size",
+    "loader.prefetch_factor",
+    "bench.epochs",
+    "bench.max_batches",
+    "stage.threads",
+    "synth.classes",
+    "synth.train_min",
+    "synth.val_per_class",
+)
+FORBIDDEN_MODE_BITS = {
+    "file_mode": (0o7002, "setuid, setgid, sticky or world-write"),
+    "dir_mode": (0o5002, "setuid, sticky or world-write"),
+}
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Values the schema's types admit but the work cannot use: refused before anything runs (exit 2)."""
+    check_counts(cfg)
+    for key, (forbidden, words) in FORBIDDEN_MODE_BITS.items():
+        check_mode(f"storage.{key}", cfg.storage[key], forbidden, words)
+    if "root" in cfg.storage and "state_dir" in cfg.storage:
+        check_state_dir(Path(cfg.storage.root).absolute(), Path(cfg.storage.state_dir).absolute())
+
+
+def check_counts(cfg: DictConfig) -> None:
+    from omegaconf import OmegaConf
+
+    from launcher.errors import ConfigError
+
+    for key in POSITIVE:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{key}={value} must be a positive number (or null where the option allows it)")
+
+
+def check_mode(key: str, value: str, forbidden: int, words: str) -> None:
+    import re
+
+    from launcher.errors import ConfigError
+
+    if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3,4}", value, re.ASCII):
+        raise ConfigError(f"{key}={value!r} is not an octal mode like 0644 (three or four digits 0-7)")
+    if int(value, 8) & forbidden:
+        safe = f"{int(value, 8) & ~forbidden & 0o7777:04o}"
+        raise ConfigError(f"{key}={value} sets {words} bits, which launcher does not give; use e.g. {key}={safe}")
+
+
+def check_state_dir(root: Path, state_dir: Path) -> None:
+    """A state folder inside a split (or .partial) would be taken for a class folder, or removed
+    with it: refused, with the option that moves it."""
+    from launcher.errors import ConfigError
+
+    for part in ("train", "val", ".partial"):
+        folder = root / part
+        if state_dir == folder or folder in state_dir.parents:
+            raise ConfigError(
+                f"storage.state_dir={state_dir} lies inside {folder}, which prepare fills with class folders: "
+                f"set storage.state_dir outside {folder} (the default is {root / '.launcher'})"
+            )
 
 
 def task_overrides() -> list[str]:
@@ -441,7 +572,7 @@ def stage_job(cfg: DictConfig) -> tuple:
         from launcher.dispatch import Cluster
         from launcher.prepare import run_prepare
 
-        here = Cluster.from_config({"name": "debug", "executor": "debug", "wait": True})
+        here = Cluster.from_config({"executor": "debug", "wait": True})
         prepare = functools.partial(run_prepare, prepare_request(cfg), here)
         archive_dir = Path(cfg.storage.archive_dir).absolute()
         return stage.stage_archives, (source, names, archive_dir, root, prepare, state_dir, None, o.reuse, o.wait_s)

@@ -9,10 +9,65 @@ its command's schema below. Comments above fields are the one-line documentation
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+
+class Executor(StrEnum):
+    """cluster.executor: where jobs run."""
+
+    debug = "debug"
+    local = "local"
+    slurm = "slurm"
+
+
+class Split(StrEnum):
+    """A split of ILSVRC2012 (split.splits, bench.split)."""
+
+    train = "train"
+    val = "val"
+
+
+class Level(StrEnum):
+    """verify.level: how much of every file verify reads."""
+
+    exists = "exists"
+    header = "header"
+    decode = "decode"
+
+
+class Output(StrEnum):
+    """transform.output: what the loaders deliver."""
+
+    float = "float"
+    uint8 = "uint8"
+
+
+class Interpolation(StrEnum):
+    """transform.interpolation of every resize."""
+
+    bilinear = "bilinear"
+    bicubic = "bicubic"
+    nearest = "nearest"
+
+
+class Policy(StrEnum):
+    """transform.policy: the automatic augmentation added to train."""
+
+    randaugment = "randaugment"
+    autoaugment = "autoaugment"
+    trivialaugment = "trivialaugment"
+
+
+class StageMode(StrEnum):
+    """stage.mode: what stage.source holds."""
+
+    auto = "auto"
+    root = "root"
+    archives = "archives"
 
 
 @dataclass
@@ -110,15 +165,16 @@ class SplitConfig:
     # name of this choice: train, val or all
     name: str = MISSING
     # the splits a command works on
-    splits: list[str] = field(default_factory=list)
+    splits: list[Split] = field(default_factory=list)
 
 
 @dataclass
 class ClusterConfig:
-    # name of this choice (debug, local, slurm or a variant of them)
-    name: str = MISSING
+    # job name (submitit's and hydra-submitit-launcher's `name`); null = launcher's per-step names
+    # (prepare-train, prepare-val-finalize, verify, verify-report, ...)
+    name: str | None = None
     # submitit executor: debug (in-process), local (processes here) or slurm
-    executor: str = MISSING
+    executor: Executor = MISSING
     # parallel jobs for executor=local; null = the number of cores
     workers: int | None = None
     # seconds between two looks at the jobs while waiting
@@ -145,6 +201,22 @@ class ClusterConfig:
     qos: str | None = None
     # SLURM node feature constraint; null = none
     constraint: str | None = None
+    # SLURM nodes not to run on (sbatch --exclude); null = none
+    exclude: str | None = None
+    # SLURM generic resources (sbatch --gres), e.g. gpu:2; null = none
+    gres: str | None = None
+    # memory per CPU (sbatch --mem-per-cpu), e.g. 4G; null = mem_gb or the cluster default
+    mem_per_cpu: str | None = None
+    # CPUs per GPU (sbatch --cpus-per-gpu); null = cpus_per_task
+    cpus_per_gpu: int | None = None
+    # GPUs per task (sbatch --gpus-per-task); null = gpus_per_node
+    gpus_per_task: int | None = None
+    # memory per GPU (sbatch --mem-per-gpu), e.g. 16G; null = mem_gb or the cluster default
+    mem_per_gpu: str | None = None
+    # comment attached to the SLURM jobs (sbatch --comment); null = none
+    comment: str | None = None
+    # write each job's stderr into its stdout log (one log file per job)
+    stderr_to_stdout: bool = False
     # most array tasks running at once
     array_parallelism: int = 64
     # shell lines run before each job (module load, venv activation, ...)
@@ -164,7 +236,7 @@ class TransformConfig:
     # name of this choice: standard, randaugment, autoaugment, trivialaugment, none
     name: str = MISSING
     # automatic augmentation policy added to train: null, randaugment, autoaugment, trivialaugment
-    policy: str | None = None
+    policy: Policy | None = None
     # train crop size (RandomResizedCrop)
     train_crop_size: int = 224
     # scale range of RandomResizedCrop
@@ -178,7 +250,7 @@ class TransformConfig:
     # eval crop ratio: images are resized to floor(eval_crop_size / crop_ratio) before the crop
     crop_ratio: float = 0.875
     # interpolation of every resize (antialiased): bilinear, bicubic, nearest
-    interpolation: str = "bilinear"
+    interpolation: Interpolation = Interpolation.bilinear
     # RandAugment: number of operations per image
     num_ops: int = 2
     # RandAugment: magnitude of the operations
@@ -188,7 +260,7 @@ class TransformConfig:
     # normalization std (RGB, 0..1 scale)
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     # output of the pipeline: float (normalized) or uint8 (launcher.data.normalize_on_device on the GPU)
-    output: str = "float"
+    output: Output = Output.float
     # largest image file the loader reads (bytes; ImageNet's largest is ~15 MB); a larger one is an error
     max_file_bytes: int = 67108864
     # most pixels an image header may declare (PIL's Image.MAX_IMAGE_PIXELS), checked before decoding
@@ -286,7 +358,7 @@ class PrepareConfig(CommandConfig):
 @dataclass
 class VerifyOptions:
     # per-file check: exists (size), header (signature, markers, dimensions) or decode (full)
-    level: str = "header"
+    level: Level = Level.header
     # re-encode the odd files (PNG named .JPEG, CMYK) to RGB JPEG
     fix: bool = False
     # JPEG quality of the files verify.fix re-encodes
@@ -362,7 +434,7 @@ class StatusConfig(CommandConfig):
 @dataclass
 class BenchOptions:
     # split the loader iterates
-    split: str = "train"
+    split: Split = Split.train
     # epochs to iterate
     epochs: int = 1
     # stop after this many batches per epoch; null = the whole epoch
@@ -385,7 +457,7 @@ class StageOptions:
     # what to stage: a prepared root (copied to storage.root) or the folder of the three archives
     source: str = MISSING
     # what source holds: root, archives (copied to storage.archive_dir, then prepared here) or auto
-    mode: str = "auto"
+    mode: StageMode = StageMode.auto
     # launcher's records of the source root (manifests); null = <source>/.launcher
     source_state_dir: str | None = None
     # reuse a complete staged copy of the same source
@@ -442,8 +514,85 @@ COMMAND_SCHEMAS = {
 }
 
 
+def option_docs(schema: type) -> dict[str, str]:
+    """field name -> the one-line comment above it in the schema's source (the documentation of each option)."""
+    import inspect
+    import re
+
+    docs, comment = {}, []
+    for line in inspect.getsource(schema).splitlines()[1:]:
+        text = line.strip()
+        if text.startswith("#"):
+            comment.append(text[1:].strip())
+        elif (m := re.match(r"(\w+):", text, re.ASCII)) and comment:
+            docs[m.group(1)] = " ".join(comment)
+            comment = []
+        else:
+            comment = []
+    return docs
+
+
+def own_options(command: str) -> list[tuple[str, Any, str]]:
+    """(key, default, comment) of every option a command has beyond the groups every command composes."""
+    from dataclasses import MISSING as NO_DEFAULT
+    from dataclasses import fields, is_dataclass
+
+    schema = COMMAND_SCHEMAS[command]
+    shared = {f.name for f in fields(CommandConfig)} - {"wait"}
+    docs = option_docs(CommandConfig) | option_docs(schema)
+    rows = []
+    for f in fields(schema):
+        if f.name in shared or f.name == "command":
+            continue
+        node = f.default_factory() if f.default_factory is not NO_DEFAULT else f.default
+        if is_dataclass(node):
+            inner = option_docs(type(node))
+            rows += [(f"{f.name}.{g.name}", getattr(node, g.name), inner.get(g.name, "")) for g in fields(node)]
+        else:
+            rows.append((f.name, node, docs.get(f.name, "")))
+    return rows
+
+
+def group_choices() -> dict[str, list[str]]:
+    """group -> its options, from the YAML files of launcher.conf (the schema groups are not choices)."""
+    from importlib.resources import files
+
+    conf = files("launcher.conf")
+    return {
+        group: sorted(p.name.removesuffix(".yaml") for p in conf.joinpath(group).iterdir() if p.name.endswith(".yaml"))
+        for group in GROUP_SCHEMAS
+    }
+
+
+def command_help(command: str) -> str:
+    """The head of `launcher <command> --help`: what the command does, its own options, the groups."""
+    from launcher.commands import COMMANDS
+
+    def shown(value: Any) -> str:
+        return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+    options = [(f"{key}={shown(default)}", doc) for key, default, doc in own_options(command)]
+    width = min(max((len(o) for o, _ in options), default=0), 28)
+    lines = [
+        f"launcher {command}: {COMMANDS[command].summary}",
+        "",
+        f"usage: launcher {command} [group=option ...] [key=value ...] [--cfg job | --info | -m]",
+        "",
+        f"options of {command} (key=default):",
+        *(f"  {o:<{width}}  {doc}" if len(o) <= width else f"  {o}\n  {'':<{width}}  {doc}" for o, doc in options),
+        "",
+        "config groups (group=option; every group's options are in the config below):",
+        *(f"  {group}: {', '.join(choices)}" for group, choices in group_choices().items()),
+    ]
+    return "\n".join(lines).replace("$", "$$")  # Hydra fills the help template with string.Template
+
+
 def register_configs() -> None:
-    """Put every schema in Hydra's ConfigStore (idempotent)."""
+    """Put every schema in Hydra's ConfigStore and the help resolver in OmegaConf (idempotent)."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("launcher_help"):
+        OmegaConf.register_new_resolver("launcher_help", command_help)
     cs = ConfigStore.instance()
     for group, schema in GROUP_SCHEMAS.items():
         cs.store(group=f"schema/{group}", name="base", node=schema)

@@ -10,6 +10,8 @@ them (timeouts at most `max_num_timeout` times) and they run again, skipping com
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import pickle
 import shlex
@@ -24,7 +26,7 @@ from pathlib import Path
 import submitit
 from submitit.core.utils import JobPaths
 
-from launcher.errors import LauncherError
+from launcher.errors import ConfigError, LauncherError
 
 GENERIC = ("timeout_min", "cpus_per_task", "mem_gb", "nodes", "tasks_per_node", "gpus_per_node")
 SLURM_ONLY = (
@@ -32,12 +34,21 @@ SLURM_ONLY = (
     "account",
     "qos",
     "constraint",
+    "exclude",
+    "gres",
+    "mem_per_cpu",
+    "cpus_per_gpu",
+    "gpus_per_task",
+    "mem_per_gpu",
+    "comment",
+    "stderr_to_stdout",
     "array_parallelism",
     "setup",
     "additional_parameters",
     "signal_delay_s",
 )
 EXECUTORS = ("debug", "local", "slurm")
+SUBMIT_OPTIONS = ("partition", "account", "qos", "constraint", "exclude", "gres", "additional_parameters")
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED"}
 FAILED = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
 
@@ -46,8 +57,8 @@ FAILED = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEM
 class Cluster:
     """What dispatch needs of the `cluster` config group, as plain values."""
 
-    name: str
     executor: str
+    name: str | None = None  # the job name; None = the step's own (prepare-train, verify, ...)
     workers: int | None = None
     wait: bool | None = None
     poll_s: float = 1.0
@@ -108,11 +119,11 @@ class Resumable(submitit.helpers.Checkpointable):
 
 def executor_parameters(cluster: Cluster, name: str, dependency: str | None = None) -> dict:
     params = {k: v for k, v in cluster.params.items() if k in GENERIC and v is not None}
-    params["name"] = name
+    params["name"] = cluster.name or name
     if cluster.executor == "slurm":
         for key in SLURM_ONLY:
             value = cluster.params.get(key)
-            if value not in (None, [], {}):
+            if value not in (None, [], {}, False):
                 params[f"slurm_{key}"] = dict(value) if key == "additional_parameters" else value
         if dependency:
             params["slurm_dependency"] = dependency
@@ -143,7 +154,7 @@ def make_executor(cluster: Cluster, folder: Path, name: str, dependency: str | N
     try:
         executor.update_parameters(**executor_parameters(cluster, name, dependency))
     except (NameError, AssertionError, ValueError) as err:
-        raise LauncherError(f"cluster={cluster.name}: submitit refused the options: {err}") from err
+        raise LauncherError(f"cluster.executor={cluster.executor}: submitit refused the options: {err}") from err
     return executor
 
 
@@ -179,7 +190,7 @@ def submit(
     submitted: list[Submitted] = []
     for start in range(0, len(tasks), chunk):
         part = tasks[start : start + chunk]
-        with executor.batch():
+        with refused_submission(cluster), executor.batch():
             jobs = [executor.submit(Resumable(fn, *args)) for _, args in part]
         for job, (unit_ids, _) in zip(jobs, part):
             paths = JobPaths(folder, job_id=job.job_id, task_id=0)
@@ -187,9 +198,30 @@ def submit(
     return submitted
 
 
+@contextlib.contextmanager
+def refused_submission(cluster: Cluster):
+    """sbatch refusing a job (a wrong partition, account, qos) is one line naming the options, not a traceback."""
+    said_by_sbatch = io.StringIO()  # submitit prints sbatch's refusal itself; our line says it once
+    try:
+        with contextlib.redirect_stderr(said_by_sbatch):
+            yield
+    except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError) as err:
+        said = (str(err).strip().splitlines() or ["no reason given"])[-1]
+        options = ", ".join(f"cluster.{k}={cluster.params[k]}" for k in SUBMIT_OPTIONS if cluster.params.get(k))
+        raise ConfigError(
+            f"the cluster refused a submission ({said}). Check "
+            f"{options or 'cluster.partition and cluster.account'} (`sinfo -s` lists the partitions, "
+            "`sacctmgr show assoc user=$USER` your accounts and qos)"
+        ) from None
+    finally:
+        if not said_by_sbatch.getvalue().startswith("sbatch: error"):
+            sys.stderr.write(said_by_sbatch.getvalue())
+
+
 def run_ranks(cluster: Cluster, folder: Path, name: str, fn: Callable, *args) -> Submitted:
     """One job of nodes x tasks_per_node ranks, each running fn(*args)."""
-    job = make_executor(cluster, folder, name).submit(Resumable(fn, *args))
+    with refused_submission(cluster):
+        job = make_executor(cluster, folder, name).submit(Resumable(fn, *args))
     paths = JobPaths(folder, job_id=job.job_id, task_id=0)
     return Submitted(job.job_id, [name], str(paths.stdout), str(paths.stderr), job)
 
@@ -242,7 +274,7 @@ def wait(jobs: Sequence[Submitted], poll_s: float, on_poll: Callable[[], None] |
     debug = [j for j in handles if isinstance(j.handle, submitit.DebugJob)]
     errors: dict[str, str] = {}
     for j in debug:  # in-process: runs now, one after the other
-        errors.update(_outcome(j))
+        errors.update(_debug_outcome(j))
         if on_poll:
             on_poll()
     pending = [j for j in handles if j not in debug]
@@ -256,6 +288,19 @@ def wait(jobs: Sequence[Submitted], poll_s: float, on_poll: Callable[[], None] |
         if j not in debug:
             errors.update(_outcome(j))
     return errors
+
+
+def _debug_outcome(job: Submitted) -> dict[str, str]:
+    """Run an in-process job. Not through DebugJob.results(), which on a failure opens an interactive
+    (Pdb) prompt when run from a terminal: the failure is our message, as on the other executors."""
+    saved = dict(os.environ)
+    os.environ.update(job.handle.environ)  # as results() does: the job sees its own SUBMITIT_* variables
+    try:
+        err = job.handle.exception()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return {job.job_id: str(err)} if err is not None else {}
 
 
 def _outcome(job: Submitted) -> dict[str, str]:

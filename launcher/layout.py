@@ -16,7 +16,9 @@ import fcntl
 import json
 import os
 import socket
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,15 +95,61 @@ def write_json(path: Path, obj, indent: int | None = None) -> None:
     safefs.write_atomic(path, data)
 
 
+_reported: set[str] = set()
+
+
+def report_damaged(what: str) -> None:
+    """One line on stderr per damaged state file (or line) per process; the caller carries on."""
+    if what not in _reported:
+        _reported.add(what)
+        print(f"launcher: skipped {what}", file=sys.stderr, flush=True)
+
+
 def read_json(path: Path, default=None):
-    """Our own JSON state, read without following a link; `default` when absent."""
-    data = safefs.read(path)
+    """A state file (record, index, manifest, identity, run description) as a dict, read without
+    following a link; a missing file is `default`, a damaged one (torn, garbled, not an object) is
+    reported with its path and is `default` too: it counts as never written, so the work that
+    writes it runs again."""
+    try:
+        data = safefs.read(path)
+    except NotADirectoryError:  # a file where a folder would be: not there
+        return default
     if data is None:
         return default
     try:
-        return json.loads(data)
-    except ValueError as err:
-        raise LauncherError(f"{path} is not valid JSON ({err}); delete it and run the command again.") from err
+        obj = json.loads(data)
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        report_damaged(f"a damaged record {path} ({type(err).__name__}: {str(err)[:80]}); it counts as missing")
+        return default
+    if not isinstance(obj, dict):
+        report_damaged(f"a damaged record {path} (a JSON {type(obj).__name__}, not an object); it counts as missing")
+        return default
+    return obj
+
+
+def read_lines(path: Path, valid: Callable[[dict], bool] = lambda obj: True) -> list[dict]:
+    """The JSON objects of a .jsonl state file (ledger, verify-fixes), read without following a
+    link; a damaged line (torn by a crash mid-append, garbled, not `valid`) is skipped and reported
+    with its number."""
+    try:
+        data = safefs.read(path)
+    except NotADirectoryError:
+        return []
+    if data is None:
+        return []
+    entries = []
+    for number, line in enumerate(data.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            obj = None
+        if not isinstance(obj, dict) or not valid(obj):
+            report_damaged(f"a damaged line {number} of {path}")
+            continue
+        entries.append(obj)
+    return entries
 
 
 def read_root_id(root: Path) -> str | None:

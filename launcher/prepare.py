@@ -307,7 +307,10 @@ def guard_identity(req: PrepareRequest, identity: dict, clashes: dict[str, list[
     is gone are forgotten."""
     layout = req.layout
     check_tree(layout, req.force and not req.dry_run)
-    stored = records_of_this_root(layout, read_json(layout.state_dir / "identity.json"))
+    stored = read_json(layout.state_dir / "identity.json")
+    if stored is None and safefs.exists(layout.state_dir / "identity.json"):
+        stored = identity_of_complete_splits(layout)  # damaged: what the complete records say
+    stored = records_of_this_root(layout, stored)
     if stored is None:
         outputs = (layout.meta_bin, layout.split_dir("train"), layout.split_dir("val"))
         found = [p.name for p in outputs if safefs.exists(p)]
@@ -449,6 +452,16 @@ def root_dataset(layout: Layout) -> dict | None:
     """The dataset config the root was prepared with, or None (not ours, or prepared before we kept it)."""
     stored = read_json(layout.state_dir / "identity.json")
     return stored.get("dataset") if isinstance(stored, dict) else None
+
+
+def identity_of_complete_splits(layout: Layout) -> dict:
+    """The archives' identity as the complete records of the splits state it (for a damaged identity.json)."""
+    identity: dict = {}
+    for split in SPLITS:
+        done = read_json(layout.complete_file(split)) or {}
+        if isinstance(done.get("identity"), dict):
+            identity.update(done["identity"])
+    return identity
 
 
 def reset(layout: Layout, splits, meta: bool, reason: str = "prepare.force") -> None:
@@ -637,14 +650,14 @@ def finalize_split(
     """Finalize unit: every unit of the split complete, from the archives and root of the plan ->
     counts checked -> manifest -> empty root/.partial folders removed. Its completion record (written
     by the unit runner) is the split's complete-<split>.json."""
-    missing = [Path(r).stem for r in records if not safefs.is_file(r)]
-    if missing:
+    done = [read_json(Path(r)) if safefs.is_file(r) else None for r in records]
+    if missing := [Path(r).stem for r, d in zip(records, done) if d is None]:
         raise LauncherError(
-            f"{split} is not complete: units {', '.join(missing)} have not finished. Run prepare again."
+            f"{split} is not complete: units {', '.join(missing)} have no completion record "
+            "(their errors are in their job logs; `launcher status` shows them)."
         )
-    done = [read_json(Path(r)) for r in records]
     check_sources(split, done, identity, Path(root))
-    kit = read_json(Path(devkit))["devkit"]
+    kit = read_devkit_record(Path(devkit))
     if split == "train":
         files = [(w, n, s) for d in done if d["kind"] == "train" for w, fs in d["classes"].items() for n, s in fs]
         classes = {w for d in done if d["kind"] == "train" for w in d["classes"]}
@@ -742,6 +755,14 @@ def partial_folders(req: PrepareRequest, split: str) -> list[str]:
     unless train (the one split that writes there) is also being prepared and finalizes it."""
     own = [".partial/train"] if split == "train" else []
     return own + ([".partial"] if split == "train" or "train" not in req.splits else [])
+
+
+def read_devkit_record(path: Path) -> dict:
+    """The devkit facts cached by prepare; damaged or missing, the next prepare reads the devkit again."""
+    cached = read_json(path)
+    if cached is None or not isinstance(cached.get("devkit"), dict):
+        raise LauncherError(f"{path} is missing or damaged; the next `launcher prepare` reads the devkit again.")
+    return cached["devkit"]
 
 
 # ---------------------------------------------------------------- output folders

@@ -8,14 +8,14 @@ overrides, executor, log folder, the plan's unit ids, and job id <-> units <-> l
 
 from __future__ import annotations
 
-import json
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from launcher import dispatch, safefs
-from launcher.layout import Layout, append_line
+from launcher.layout import Layout, append_line, read_lines
 from launcher.progress import Progress
 from launcher.units import Unit, is_complete, run_units
 
@@ -83,6 +83,7 @@ def record_submission(
     """One ledger line per submission; a unit's completion record is records[id], else
     records_dir/<id>.json; `sizes` (bytes each unit reads) give status its ETA; `config` is the
     resolved config of the run (paths from environment variables resolved)."""
+    end_torn_line(layout.ledger)
     append_line(
         layout.ledger,
         {
@@ -90,7 +91,7 @@ def record_submission(
             "command": command,
             "argv": argv,
             "executor": cluster.executor,
-            "cluster": cluster.name,
+            "cluster": cluster.name or cluster.executor,
             "folder": str(folder),
             "plan": plan_ids,
             "records_dir": str(records_dir or layout.units_dir),
@@ -103,10 +104,37 @@ def record_submission(
 
 
 def ledger_entries(layout: Layout) -> list[dict]:
-    data = safefs.read(layout.ledger)  # our own log: never read through a planted link or FIFO
-    if data is None:
-        return []
-    return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+    """The submissions recorded for a root; a damaged line (a crash mid-append) is skipped and
+    reported, and so is an entry whose jobs are not what record_submission writes."""
+    return read_lines(layout.ledger, well_formed)
+
+
+def well_formed(entry: dict) -> bool:
+    jobs = entry.get("jobs")
+    typed = {"executor": str, "folder": str, "command": str, "time": str, "plan": list, "argv": list}
+    return (
+        isinstance(jobs, list)
+        and all(well_formed_job(j) for j in jobs)
+        and all(isinstance(entry[k], t) for k, t in typed.items() if k in entry)
+        and all(k in entry for k in ("executor", "folder"))
+    )
+
+
+def well_formed_job(job) -> bool:
+    return (
+        isinstance(job, dict)
+        and isinstance(job.get("job_id"), str)
+        and isinstance(job.get("units"), list)
+        and all(isinstance(job.get(k, ""), str) for k in ("stdout", "stderr"))
+    )
+
+
+def end_torn_line(path: Path) -> None:
+    """A line torn by a crash mid-append is ended, so the next entry does not join (and vanish) with
+    it; read and appended without following a link."""
+    data = safefs.read(path)
+    if data and not data.endswith(b"\n"):
+        safefs.append(path, b"\n")
 
 
 def ledger_jobs(layout: Layout) -> dict[str, list[tuple[str, str, str]]]:
@@ -191,16 +219,30 @@ def follow(
     return errors
 
 
+def command_line(command: str, argv: list[str]) -> str:
+    """A command to paste into a shell: `launcher <command>` and every argument shell-quoted."""
+    return shlex.join(["launcher", command, *argv])
+
+
+def status_args(argv: list[str]) -> list[str]:
+    """The overrides of a run that `launcher status` accepts: where the root and its state are."""
+    return [a for a in argv if a.lstrip("+~").split("=", 1)[0].split(".", 1)[0] == "storage"]
+
+
+def rerun_args(argv: list[str]) -> list[str]:
+    """The overrides of a run without `wait=`, to rerun it as it was (with wait= chosen anew)."""
+    return [a for a in argv if not a.lstrip("+~").startswith("wait=")]
+
+
 def jobs_line(cluster: dispatch.Cluster, folder: Path, jobs: list) -> str:
     arrays = sorted({j.job_id.split("_")[0] for j in jobs})
-    return f"submitted {len(jobs)} jobs to {cluster.name} (job ids {', '.join(arrays)}); logs in {folder}"
+    return f"submitted {len(jobs)} jobs to {cluster.executor} (job ids {', '.join(arrays)}); logs in {folder}"
 
 
 def print_submitted(command: str, cluster: dispatch.Cluster, folder: Path, jobs: list, argv: list[str]) -> None:
-    args = " ".join(a for a in argv if not a.startswith("wait="))
     print(jobs_line(cluster, folder, jobs))
-    print(f"follow progress with: launcher status {args}".rstrip())
-    print(f"or wait for them:     launcher {command} {args} wait=true".rstrip())
+    print(f"follow progress with: {command_line('status', status_args(argv))}")
+    print(f"or wait for them:     {command_line(command, [*rerun_args(argv), 'wait=true'])}")
 
 
 def print_errors(errors: dict[str, str]) -> None:

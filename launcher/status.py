@@ -71,7 +71,7 @@ def part_of(unit_id: str) -> str:
 
 
 def unit_state(record: Path, job: tuple | None) -> str:
-    if record.exists():
+    if read_json(record) is not None:  # a damaged record is reported and counts as missing
         return "complete"
     if job is None:
         return "not submitted"
@@ -88,8 +88,9 @@ def unit_state(record: Path, job: tuple | None) -> str:
 def latest_by_command(layout: Layout) -> dict[str, dict]:
     entries = ledger_entries(layout)
     if not entries:
+        found = f"no readable entry in {layout.ledger}" if layout.ledger.exists() else f"no {layout.ledger}"
         raise LauncherError(
-            f"no submissions recorded for {layout.root} (no {layout.ledger}). Run `launcher prepare` "
+            f"no submissions recorded for {layout.root} ({found}). Run `launcher prepare` "
             "(or verify) with the same storage options first."
         )
     latest: dict[str, dict] = {}
@@ -281,8 +282,9 @@ def status_json(layout: Layout, summaries: dict, tail_lines: int) -> dict:
                 if s.state == "failed"
             ],
             "resubmit": resubmit_line(command, entry),
+            "verdict": verify_verdict(entry, Path(entry.get("records_dir", layout.units_dir))),
         }
-    ok = not any(c["counts"].get("failed") for c in commands.values())
+    ok = not any(c["counts"].get("failed") or (c["verdict"] and not c["verdict"]["ok"]) for c in commands.values())
     return {
         "root": str(layout.root),
         "dataset": root_dataset_name(layout),
@@ -299,6 +301,24 @@ def root_dataset_name(layout: Layout) -> str | None:
     return (root_dataset(layout) or {}).get("name")
 
 
+def verify_verdict(entry: dict, records: Path) -> dict | None:
+    """A finished verify's verdict: ok, the count of problems and the report (None for other commands)."""
+    if entry.get("command") != "verify" or (done := read_json(records / "verify-report.json")) is None:
+        return None
+    return {"ok": bool(done.get("ok")), "problems": done.get("failures"), "report": done.get("report")}
+
+
+def verdict_ok(entry: dict, records: Path) -> bool:
+    """A finished verify says its verdict, the count of problems and the report; False if it failed."""
+    if (verdict := verify_verdict(entry, records)) is None:
+        return True
+    if verdict["ok"]:
+        print(f"verify: ok, no problems; report {verdict['report']}")
+        return True
+    print(f"verify: FAILED, {verdict['problems']} problems; report {verdict['report']}")
+    return False
+
+
 def show_status(layout: Layout, tail_lines: int = 20, units: bool = False, as_json: bool = False) -> int:
     """Print the status of every command's latest submission; exit code 1 if a unit failed."""
     summaries = {}
@@ -312,6 +332,8 @@ def show_status(layout: Layout, tail_lines: int = 20, units: bool = False, as_js
     failed_any = False
     for command, (entry, statuses, parts) in summaries.items():
         failed_any |= print_command(command, entry, statuses, parts, units, tail_lines)
+        if not verdict_ok(entry, Path(entry.get("records_dir", layout.units_dir))):
+            failed_any = True
     dataset = root_dataset_name(layout)
     print(f"\nroot {layout.root}" + (f" (dataset={dataset})" if dataset else "") + f"; ledger {layout.ledger}")
     return 1 if failed_any else 0

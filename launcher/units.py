@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from launcher import safefs
-from launcher.errors import LauncherError
+from launcher.errors import LauncherError, describe_os_error
 from launcher.layout import Lock, read_json, write_json
 from launcher.progress import human_bytes
 
@@ -62,7 +62,9 @@ def function_of(kind: str):
 
 
 def is_complete(unit: Unit) -> bool:
-    return safefs.is_file(unit.record)  # a link planted at a record is not a record
+    """A unit is complete when its record reads back whole, reached without a link (a link planted at
+    a record is not a record; a damaged one is reported, and the unit reruns)."""
+    return safefs.is_file(unit.record) and read_json(Path(unit.record)) is not None
 
 
 def run_unit(unit: Unit) -> dict:
@@ -185,6 +187,11 @@ def run_one(unit: Unit, failures: list[str]) -> dict | None:
         failures.append(f"{unit.id}: {err}")
         log.error("unit %s failed after %.2fs: %s", unit.id, time.time() - start, err)
         return None
+    except OSError as err:  # full disk, read-only, a file where a folder belongs: the path and the fix
+        message = describe_os_error(err, unit.args.get("root") or Path(unit.record).parent)
+        failures.append(f"{unit.id}: {message}")
+        log.error("unit %s failed after %.2fs: %s", unit.id, time.time() - start, message)
+        return None
     except Exception as err:
         failures.append(f"{unit.id}: {type(err).__name__}: {err}")
         log.error("unit %s failed after %.2fs:\n%s", unit.id, time.time() - start, traceback.format_exc().rstrip())
@@ -193,6 +200,9 @@ def run_one(unit: Unit, failures: list[str]) -> dict | None:
         log.info("unit %s was complete already (skipped)", unit.id)
     else:
         log.info("unit %s finished: %s", unit.id, throughput(result, float(result.get("wall_s") or 0)))
+    if message := result.get("job_fails"):  # recorded, and yet the job must fail (a failed verify)
+        failures.append(f"{unit.id}: {message}")
+        log.error("unit %s: %s", unit.id, message)
     return result
 
 

@@ -1040,6 +1040,8 @@ def write_report(run: str) -> dict:
     """Report unit: merge the shard records of a run into the JSON report; after a fix, bring the
     manifest and prepare's records up to date with the new file sizes."""
     desc = read_json(Path(run))
+    if desc is None:
+        raise LauncherError(f"the run description {run} is missing or damaged: run `launcher verify` again")
     failures = [_finding(f) for f in desc["findings"]]
     notes = [_note(n) for n in desc["notes"]]
     fixed, shards, counts = [], [], {}
@@ -1095,7 +1097,10 @@ def write_report(run: str) -> dict:
         "shards": shards,
     }
     write_json(Path(desc["report"]), report, indent=1)
-    return {"ok": report["ok"], "failures": len(failures), "notes": len(notes), "report": desc["report"]}
+    verdict = {"ok": report["ok"], "failures": len(failures), "notes": len(notes), "report": desc["report"]}
+    if not report["ok"]:  # the report job fails after its record is written: sacct and afterok see it
+        verdict["job_fails"] = f"verify found {len(failures)} problems; report {desc['report']}"
+    return verdict
 
 
 def _finding(f: list) -> dict:
@@ -1221,10 +1226,9 @@ def print_report(report: dict, path: Path, limit: int = 20) -> None:
 
 def print_submitted(p: VerifyPlan, cluster: dispatch.Cluster, folder: Path, jobs: list, report: Path, argv) -> None:
     arrays = sorted({j.job_id.split("_")[0] for j in jobs})
-    args = " ".join(a for a in argv if not a.startswith("wait="))
-    print(f"submitted {len(jobs)} jobs to {cluster.name} (job ids {', '.join(arrays)}); logs in {folder}")
+    print(f"submitted {len(jobs)} jobs to {cluster.executor} (job ids {', '.join(arrays)}); logs in {folder}")
     print(f"verify run {p.run_id}: its last job writes the report {report} once the others succeed")
-    print(f"follow progress with: launcher status {args}".rstrip())
+    print(f"follow progress with: {runner.command_line('status', runner.status_args(argv))}")
 
 
 def run_verify(req: VerifyRequest, cluster: dispatch.Cluster) -> int:

@@ -84,3 +84,52 @@ def test_tab_completion(line, expected):
 def test_tab_completion_install_script():
     result = cli("-sc", "install=bash")
     assert result.returncode == 0 and "complete -p launcher" in result.stdout
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_command_help_starts_with_what_it_does_and_its_options(command):
+    from launcher.config import own_options
+
+    result = cli(command, "--help")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"launcher {command}: {COMMANDS[command].summary}"
+    head = result.stdout.split("== Config ==")[0]
+    for key, _, doc in own_options(command):
+        assert f"  {key}=" in head and doc in head, key
+    assert "schema/" not in result.stdout and "powered by Hydra" not in result.stdout
+
+
+@pytest.mark.parametrize("line", ["launcher prepare ", "launcher verify s", "python -m launcher prepare "])
+def test_completion_hides_schema_groups_and_command(line):
+    result = cli("-sc", "query=bash", env={"COMP_LINE": line})
+    words = result.stdout.split()
+    assert result.returncode == 0 and words, result.stderr
+    assert not [w for w in words if w.startswith(("schema/", "command="))], words
+
+
+@pytest.mark.parametrize("program", ["launcher", "python -m launcher"])
+def test_installed_completion_answers_for_launcher_and_python_m(program):
+    """The script of `-sc install=bash`, in bash, completes both spellings of the command."""
+    here = f"{sys.executable} -m launcher" if program.startswith("python") else "launcher"
+    shim = f'launcher() {{ "{sys.executable}" -m launcher "$@"; }}; ' if program == "launcher" else ""
+    line = f"{here} prepare clu"
+    script = (
+        f'{shim}eval "$({sys.executable} -m launcher -sc install=bash)"; '
+        f'COMP_LINE="{line}"; COMP_POINT=${{#COMP_LINE}}; COMP_WORDS=({line}); '
+        "COMP_CWORD=$((${#COMP_WORDS[@]} - 1)); "
+        "_launcher_completion; echo ${COMPREPLY[@]}"
+    )
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+    assert "cluster=" in result.stdout.split(), result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["prepare", "--help"]])
+def test_help_into_a_closed_pipe_is_quiet(args):
+    """`launcher prepare --help | head`: the reader leaves early; no BrokenPipeError."""
+    command = " ".join([sys.executable, "-m", "launcher", *args])
+    result = subprocess.run(
+        ["bash", "-c", f"{command} | true; echo ${{PIPESTATUS[0]}}"], capture_output=True, text=True
+    )
+    assert "BrokenPipeError" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert result.stdout.strip() == "0"

@@ -34,7 +34,10 @@ def test_every_option_composes_and_resolves(group, option):
         overrides.append("storage.root=/lustre/imagenet")
     cfg = compose_config("prepare", overrides)
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    assert resolved[group]["name"] == option
+    if group == "cluster":  # cluster.name is the job name, as in submitit; the choice is the executor
+        assert resolved[group]["executor"] == option and resolved[group]["name"] is None
+    else:
+        assert resolved[group]["name"] == option
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))

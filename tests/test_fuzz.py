@@ -39,6 +39,7 @@ from launcher.verify import BadImage, parse_header
 
 from conftest import FILES, GROUND_TRUTH, META
 from test_tarscan import tar_header
+
 # dataset.patterns of conf/dataset/imagenet.yaml: what a WNID and an ILSVRC2012_ID must match
 NAMES = NamePatterns.of(r"n[0-9]{8}", r"[1-9][0-9]{0,6}")
 

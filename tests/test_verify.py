@@ -396,7 +396,6 @@ def test_md5_of_the_archives(ours, archives, tmp_path):
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (["verify.level=pixels"], "is not one of exists, header, decode"),
         (["verify.level=exists", "verify.fix=true"], "verify.fix=true needs verify.level=header or decode"),
         (["verify.max_pixels=0"], "verify.max_pixels=0 must be a positive whole number"),
         (["verify.max_scans=-5"], "verify.max_scans=-5 must be a positive whole number"),
@@ -405,6 +404,16 @@ def test_md5_of_the_archives(ours, archives, tmp_path):
 def test_bad_options_are_refused(ours, archives, overrides, message, capsys):
     code = launch("verify", [*storage_overrides(archives("small").archive_dir, ours), *DEBUG, *overrides])
     assert code == 1 and message in capsys.readouterr().err
+
+
+def test_unknown_level_is_refused_at_compose():
+    from hydra.errors import ConfigCompositionException
+
+    from launcher import compose_config
+
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_config("verify", ["verify.level=pixels"])
+    assert "expected one of [exists, header, decode]" in str(err.value.__cause__)
 
 
 def test_missing_root_is_refused(archives, tmp_path, capsys):

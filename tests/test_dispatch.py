@@ -1,0 +1,60 @@
+"""dispatch: cluster.name is the job name, and hydra-submitit-launcher's SLURM keys pass through to
+the sbatch file submitit writes."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from launcher import compose_config
+from launcher.commands import cluster_of
+from launcher.dispatch import make_executor, submit
+
+from conftest import sacct
+
+SLURM_KEYS = {
+    "exclude": ("'node17,node18'", "#SBATCH --exclude=node17,node18"),
+    "gres": ("gpu:2", "#SBATCH --gres=gpu:2"),
+    "mem_per_cpu": ("3G", "#SBATCH --mem-per-cpu=3G"),
+    "cpus_per_gpu": (6, "#SBATCH --cpus-per-gpu=6"),
+    "gpus_per_task": (1, "#SBATCH --gpus-per-task=1"),
+    "mem_per_gpu": ("20G", "#SBATCH --mem-per-gpu=20G"),
+    "comment": ("imagenet-prep", "#SBATCH --comment=imagenet-prep"),
+}
+
+
+def sbatch_text(overrides: list[str], tmp_path: Path, step: str = "prepare-train") -> str:
+    cluster = cluster_of(compose_config("prepare", ["cluster=slurm", *overrides]))
+    executor = make_executor(cluster, tmp_path, step)
+    return executor._executor._make_submission_file_text(command="true", uid="x")  # what sbatch receives
+
+
+def test_hydra_submitit_launcher_slurm_keys_reach_the_sbatch_file(tmp_path):
+    overrides = [f"cluster.{key}={value}" for key, (value, _) in SLURM_KEYS.items()]
+    text = sbatch_text([*overrides, "cluster.stderr_to_stdout=true", "cluster.mem_gb=null"], tmp_path)
+    for key, (_, line) in SLURM_KEYS.items():
+        assert line in text, (key, text)
+    assert "#SBATCH --error" not in text  # stderr_to_stdout: one log per job
+
+
+def test_cluster_name_is_the_job_name(tmp_path):
+    assert "#SBATCH --job-name=prepare-train" in sbatch_text([], tmp_path / "a")
+    assert "#SBATCH --job-name=imnet" in sbatch_text(["cluster.name=imnet"], tmp_path / "b")
+
+
+@pytest.mark.slurm
+def test_keys_reach_a_real_submission(slurm_cluster, tmp_path):
+    overrides = ["cluster.name=launcher-keys", "cluster.comment=launcher-test", "cluster.stderr_to_stdout=true"]
+    cluster = cluster_of(compose_config("prepare", ["cluster=slurm", "cluster.mem_gb=null", *overrides]))
+    (job,) = submit(cluster, tmp_path, "keys", os.getpid, [(["keys"], ())])  # importable in the job
+    deadline = time.time() + 180
+    while not job.handle.done() and time.time() < deadline:
+        time.sleep(2)
+    assert isinstance(job.handle.result(), int)
+    (script,) = tmp_path.glob("*submission.sh")
+    text = script.read_text()
+    assert "#SBATCH --job-name=launcher-keys" in text and "#SBATCH --comment=launcher-test" in text
+    assert any(r["JobName"] == "launcher-keys" for r in sacct("-j", job.job_id.split("_")[0]))
