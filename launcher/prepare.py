@@ -28,7 +28,7 @@ from launcher.errors import LauncherError
 from launcher.extract import Output, make_dir
 from launcher.index import IDENTITY_KEYS, archive_identity, index_train, index_val, same_archive, same_identity
 from launcher.layout import SPLITS, Layout, Lock, read_json, read_root_id, write_json
-from launcher.manifest import build_manifest, write_manifest
+from launcher.manifest import build_manifest, read_manifest, write_manifest
 from launcher.progress import human_bytes, table
 from launcher.units import Unit, is_complete, run_unit
 
@@ -888,7 +888,8 @@ def drop_stale_records(layout: Layout, p: Plan) -> None:
     for split, fin in p.finalize.items():
         done = read_json(Path(fin.record))
         held = same_split_identity(done.get("identity"), fin.args["identity"], root_keys(layout)) if done else True
-        if done and (split in stale_splits or not held):
+        lost = done and read_manifest(layout.manifest_file(split)) is None  # damaged or gone: written again
+        if done and (split in stale_splits or not held or lost):
             safefs.remove(fin.record)
 
 
@@ -1026,7 +1027,10 @@ def finish_interrupted_fixes(layout: Layout) -> None:
     (under the root's lock), so that `complete` and the manifest agree with the files."""
     from launcher.fixlog import pending_fixes, reconcile_fixes
 
-    if not pending_fixes(layout.state_dir):
+    try:
+        if not pending_fixes(layout.state_dir):
+            return
+    except (FileNotFoundError, NotADirectoryError):  # no state folder (yet): nothing to finish
         return
     with Lock(layout.lock_file, f"prepare of {layout.root}"):
         for message in reconcile_fixes(layout.root, layout.state_dir):

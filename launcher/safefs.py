@@ -88,6 +88,12 @@ def refuse(path: str, mode: int, want: str) -> UnsafePath:
     )
 
 
+def named(err: OSError, path: str, path2: str | None = None) -> OSError:
+    """The same error naming `path` in full (calls relative to an opened folder name only the last
+    component)."""
+    return type(err)(err.errno, err.strerror, path, None, path2)
+
+
 class Dir:
     """An opened folder: outputs are made relative to it, never through a link."""
 
@@ -162,6 +168,8 @@ class Dir:
             os.mkdir(name, mode, dir_fd=self.fd)
         except FileExistsError:
             return False
+        except OSError as err:  # read-only, full: name the folder in full, not relative to this one
+            raise named(err, self.join(name)) from None
         if out is not None and (mode & 0o7000 or mode & ~UMASK != mode or out.gid >= 0):
             fd = os.open(name, DIR_FLAGS, dir_fd=self.fd)
             try:
@@ -195,8 +203,13 @@ class Dir:
         except FileExistsError:
             if not replace_temp:
                 raise
+        except OSError as err:
+            raise named(err, self.join(name)) from None
         self.unlink_entry(name)
-        return os.open(name, how, mode, dir_fd=self.fd)
+        try:
+            return os.open(name, how, mode, dir_fd=self.fd)
+        except OSError as err:
+            raise named(err, self.join(name)) from None
 
     def unlink_entry(self, name: str) -> None:
         """unlinkat a file, link, FIFO or socket (never a folder, never what a link points at)."""
@@ -285,8 +298,13 @@ class Dir:
             raise refuse(self.join(name), st.st_mode, "a file")
 
     def rename(self, src: str, dst: str, dst_dir: Dir | None = None) -> None:
-        """renameat: a link at `dst` is replaced itself, its target untouched."""
-        os.rename(src, dst, src_dir_fd=self.fd, dst_dir_fd=(dst_dir or self).fd)
+        """renameat: a link at `dst` is replaced itself, its target untouched. A failure names both
+        paths in full (EXDEV, ENOSPC...), not the names relative to the opened folders."""
+        target = dst_dir or self
+        try:
+            os.rename(src, dst, src_dir_fd=self.fd, dst_dir_fd=target.fd)
+        except OSError as err:
+            raise named(err, self.join(src), target.join(dst)) from None
 
     def open_read(self, name: str) -> int | None:
         """A regular file `name` opened for reading without following a link or blocking on a FIFO;

@@ -39,6 +39,7 @@ NOTORCH_MODULES = {
     "test_config",
     "test_prepare",
     "test_runner",
+    "test_safefs",
     "test_synth",
     "test_tarscan",
     "test_verify",

@@ -135,9 +135,9 @@ def test_file_where_a_folder_belongs_is_named(archives, tmp_path):
     (root / ".partial" / "train").write_text("not a folder")
     run = cli("prepare", *prepare_args(archives("tiny"), root))
     assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
-    lines = unit_lines(run, "Not a directory")
-    assert lines and all(f"{root / '.partial' / 'train'}: Not a directory" in line for line in lines), run.stderr
-    assert all("a file sits where a folder belongs: move that file out of the way" in line for line in lines)
+    # refused before any unit runs (prepare checks the root's own tree on every run), naming the file
+    lines = unit_lines(run, f"{root / '.partial' / 'train'} is a file where launcher writes a folder")
+    assert len(lines) == 1 and f"move {root / '.partial' / 'train'} away" in lines[0], run.stderr
     assert (root / ".partial" / "train").read_text() == "not a folder"  # nothing destroyed
 
 
@@ -160,12 +160,11 @@ def test_bench_with_a_read_only_state_folder(archives, mounted, tmp_path):
 def test_debug_failure_from_a_terminal_is_a_message_not_pdb(archives, tmp_path):
     """submitit's DebugExecutor opens (Pdb) on a failure; from a terminal that waited for input forever."""
     root = tmp_path / "root"
-    (root / ".partial").mkdir(parents=True)
-    (root / ".partial" / "train").write_text("in the way")
+    wrong_md5 = "dataset.archives.val.md5=00000000000000000000000000000000"  # the md5 unit fails
     master, slave = pty.openpty()
     try:
         run = subprocess.run(
-            [sys.executable, "-m", "launcher", "prepare", *prepare_args(archives("tiny"), root)],
+            [sys.executable, "-m", "launcher", "prepare", *prepare_args(archives("tiny"), root), wrong_md5],
             stdin=slave,
             capture_output=True,
             text=True,
@@ -175,7 +174,7 @@ def test_debug_failure_from_a_terminal_is_a_message_not_pdb(archives, tmp_path):
         os.close(master)
         os.close(slave)
     assert run.returncode == 1 and "(Pdb)" not in run.stdout + run.stderr, run.stdout
-    assert "Traceback" not in run.stderr and "Not a directory" in run.stderr
+    assert "Traceback" not in run.stderr and "md5 mismatch" in run.stderr
 
 
 @pytest.mark.slurm

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from test_faults import Run, prepare_args, run_traced
 
+from launcher.layout import ROOT_ID_FILE
+
 from conftest import dataset_overrides, storage_overrides
 
 pytestmark = pytest.mark.faults
@@ -128,6 +130,7 @@ def fresh_root(tmp_path: Path, clean: Path, prepared: bool) -> Path:
     (root / ".launcher").mkdir(parents=True)
     for name in SEED:
         shutil.copy(clean / ".launcher" / name, root / ".launcher" / name)
+    shutil.copy(clean / ROOT_ID_FILE, root / ROOT_ID_FILE)  # the root those records belong to
     return root
 
 
@@ -303,7 +306,7 @@ def test_links_planted_for_prepare_with_force(traced, tmp_path, capsys):
     its target) and prepares the root."""
     runs = plant_everywhere(traced, tmp_path, capsys, "prepare", "link", force=True)
     bad = [k for k in FORCE_REPLACES if k in runs and not (runs[k][0].returncode == 0 and runs[k][1])]
-    assert not bad, bad
+    assert not bad, {k: (runs[k][0].stdout + runs[k][0].stderr)[-600:] for k in bad}
 
 
 def test_links_planted_for_verify_fix(traced, tmp_path, capsys):
