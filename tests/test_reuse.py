@@ -209,7 +209,7 @@ def test_site_settings_from_launcher_config_dir(tmp_path, monkeypatch):
 def test_opt_in_works_from_a_wheel(prepared, tmp_path):
     src = tmp_path / "src"  # build from a copy: setuptools writes build/ and *.egg-info beside the sources
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE"):
         shutil.copy(REPO / name, src / name)
     for name in ("launcher", "conf"):
         shutil.copytree(REPO / name, src / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
@@ -221,7 +221,7 @@ def test_opt_in_works_from_a_wheel(prepared, tmp_path):
         timeout=300,
     )
     assert build.returncode == 0, build.stderr
-    (wheel,) = tmp_path.glob("launcher-*.whl")
+    (wheel,) = tmp_path.glob("imagenet_slurm_launcher-*.whl")
     unzipped = tmp_path / "unzipped"
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
