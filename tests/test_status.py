@@ -85,7 +85,7 @@ def test_ledger_keeps_the_resolved_config_and_resubmit_reproduces_it(archives, t
     entry = ledger(data / "imagenet")[-1]
     assert entry["config"]["storage"]["root"] == str(data / "imagenet")
     assert entry["config"]["storage"]["archive_dir"] == str(data / "archives")
-    assert entry["config"]["dataset"]["name"] == "synthetic" and entry["config"]["cluster"]["name"] == "debug"
+    assert entry["config"]["dataset"]["name"] == "synthetic" and entry["config"]["cluster"]["executor"] == "debug"
     (data / "imagenet" / ".launcher" / "units" / "train-0000-of-0003.json").unlink()  # as if the unit had failed
     capsys.readouterr()
     launch("status", [])
