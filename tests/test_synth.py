@@ -143,6 +143,7 @@ def run_printed(line: str, cwd):
     return cli(*words[1:], cwd=cwd)
 
 
+@pytest.mark.torch  # it runs bench too
 def test_printed_prepare_runs_and_the_root_remembers_its_dataset(tmp_path):
     """synth prints the exact prepare command; after it, verify, status and bench take the dataset the
     root was prepared with, and a disagreeing dataset choice gets advice naming the configs."""
