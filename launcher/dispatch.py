@@ -331,24 +331,26 @@ def job_states(executor: str, folder: str, job_ids: list[str]) -> dict[str, str]
     return {j: state_from_files(executor, folder, j) for j in job_ids}
 
 
-def squeue_states(job_ids: list[str]) -> dict[str, str]:
-    """States of queued or running jobs as squeue sees them (array tasks one by one)."""
+def squeue_column(job_ids: list[str], field: str) -> dict[str, str]:
+    """One squeue output field (%T state, %r reason) per job, array tasks one by one."""
     if not job_ids or not shutil.which("squeue"):
         return {}
     arrays = sorted({j.split("_")[0] for j in job_ids})
-    out = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(arrays), "-o", "%i|%T"], capture_output=True, text=True)
-    states = dict(line.split("|", 1) for line in out.stdout.splitlines() if "|" in line)
-    return {j: states[j] for j in job_ids if j in states}
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "-j", ",".join(arrays), "-o", f"%i|{field}"], capture_output=True, text=True
+    )
+    values = dict(line.split("|", 1) for line in out.stdout.splitlines() if "|" in line)
+    return {j: values[j].strip() for j in job_ids if j in values}
+
+
+def squeue_states(job_ids: list[str]) -> dict[str, str]:
+    """States of queued or running jobs as squeue sees them."""
+    return squeue_column(job_ids, "%T")
 
 
 def squeue_reasons(job_ids: list[str]) -> dict[str, str]:
     """Why queued jobs wait, as squeue's %r says (Dependency, JobArrayTaskLimit, Priority, Resources)."""
-    if not job_ids or not shutil.which("squeue"):
-        return {}
-    arrays = sorted({j.split("_")[0] for j in job_ids})
-    out = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(arrays), "-o", "%i|%r"], capture_output=True, text=True)
-    reasons = dict(line.split("|", 1) for line in out.stdout.splitlines() if "|" in line)
-    return {j: reasons[j].strip() for j in job_ids if reasons.get(j, "").strip() not in ("", "None")}
+    return {j: r for j, r in squeue_column(job_ids, "%r").items() if r not in ("", "None")}
 
 
 def job_state(executor: str, folder: str, job_id: str) -> str:
