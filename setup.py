@@ -6,7 +6,7 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 SKIPPED = (
-    "launcher: skipped the C extension launcher._jpeg (no C compiler or no libjpeg headers): the loaders "
+    "launcher: skipped the C extension launcher.data._jpeg (no C compiler or no libjpeg headers): the loaders "
     "will decode whole images instead of each crop. To get it, install gcc and libjpeg-turbo's headers "
     "(Debian/Ubuntu: apt-get install gcc libjpeg62-turbo-dev) and reinstall, or install the released wheel."
 )

@@ -51,7 +51,7 @@ def write_meta(root: Path, wnids: list[str], val_wnids: list[str]) -> None:
 
 
 def write_manifest(root: Path, split: str, files: list[tuple[str, str, int]], wnids: list[str]) -> None:
-    from launcher.manifest import build_manifest, write_manifest
+    from launcher.core.manifest import build_manifest, write_manifest
 
     manifest = build_manifest(split, files, {w: [f"class {w}"] for w in wnids})
     write_manifest(root / ".launcher" / f"manifest-{split}.json", manifest)
@@ -542,12 +542,12 @@ def row_b5(ctx):
     prose = (
         "Per image, PIL decodes the whole JPEG and converts on the way (ToTensor, then Normalize as "
         "separate float passes), and the default collate copies every sample into the batch. Ours draws "
-        "the RandomResizedCrop box from the JPEG header and decodes only that box (launcher._jpeg, "
+        "the RandomResizedCrop box from the JPEG header and decodes only that box (launcher.data._jpeg, "
         "libjpeg-turbo: rows below it are never decoded, rows above and columns beside it are entropy-"
         "decoded but not transformed or colour-converted; the pixels equal those of the whole decode, cut, "
         "a test compares), resizes it in uint8 straight into its slot of the batch (normalizing in place "
         "for float output), so collate passes the batch on without a copy. A worker writes its batches into "
-        "shared memory it reuses once the main process has dropped them (launcher.shared_batches), where the "
+        "shared memory it reuses once the main process has dropped them (launcher.data.shared_batches), where the "
         "default collate takes a fresh shared-memory file per batch, whose every page this VM allocates, "
         "zeroes, maps and frees at ~3.4 µs a page: ~0.15 ms per uint8 sample and ~0.6 ms per float one."
     )

@@ -612,7 +612,7 @@ def b6(ctx: Context) -> Section:
             f"≤ {seconds(budget)}",
             med[RERUN] <= budget,
             why="start-up here is the same command stopping at its first check (Hydra composes twice, "
-            "launcher.prepare imports submitit): the rerun's own work is reading devkit.json, the two indexes "
+            "launcher.prepare.run imports submitit): the rerun's own work is reading devkit.json, the two indexes "
             "and the complete records",
         ),
         Row(
@@ -686,9 +686,9 @@ def meta_done_template(ctx: Context, archives: ArchiveSet) -> Path:
     code = (
         "import sys\n"
         "from launcher import compose_config\n"
-        "from launcher.commands import prepare_request\n"
-        "from launcher.prepare import check_writable, make_plan\n"
-        "from launcher.units import run_unit\n"
+        "from launcher.cli.commands import prepare_request\n"
+        "from launcher.prepare.run import check_writable, make_plan\n"
+        "from launcher.core.units import run_unit\n"
         "req = prepare_request(compose_config('prepare', sys.argv[1:]))\n"
         "check_writable(req.layout)\n"
         "run_unit(next(u for u in make_plan(req, 2).units if u.kind == 'meta'))\n"

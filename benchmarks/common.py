@@ -255,12 +255,20 @@ class ArchiveSet:
 
 
 def make_archives(folder: Path, classes: int, per_class: int, val_per_class: int, pool_size: int = 96, seed: int = 0):
-    """ILSVRC2012-shaped archives: a devkit whose meta.mat has shuffled ILSVRC2012_IDs (launcher.synth's
-    writer), a train tar of `classes` inner class tars of `per_class` JPEGs, a flat val tar of
-    `val_per_class` images per class. Written once; an existing set with the same shape is reused."""
+    """ILSVRC2012-shaped archives: a devkit whose meta.mat has shuffled ILSVRC2012_IDs
+    (launcher.datasets.imagenet.synth's writer), a train tar of `classes` inner class tars of `per_class`
+    JPEGs, a flat val tar of `val_per_class` images per class. Written once; an existing set with the same shape
+    is reused."""
     import numpy as np
 
-    from launcher.synth import SynthSpec, devkit_members, make_synsets, tar_bytes, write_tar, write_tar_gz
+    from launcher.datasets.imagenet.synth import (
+        SynthSpec,
+        devkit_members,
+        make_synsets,
+        tar_bytes,
+        write_tar,
+        write_tar_gz,
+    )
 
     record = folder / "bench-archives.json"
     shape = {

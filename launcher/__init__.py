@@ -32,7 +32,7 @@ def compose_config(command: str, overrides: list[str] | tuple[str, ...] = ()) ->
     """Compose the config of `command` with Hydra overrides, as the CLI does (without `hydra.*`)."""
     from hydra.errors import ConfigCompositionException
 
-    from launcher.commands import COMMANDS, unknown_option
+    from launcher.cli.commands import COMMANDS, unknown_option
 
     if command not in COMMANDS:
         valid = ", ".join(COMMANDS)
@@ -48,7 +48,7 @@ def training_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     inside a running `@hydra.main` app (whose own Hydra is set aside, then put back)."""
     from hydra.errors import ConfigCompositionException
 
-    from launcher.commands import unknown_option
+    from launcher.cli.commands import unknown_option
 
     if message := unknown_option(list(overrides)):
         raise ConfigCompositionException(message)

@@ -10,7 +10,7 @@ import io
 import os
 import sys
 
-from launcher.commands import COMMANDS
+from launcher.cli.commands import COMMANDS
 
 USAGE = """usage: launcher <command> [overrides...] [--help | --cfg job | --info | -m]
        launcher --version
@@ -62,7 +62,7 @@ def run(argv: list[str]) -> int:
         valid = ", ".join(COMMANDS)
         print(f"launcher: unknown command {command!r}; valid commands: {valid}", file=sys.stderr)
         return 2
-    from launcher.commands import run_with_hydra
+    from launcher.cli.commands import run_with_hydra
 
     return run_with_hydra(command, overrides)
 
@@ -94,7 +94,7 @@ def shell_completion(argv: list[str]) -> int:
     if argv[1:2] == ["install=bash"]:
         print(BASH_COMPLETION, end="")
         return 0
-    from launcher.commands import run_with_hydra
+    from launcher.cli.commands import run_with_hydra
 
     if len(argv) < 2 or not argv[1].startswith("query="):
         return run_with_hydra("prepare", argv, program="launcher")  # other shells, uninstall=

@@ -24,9 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launcher import safefs
-from launcher.errors import LauncherError
-from launcher.layout import read_json, write_json
+from launcher.archive import safefs
+from launcher.core.errors import LauncherError
+from launcher.core.layout import read_json, write_json
 
 MARKER = "stage.json"
 STATE_FILES = ("identity.json", "complete-{split}.json", "manifest-{split}.json")

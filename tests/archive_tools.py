@@ -7,7 +7,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from launcher.synth import add_bytes, tar_bytes, tar_info, write_tar, write_tar_gz
+from launcher.datasets.imagenet.synth import add_bytes, tar_bytes, tar_info, write_tar, write_tar_gz
 
 from conftest import FILES
 

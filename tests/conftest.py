@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from launcher import compose_config
-from launcher.commands import run_command
-from launcher.synth import SynthSpec, synthesize
+from launcher.cli.commands import run_command
+from launcher.datasets.imagenet.synth import SynthSpec, synthesize
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = {

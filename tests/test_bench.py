@@ -9,8 +9,8 @@ import test_data
 import torch
 from torch.utils.data import DistributedSampler
 
-from launcher.bench import coverage_verdict
 from launcher.data import EvalSampler
+from launcher.data.bench import coverage_verdict
 
 from conftest import cli, launch
 
@@ -64,7 +64,7 @@ def test_bench_one_rank_in_process(prepared, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     assert "coverage train epoch 0" in out and "coverage train epoch 1" in out and "FAILED" not in out
-    assert "decode: only each JPEG's random crop" in out or "decode: whole images (launcher._jpeg is not" in out
+    assert "decode: only each JPEG's random crop" in out or "decode: whole images (launcher.data._jpeg is not" in out
     (row,) = rows(table)
     assert row["ranks"] == "1" and row["coverage"] == "ok" and float(row["images_per_s"]) > 0
     assert "| run |" in table.with_suffix(".md").read_text()

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from test_faults import RENAMES, clean_run, in_process, leftovers, prepare_args, target_call  # noqa: F401
 
-from launcher.synth import tar_bytes, write_tar
+from launcher.datasets.imagenet.synth import tar_bytes, write_tar
 
 from archive_tools import copy_archives, members
 from conftest import FILES, dataset_overrides, launch, storage_overrides, tree_bytes

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from launcher.commands import COMMANDS
+from launcher.cli.commands import COMMANDS
 
 from conftest import cli
 

@@ -1,10 +1,10 @@
-"""launcher.completion: whether prepare's records say a split is whole, and why not."""
+"""launcher.core.completion: whether prepare's records say a split is whole, and why not."""
 
 from __future__ import annotations
 
 import json
 
-from launcher.completion import incomplete_reason, state_folders
+from launcher.core.completion import incomplete_reason, state_folders
 
 
 def test_reason_comes_from_the_records(tmp_path):

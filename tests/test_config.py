@@ -8,7 +8,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
 from launcher import compose_config
-from launcher.commands import COMMANDS
+from launcher.cli.commands import COMMANDS
 from launcher.config import GROUP_SCHEMAS
 
 from conftest import REPO, cli

@@ -20,7 +20,7 @@ from torchvision.transforms import v2
 from launcher import compose_config
 from launcher import data as D
 from launcher.config import LoaderConfig, TransformConfig
-from launcher.errors import LauncherError
+from launcher.core.errors import LauncherError
 
 from conftest import REPO, dataset_overrides, launch, storage_overrides
 from hostile_files import BOMBS, NON_REGULAR, deadline, jpeg, plant
@@ -104,7 +104,7 @@ def test_manifest_construction_walks_no_directory(prepared, monkeypatch, tmp_pat
     monkeypatch.setattr(os, "walk", refuse)
     monkeypatch.setattr(os, "stat", counting_stat)
 
-    def counting_os_open(*args, **kwargs):  # state is read relative to opened folders (launcher.safefs)
+    def counting_os_open(*args, **kwargs):  # state is read relative to opened folders (launcher.archive.safefs)
         counts["open"] += 1
         return real_os_open(*args, **kwargs)
 

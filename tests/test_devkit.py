@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import scipy.io
 
-from launcher.devkit import DevkitError, NamePatterns, parse_meta_mat
-from launcher.synth import Synset, meta_mat_bytes
+from launcher.datasets.imagenet.devkit import DevkitError, NamePatterns, parse_meta_mat
+from launcher.datasets.imagenet.synth import Synset, meta_mat_bytes
 
 # dataset.patterns of conf/dataset/imagenet.yaml: what a WNID and an ILSVRC2012_ID must match
 NAMES = NamePatterns.of(r"n[0-9]{8}", r"[1-9][0-9]{0,6}")
@@ -121,7 +121,7 @@ def test_not_a_mat_file():
 
 @pytest.mark.parametrize("line", [b"+1", b"1_0", "١".encode(), b"0x1", b"1.0"])
 def test_ground_truth_lines_are_ascii_digits(line):
-    from launcher.devkit import parse_ground_truth
+    from launcher.datasets.imagenet.devkit import parse_ground_truth
 
     id_to_wnid = {1: "n01440764", 10: "n01443537"}
     assert parse_ground_truth(b"1\n10\n", id_to_wnid, "gt.txt", NAMES) == ["n01440764", "n01443537"]
@@ -131,7 +131,7 @@ def test_ground_truth_lines_are_ascii_digits(line):
 
 CHILD = """
 import sys
-from launcher.devkit import DevkitError, NamePatterns, parse_meta_mat
+from launcher.datasets.imagenet.devkit import DevkitError, NamePatterns, parse_meta_mat
 try:
     parse_meta_mat(sys.stdin.buffer.read(), "meta.mat", NamePatterns.of("n[0-9]{8}", "[1-9][0-9]{0,6}"))
     print("read")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from launcher import compose_config
-from launcher.commands import cluster_of
-from launcher.dispatch import make_executor, submit
+from launcher.cli.commands import cluster_of
+from launcher.core.dispatch import make_executor, submit
 
 from conftest import sacct
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.synth import tar_bytes
+from launcher.datasets.imagenet.synth import tar_bytes
 
 from archive_tools import (
     copy_archives,

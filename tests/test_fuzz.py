@@ -30,12 +30,12 @@ import pytest
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from launcher import torchfile
-from launcher.devkit import NamePatterns, parse_ground_truth, parse_meta_mat, read_devkit_members
-from launcher.errors import LauncherError
-from launcher.synth import Synset, encode_image, meta_mat_bytes, tar_bytes
-from launcher.tarscan import scan
-from launcher.verify import BadImage, parse_header
+from launcher.archive.tarscan import scan
+from launcher.check.verify import BadImage, parse_header
+from launcher.core.errors import LauncherError
+from launcher.datasets.imagenet import torchfile
+from launcher.datasets.imagenet.devkit import NamePatterns, parse_ground_truth, parse_meta_mat, read_devkit_members
+from launcher.datasets.imagenet.synth import Synset, encode_image, meta_mat_bytes, tar_bytes
 
 from conftest import FILES, GROUND_TRUTH, META
 from test_tarscan import tar_header

@@ -1,4 +1,4 @@
-"""launcher.imageio: the one place torchvision.io's (deprecated) decoders are called."""
+"""launcher.data.imageio: the one place torchvision.io's (deprecated) decoders are called."""
 
 from __future__ import annotations
 
@@ -12,16 +12,18 @@ import torch
 import torchvision.io
 from PIL import Image
 
-from launcher import imageio
+from launcher.data import imageio
 
 from conftest import REPO
 
 
 def test_the_torchvision_decoders_we_call_still_exist():
-    """The day torchvision removes one, this fails (and importing launcher.imageio fails before it):
-    move launcher/imageio.py to TorchCodec (torchcodec.decoders) as torchvision's warning says."""
+    """The day torchvision removes one, this fails (and importing launcher.data.imageio fails before it):
+    move launcher/data/imageio.py to TorchCodec (torchcodec.decoders) as torchvision's warning says."""
     for name in imageio.TORCHVISION_CALLS:
-        assert callable(getattr(torchvision.io, name, None)), f"torchvision.io.{name} is gone: port launcher/imageio.py"
+        assert callable(getattr(torchvision.io, name, None)), (
+            f"torchvision.io.{name} is gone: port launcher/data/imageio.py"
+        )
 
 
 def png(pixels: np.ndarray) -> torch.Tensor:
@@ -50,7 +52,7 @@ def test_decode_jpeg_reads_a_jpeg_without_the_deprecation_warning():
 
 def test_a_direct_call_fails_under_pytest():
     """pyproject's filterwarnings turns torchvision's deprecation into an error, so a decode call that
-    bypasses launcher.imageio fails the test that makes it."""
+    bypasses launcher.data.imageio fails the test that makes it."""
     data = png(np.zeros((2, 2, 3), dtype=np.uint8))
     try:
         torchvision.io.decode_image(data)
@@ -60,9 +62,9 @@ def test_a_direct_call_fails_under_pytest():
 
 
 def test_no_other_module_imports_torchvision_io():
-    """launcher/, benchmarks/ and tests/ reach torchvision.io only through launcher.imageio."""
+    """launcher/, benchmarks/ and tests/ reach torchvision.io only through launcher.data.imageio."""
     offenders = []
-    for path in [*REPO.glob("launcher/*.py"), *REPO.glob("benchmarks/*.py"), *REPO.glob("tests/*.py")]:
+    for path in [*REPO.glob("launcher/**/*.py"), *REPO.glob("benchmarks/*.py"), *REPO.glob("tests/*.py")]:
         if path.name in ("imageio.py", Path(__file__).name):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
@@ -73,4 +75,4 @@ def test_no_other_module_imports_torchvision_io():
                 names = [a.name for a in node.names]
             if any(n == "torchvision.io" or n.startswith("torchvision.io.") for n in names):
                 offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
-    assert not offenders, f"decode through launcher.imageio instead: {offenders}"
+    assert not offenders, f"decode through launcher.data.imageio instead: {offenders}"

@@ -1,4 +1,4 @@
-"""launcher._jpeg (the C extension): a crop decoded alone has the pixels of the whole decode, cut."""
+"""launcher.data._jpeg (the C extension): a crop decoded alone has the pixels of the whole decode, cut."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from launcher import data as D
-from launcher.imageio import ImageReadMode, decode_jpeg
+from launcher.data.imageio import ImageReadMode, decode_jpeg
 
 jpeg = D._jpeg  # None when built without libjpeg's headers (libjpeg62-turbo-dev)
-needs_jpeg = pytest.mark.skipif(jpeg is None, reason="launcher._jpeg was not built (no libjpeg headers)")
+needs_jpeg = pytest.mark.skipif(jpeg is None, reason="launcher.data._jpeg was not built (no libjpeg headers)")
 
 
 def test_the_extension_is_built_under_ci():
@@ -23,7 +23,7 @@ def test_the_extension_is_built_under_ci():
     import): the fast path must be there, not silently absent."""
     if not os.environ.get("CI"):
         pytest.skip("only CI insists")
-    assert jpeg is not None, "launcher._jpeg is missing: install gcc and libjpeg62-turbo-dev, then reinstall"
+    assert jpeg is not None, "launcher.data._jpeg is missing: install gcc and libjpeg62-turbo-dev, then reinstall"
     assert D.build_transforms({}, train=True).fuses_crop
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.layout import read_json, read_lines
+from launcher.core.layout import read_json, read_lines
 
 from conftest import cli, dataset_overrides, launch, storage_overrides, tree_bytes
 

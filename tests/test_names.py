@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from launcher.archive.index import index_val
 from launcher.config import PatternsConfig
-from launcher.index import index_val
 
 from archive_tools import copy_archives, hostile_tar, members, rewrite_class, rewrite_devkit, write_tar
 from conftest import FILES, GROUND_TRUTH, META, dataset_overrides, launch, storage_overrides

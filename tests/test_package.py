@@ -16,12 +16,12 @@ import pytest
 import tomllib
 
 import launcher
-from launcher import dispatch
+from launcher.core import dispatch
 
 from conftest import REPO, cli
 from venvs import clean_env, clone_head, make_venv
 
-CROP_DECODER = "decode: only each JPEG's random crop (launcher._jpeg)"
+CROP_DECODER = "decode: only each JPEG's random crop (launcher.data._jpeg)"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 DISTRIBUTION = PYPROJECT["project"]["name"]
 LIBS = DISTRIBUTION.replace("-", "_") + ".libs"
@@ -58,7 +58,7 @@ def pip_wheel(source: Path, out: Path, **env: str) -> subprocess.CompletedProces
 
 def test_a_local_job_imports_the_installed_launcher_not_the_current_folder(tmp_path, monkeypatch):
     """submitit starts jobs with `python -m`, which puts the current folder first on sys.path: run from a
-    clone's root, a job imported the source folder (no compiled launcher._jpeg) instead of the install."""
+    clone's root, a job imported the source folder (no compiled launcher.data._jpeg) instead of the install."""
     decoy = tmp_path / "cwd" / "launcher"
     decoy.mkdir(parents=True)
     (decoy / "__init__.py").write_text("")
@@ -74,7 +74,7 @@ def test_a_build_without_a_compiler_says_in_one_line_what_it_skipped(tmp_path):
     source = clone_head(REPO, tmp_path / "clone")
     result = pip_wheel(source, tmp_path / "wheels", CC="false")
     assert result.returncode == 0, result.stderr[-3000:]
-    said = [line for line in (result.stdout + result.stderr).splitlines() if "launcher._jpeg" in line]
+    said = [line for line in (result.stdout + result.stderr).splitlines() if "launcher.data._jpeg" in line]
     lines = [line for line in said if "skip" in line or "fail" in line]
     assert len(lines) == 1 and "apt-get install gcc libjpeg62-turbo-dev" in lines[0], said
     (wheel,) = (tmp_path / "wheels").glob("*.whl")
@@ -82,7 +82,7 @@ def test_a_build_without_a_compiler_says_in_one_line_what_it_skipped(tmp_path):
 
 
 MAPS = """
-import launcher, launcher._jpeg
+import launcher, launcher.data._jpeg
 print(launcher.__file__)
 print("\\n".join(sorted({line.split()[-1] for line in open("/proc/self/maps") if "libjpeg" in line})))
 """

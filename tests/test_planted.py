@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from test_faults import Run, prepare_args, run_traced
 
-from launcher.layout import ROOT_ID_FILE
+from launcher.core.layout import ROOT_ID_FILE
 
 from conftest import dataset_overrides, storage_overrides
 
@@ -199,7 +199,7 @@ def composed(args: tuple[str, ...], root: Path):
 
 def run_guarded(args: tuple[str, ...], root: Path, capsys, seconds: int = 60) -> Run:
     """In-process run that fails the test instead of hanging (a FIFO opened for reading would)."""
-    from launcher.commands import run_command
+    from launcher.cli.commands import run_command
 
     def expire(*_):
         raise Timeout(f"{args[0]} hung for {seconds}s")

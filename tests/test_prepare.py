@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from launcher.layout import Layout, Lock, read_json
+from launcher.core.layout import Layout, Lock, read_json
 
 from archive_tools import copy_archives, members, rewrite_class, rewrite_devkit, tar_bytes, truncate, write_tar
 from conftest import FILES, GROUND_TRUTH, META, dataset_overrides, launch, storage_overrides, tree_bytes
@@ -142,7 +142,7 @@ def test_complete_root_keeps_no_empty_partial_folder(archives, tmp_path):
 
 
 def test_empty_partial_removal_does_not_follow_a_link(tmp_path):
-    from launcher.prepare import remove_empty_partial
+    from launcher.prepare.run import remove_empty_partial
 
     root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
     (elsewhere / "train").mkdir(parents=True)

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from launcher.runner import command_line, rerun_args, status_args
+from launcher.core.runner import command_line, rerun_args, status_args
 
 from conftest import cli, dataset_overrides
 

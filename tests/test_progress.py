@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import re
 
-from launcher.progress import Progress, human_seconds
+from launcher.core.progress import Progress, human_seconds
 
 from conftest import dataset_overrides, launch, storage_overrides
 

@@ -13,7 +13,7 @@ from conftest import REPO
 from venvs import clean_env, clone_head, make_venv
 
 FIRST_COMMAND = "pip install . && launcher demo"
-CROP_DECODER = "decode: only each JPEG's random crop (launcher._jpeg)"
+CROP_DECODER = "decode: only each JPEG's random crop (launcher.data._jpeg)"
 
 
 def readme_commands() -> list[str]:

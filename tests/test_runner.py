@@ -6,9 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 
-from launcher import dispatch, runner
-from launcher.layout import Layout
-from launcher.units import Unit, is_complete, run_units
+from launcher.core import dispatch, runner
+from launcher.core.layout import Layout
+from launcher.core.units import Unit, is_complete, run_units
 
 
 def md5_units(tmp_path, sizes: list[int]) -> list[Unit]:

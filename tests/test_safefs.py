@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher import safefs
-from launcher.extract import Output
+from launcher.archive import safefs
+from launcher.archive.extract import Output
 
 
 @pytest.fixture

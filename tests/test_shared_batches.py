@@ -1,4 +1,4 @@
-"""launcher.shared_batches: a worker reuses a batch's shared memory only after the main process let go."""
+"""launcher.data.shared_batches: a worker reuses a batch's shared memory only after the main process let go."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import torch.multiprocessing  # noqa: F401  (registers torch's reductions)
 from torch.utils.data import DataLoader, Dataset
 
-from launcher import shared_batches as S
+from launcher.data import shared_batches as S
 
 
 @pytest.fixture

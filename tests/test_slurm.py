@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from launcher.layout import read_json
+from launcher.core.layout import read_json
 
 from archive_tools import copy_archives, rewrite_class, tar_bytes
 from conftest import REPO, cli, dataset_overrides, sacct, storage_overrides, tree_bytes
@@ -104,7 +104,7 @@ SLOW_UNIT = """
 # train unit is made to last a few seconds on its first attempt, so that a signal finds it running.
 import os, time
 if os.environ.get("LAUNCHER_TEST_SLOW_S") and not int(os.environ.get("SLURM_RESTART_COUNT") or 0):
-    import launcher.extract as extract
+    import launcher.archive.extract as extract
 
     def slow(*args, _extract=extract.extract_train, **kwargs):
         time.sleep(float(os.environ["LAUNCHER_TEST_SLOW_S"]))
@@ -223,7 +223,7 @@ def test_login_side_killed_while_waiting_then_status_and_rerun_recover(slurm_clu
 
 
 def test_max_array_size_comes_from_scontrol(slurm_cluster):
-    from launcher.dispatch import Cluster, max_array_size
+    from launcher.core.dispatch import Cluster, max_array_size
 
     shown = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True).stdout
     expected = int(next(line.split("=")[1] for line in shown.splitlines() if line.startswith("MaxArraySize")))

@@ -11,9 +11,9 @@ import test_data
 import torchvision
 from test_data import ATTRIBUTES
 
+from launcher.core.errors import LauncherError
+from launcher.core.layout import read_json, write_json
 from launcher.data import build_dataset
-from launcher.errors import LauncherError
-from launcher.layout import read_json, write_json
 from launcher.stage import MARKER, WaitingLock, stage_root
 
 from conftest import cli, dataset_overrides, launch, tree_bytes

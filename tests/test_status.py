@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.layout import read_json, read_lines
+from launcher.core.layout import read_json, read_lines
 
 from conftest import cli, dataset_overrides, launch, sacct, storage_overrides
 
@@ -155,7 +155,7 @@ def test_status_shows_slurm_pending_reasons(slurm_cluster, archives, tmp_path):
 def test_a_running_split_shows_rate_eta_and_pending_reasons():
     """The line of a split half done: rate from the units finished since the submission, ETA from
     the bytes left, SLURM's reasons beside the queued count."""
-    from launcher.status import UnitStatus, part_line, summarize_part
+    from launcher.core.status import UnitStatus, part_line, summarize_part
 
     since = 1000.0
     done = [

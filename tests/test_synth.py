@@ -11,8 +11,8 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from launcher.errors import LauncherError
-from launcher.synth import SYNSET_FIELDS, SynthSpec, md5_of
+from launcher.core.errors import LauncherError
+from launcher.datasets.imagenet.synth import SYNSET_FIELDS, SynthSpec, md5_of
 
 from conftest import FILES, GROUND_TRUTH, META, SHAPES, cli, make_archives
 

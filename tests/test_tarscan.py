@@ -10,8 +10,8 @@ import tarfile
 
 import pytest
 
-from launcher.synth import add_bytes
-from launcher.tarscan import TarError, scan
+from launcher.archive.tarscan import TarError, scan
+from launcher.datasets.imagenet.synth import add_bytes
 
 from archive_tools import device, hostile_tar, link
 from conftest import FILES

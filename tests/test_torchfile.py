@@ -12,7 +12,7 @@ import zipfile
 import pytest
 import torch
 
-from launcher import torchfile
+from launcher.datasets.imagenet import torchfile
 
 META = ({"n01440764": ("tench", "Tinca tinca"), "n01443537": ("goldfish",)}, ["n01443537", "n01440764"])
 

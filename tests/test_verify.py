@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from launcher.imagebounds import Limits
-from launcher.synth import encode_image
-from launcher.verify import check_file, decode, load_meta, verify_shard
+from launcher.check.imagebounds import Limits
+from launcher.check.verify import check_file, decode, load_meta, verify_shard
+from launcher.datasets.imagenet.synth import encode_image
 
 from conftest import cli, dataset_overrides, launch, storage_overrides, tree_bytes
 from hostile_files import BOMBS, NON_REGULAR, deadline, jpeg, plant
@@ -291,8 +291,8 @@ def moved_train_image(root, odd, archives):
 
 
 def other_devkit_meta(root, odd, archives):
-    from launcher import torchfile
-    from launcher.devkit import parse_devkit
+    from launcher.datasets.imagenet import torchfile
+    from launcher.datasets.imagenet.devkit import parse_devkit
 
     from conftest import GROUND_TRUTH, META
 
@@ -428,7 +428,7 @@ def test_missing_root_is_refused(archives, tmp_path, capsys):
 def test_fix_makes_every_file_a_jpeg_decode_jpeg_reads(ours, archives, tmp_path):
     import torch
 
-    from launcher.imageio import ImageReadMode, decode_jpeg
+    from launcher.data.imageio import ImageReadMode, decode_jpeg
 
     result = archives("small")
     root = copy_root(ours, tmp_path)
@@ -622,7 +622,7 @@ def test_hostile_meta_bin_is_bounded(hostile, ours, archives, tmp_path):
     """meta.bin of a hundred kilobytes naming one 9.5 KB string for every val image (or far more
     entries than the devkit's): refused before verify builds its expected layout from it (the run's
     expected.json stays small; on main it held every copy of the string)."""
-    from launcher import torchfile
+    from launcher.datasets.imagenet import torchfile
 
     _, make, why = hostile
     result = archives("small")
@@ -665,7 +665,7 @@ def test_trailing_bytes_after_the_end_marker_are_a_note(extra, progressive, tmp_
 def test_hostile_meta_bin_without_devkit_is_bounded(oracle, tmp_path):
     """No devkit anywhere, so meta.bin alone would give the expected layout: 120 KB of pickle naming
     one 9.5 KB string for each of 50,000 val images made a 476 MB expected.json on main."""
-    from launcher import torchfile
+    from launcher.datasets.imagenet import torchfile
 
     root = copy_root(oracle("small"), tmp_path)
     for archive in root.glob("ILSVRC2012_*"):

@@ -72,7 +72,7 @@ def run_command(cfg: DictConfig) -> int:
     """Run one composed config; a LauncherError becomes its message and a non-zero exit code."""
     from omegaconf.errors import OmegaConfBaseException
 
-    from launcher.errors import ConfigError, LauncherError, describe_os_error
+    from launcher.core.errors import ConfigError, LauncherError, describe_os_error
 
     function = globals()[COMMANDS[cfg.command].function]
     try:
@@ -203,7 +203,7 @@ def check_config(cfg: DictConfig) -> None:
 def check_counts(cfg: DictConfig) -> None:
     from omegaconf import OmegaConf
 
-    from launcher.errors import ConfigError
+    from launcher.core.errors import ConfigError
 
     for key in POSITIVE:
         value = OmegaConf.select(cfg, key, default=None)
@@ -214,7 +214,7 @@ def check_counts(cfg: DictConfig) -> None:
 def check_mode(key: str, value: str, forbidden: int, words: str) -> None:
     import re
 
-    from launcher.errors import ConfigError
+    from launcher.core.errors import ConfigError
 
     if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3,4}", value, re.ASCII):
         raise ConfigError(f"{key}={value!r} is not an octal mode like 0644 (three or four digits 0-7)")
@@ -226,7 +226,7 @@ def check_mode(key: str, value: str, forbidden: int, words: str) -> None:
 def check_state_dir(root: Path, state_dir: Path) -> None:
     """A state folder inside a split (or .partial) would be taken for a class folder, or removed
     with it: refused, with the option that moves it."""
-    from launcher.errors import ConfigError
+    from launcher.core.errors import ConfigError
 
     for part in ("train", "val", ".partial"):
         folder = root / part
@@ -286,7 +286,7 @@ def dataset_differences(chosen: dict, stored: dict) -> list[str]:
 
 def DatasetMismatch(message: str):
     """A config mistake (exit 2): the chosen dataset is not the one the root was prepared with."""
-    from launcher.errors import LauncherError
+    from launcher.core.errors import LauncherError
 
     err = LauncherError(message)
     err.exit_code = 2
@@ -299,7 +299,7 @@ def use_root_dataset(cfg: DictConfig) -> None:
     choice that disagrees with it, stop with a message naming both configs."""
     from omegaconf import OmegaConf
 
-    from launcher.prepare import root_dataset
+    from launcher.prepare.run import root_dataset
 
     overrides = hydra_overrides()
     stored = root_dataset(layout_of(cfg)) if overrides is not None else None
@@ -329,26 +329,26 @@ def plain(node) -> dict:
 
 
 def layout_of(cfg: DictConfig):
-    from launcher.layout import Layout
+    from launcher.core.layout import Layout
 
     return Layout.of(cfg.storage.root, cfg.storage.state_dir)
 
 
 def output_of(cfg: DictConfig, fsync: bool = False):
-    from launcher.extract import Output
+    from launcher.archive.extract import Output
 
     s = cfg.storage
     return Output.of(s.file_mode, s.dir_mode, s.group, fsync)
 
 
 def cluster_of(cfg: DictConfig):
-    from launcher.dispatch import Cluster
+    from launcher.core.dispatch import Cluster
 
     return Cluster.from_config({**plain(cfg.cluster), "wait": cfg.wait})
 
 
 def prepare_request(cfg: DictConfig):
-    from launcher.prepare import PrepareRequest
+    from launcher.prepare.run import PrepareRequest
 
     d, o = cfg.dataset, cfg.prepare
     return PrepareRequest(
@@ -390,7 +390,7 @@ def run_config(cfg: DictConfig) -> dict:
 
 
 def synth_spec(options):
-    from launcher.synth import SynthSpec
+    from launcher.datasets.imagenet.synth import SynthSpec
 
     return SynthSpec(**{k: v for k, v in plain(options).items() if k != "overwrite"})
 
@@ -399,13 +399,13 @@ def synth_spec(options):
 
 
 def cmd_prepare(cfg: DictConfig) -> int:
-    from launcher.prepare import run_prepare
+    from launcher.prepare.run import run_prepare
 
     return run_prepare(prepare_request(cfg), cluster_of(cfg))
 
 
 def cmd_synth(cfg: DictConfig) -> int:
-    from launcher.synth import synthesize
+    from launcher.datasets.imagenet.synth import synthesize
 
     result = synthesize(
         Path(cfg.storage.archive_dir).absolute(),
@@ -432,8 +432,8 @@ def not_built(name: str, issue: str) -> int:
 
 
 def verify_request(cfg: DictConfig):
-    from launcher.imagebounds import Limits
-    from launcher.verify import VerifyRequest
+    from launcher.check.imagebounds import Limits
+    from launcher.check.verify import VerifyRequest
 
     d, o = cfg.dataset, cfg.verify
     return VerifyRequest(
@@ -463,7 +463,7 @@ def verify_request(cfg: DictConfig):
 
 
 def cmd_verify(cfg: DictConfig) -> int:
-    from launcher.verify import run_verify
+    from launcher.check.verify import run_verify
 
     use_root_dataset(cfg)
     if cfg.verify.report == "-":
@@ -491,8 +491,8 @@ def verify_to_stdout(cfg: DictConfig) -> int:
 
     from omegaconf import open_dict
 
-    from launcher.layout import read_json
-    from launcher.verify import run_verify
+    from launcher.check.verify import run_verify
+    from launcher.core.layout import read_json
 
     report = Path(cfg.storage.state_dir).absolute() / f"verify-{cfg.split.name}.json"
     with open_dict(cfg):
@@ -508,7 +508,7 @@ def verify_to_stdout(cfg: DictConfig) -> int:
 
 
 def cmd_status(cfg: DictConfig) -> int:
-    from launcher.status import show_status
+    from launcher.core.status import show_status
 
     use_root_dataset(cfg)
     o = cfg.status
@@ -536,7 +536,7 @@ def bench_table(cfg: DictConfig) -> Path:
 
 
 def bench_request(cfg: DictConfig):
-    from launcher.bench import BenchRequest
+    from launcher.data.bench import BenchRequest
 
     o = cfg.bench
     return BenchRequest(
@@ -569,23 +569,23 @@ def stage_job(cfg: DictConfig) -> tuple:
         args = (source, root, list(cfg.split.splits), o.source_state_dir, state_dir, None, o.reuse, o.threads, o.wait_s)
         return stage.stage_root, args
     if mode == "archives":
-        from launcher.dispatch import Cluster
-        from launcher.prepare import run_prepare
+        from launcher.core.dispatch import Cluster
+        from launcher.prepare.run import run_prepare
 
         here = Cluster.from_config({"executor": "debug", "wait": True})
         prepare = functools.partial(run_prepare, prepare_request(cfg), here)
         archive_dir = Path(cfg.storage.archive_dir).absolute()
         return stage.stage_archives, (source, names, archive_dir, root, prepare, state_dir, None, o.reuse, o.wait_s)
-    from launcher.errors import LauncherError
+    from launcher.core.errors import LauncherError
 
     raise LauncherError(f"stage.mode={mode!r} is not one of auto, root, archives")
 
 
 def cmd_bench(cfg: DictConfig) -> int:
-    from launcher.bench import require_root, run_bench
+    from launcher.data.bench import require_root, run_bench
 
     if cfg.bench.split not in ("train", "val"):
-        from launcher.errors import LauncherError
+        from launcher.core.errors import LauncherError
 
         raise LauncherError(f"bench.split={cfg.bench.split!r} is not train or val")
     use_root_dataset(cfg)
@@ -598,7 +598,7 @@ def cmd_bench(cfg: DictConfig) -> int:
 def warn_batch_larger_than_split(cfg: DictConfig) -> None:
     """One line on stderr when the batch size bench.split uses exceeds the images the split holds
     (from its complete record): a train epoch with drop_last then has no batch at all."""
-    from launcher.layout import read_json
+    from launcher.core.layout import read_json
 
     split, o = cfg.bench.split, cfg.loader
     done = read_json(layout_of(cfg).complete_file(split)) or {}
@@ -616,7 +616,7 @@ def warn_batch_larger_than_split(cfg: DictConfig) -> None:
 
 def cmd_stage(cfg: DictConfig) -> int:
     """Stage on every node of the job (cluster=debug: in this process, e.g. under srun)."""
-    from launcher import dispatch
+    from launcher.core import dispatch
 
     fn, args = stage_job(cfg)
     cluster = cluster_of(cfg)
@@ -640,7 +640,7 @@ def cmd_demo(cfg: DictConfig) -> int:
     """synth -> prepare -> verify -> one epoch of the train loader; says what each step did."""
     t0 = time.time()
     print("demo 1/4 synth: synthetic ILSVRC2012-shaped archives")
-    from launcher.synth import synthesize
+    from launcher.datasets.imagenet.synth import synthesize
 
     result = synthesize(
         Path(cfg.storage.archive_dir).absolute(),
@@ -660,19 +660,19 @@ def cmd_demo(cfg: DictConfig) -> int:
     with open_dict(cfg):
         for key in ("devkit", "train", "val"):
             cfg.dataset.archives[key].md5 = result.md5[key]
-    from launcher.prepare import run_prepare
+    from launcher.prepare.run import run_prepare
 
     code = run_prepare(prepare_request(cfg), cluster_of(cfg))
     if code:
         return code
     print("demo 3/4 verify: every file decoded, structure and counts against the devkit")
-    from launcher.verify import run_verify
+    from launcher.check.verify import run_verify
 
     code = run_verify(verify_request(cfg), cluster_of(cfg))
     if code:
         return code
     print("demo 4/4 loader: one epoch of the train loader, as a training job would build it")
-    from launcher.bench import run_bench
+    from launcher.data.bench import run_bench
 
     code = run_bench(bench_request(cfg), cluster_of(cfg))
     if code:

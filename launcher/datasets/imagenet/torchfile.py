@@ -13,8 +13,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from launcher import safefs
-from launcher.errors import LauncherError
+from launcher.archive import safefs
+from launcher.core.errors import LauncherError
 
 # torch.save's zip records beside data.pkl (torch 2.x)
 RECORDS = {".format_version": b"1", ".storage_alignment": b"64", "byteorder": b"little", "version": b"3\n"}

@@ -45,7 +45,7 @@ class Limits:
     option: str = "verify"
 
     def check(self) -> None:
-        from launcher.errors import LauncherError
+        from launcher.core.errors import LauncherError
 
         for key in ("max_file_bytes", "max_pixels", "max_scans"):
             value = getattr(self, key)

@@ -21,11 +21,11 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from launcher import dispatch
-from launcher.errors import LauncherError
-from launcher.layout import SPLITS, Layout, read_json
-from launcher.progress import human_bytes, human_seconds, table
-from launcher.runner import latest_states, ledger_entries
+from launcher.core import dispatch
+from launcher.core.errors import LauncherError
+from launcher.core.layout import SPLITS, Layout, read_json
+from launcher.core.progress import human_bytes, human_seconds, table
+from launcher.core.runner import latest_states, ledger_entries
 
 WORDS = {"PENDING": "queued", "REQUEUED": "queued", "CONFIGURING": "queued", "SUSPENDED": "queued"}
 PENDING = ("queued", "not submitted")
@@ -296,7 +296,7 @@ def status_json(layout: Layout, summaries: dict, tail_lines: int) -> dict:
 
 def root_dataset_name(layout: Layout) -> str | None:
     """The dataset config the root was prepared with, as its identity record says."""
-    from launcher.prepare import root_dataset
+    from launcher.prepare.run import root_dataset
 
     return (root_dataset(layout) or {}).get("name")
 

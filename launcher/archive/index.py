@@ -14,9 +14,9 @@ import os
 import re
 from pathlib import Path
 
-from launcher.errors import LauncherError
-from launcher.extract import check_member
-from launcher.tarscan import scan
+from launcher.archive.extract import check_member
+from launcher.archive.tarscan import scan
+from launcher.core.errors import LauncherError
 
 # what a record compares to tell "the same archive file, unchanged": a rewrite in place changes
 # mtime_ns and ctime_ns (ctime cannot be set back), a replacement (rename over) the inode

@@ -19,7 +19,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.errors import LauncherError
+from launcher.core.errors import LauncherError
 
 REQUIRED_FIELDS = ("ILSVRC2012_ID", "WNID", "words", "num_children", "num_train_images")
 NUMBER_FIELDS = ("ILSVRC2012_ID", "num_children", "num_train_images")  # whole numbers >= 0

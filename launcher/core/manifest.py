@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from launcher.layout import read_json, write_json
+from launcher.core.layout import read_json, write_json
 
 VERSION = 1
 

@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from launcher.errors import LauncherError
+from launcher.core.errors import LauncherError
 
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)

@@ -18,10 +18,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher import safefs, torchfile
-from launcher.errors import LauncherError
-from launcher.layout import read_json
-from launcher.tarscan import Member, Window, scan
+from launcher.archive import safefs
+from launcher.archive.tarscan import Member, Window, scan
+from launcher.core.errors import LauncherError
+from launcher.core.layout import read_json
+from launcher.datasets.imagenet import torchfile
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ def check_member(member: Member, pattern: re.Pattern, label: str, seen: set[str]
 def archive_changed(path: str, identity: dict, fd: int | None = None) -> LauncherError | None:
     """An error when the archive at `path` (and the file open as `fd`, which a rename over `path`
     does not change) is no longer the file, unchanged, that `identity` describes."""
-    from launcher.index import IDENTITY_KEYS, stat_identity
+    from launcher.archive.index import IDENTITY_KEYS, stat_identity
 
     now = [stat_identity(path, os.stat(path))] + ([stat_identity(path, os.fstat(fd))] if fd is not None else [])
     differ = sorted({k for ident in now for k in IDENTITY_KEYS if ident[k] != identity.get(k)})
@@ -117,7 +118,7 @@ def archive_changed(path: str, identity: dict, fd: int | None = None) -> Launche
 
 def check_root(root: str, root_id: str) -> None:
     """The unit writes into the root it was planned for (its id file holds `root_id`)."""
-    from launcher.layout import read_root_id
+    from launcher.core.layout import read_root_id
 
     found = read_root_id(Path(root))
     if found != root_id:
@@ -325,7 +326,7 @@ def val_target(name, number, val_wnids: list, name_re: re.Pattern, wnid_re: re.P
 
 def write_meta(devkit: str, meta_bin: str) -> dict:
     """Meta unit: root/meta.bin from the parsed devkit, as torchvision writes it, without torch."""
-    from launcher.devkit import Devkit
+    from launcher.datasets.imagenet.devkit import Devkit
 
     t0 = time.perf_counter()
     kit = Devkit.from_json(read_json(Path(devkit))["devkit"])
@@ -337,7 +338,7 @@ def check_md5(path: str, expected: str, key: str, identity: dict | None = None) 
     """Md5 unit: the md5 of a whole archive, compared with dataset.archives.<key>.md5. The result
     is tied to the file it hashed: the identity indexed (`identity`), the same before and after the
     hash, or the unit fails and records nothing."""
-    from launcher.index import stat_identity
+    from launcher.archive.index import stat_identity
 
     t0 = time.perf_counter()
     digest, buf = hashlib.md5(), bytearray(1 << 20)  # one buffer, reused: no allocation per read

@@ -10,7 +10,7 @@
   same `classes, wnids, class_to_idx, wnid_to_idx, samples, targets, imgs`. With the prepare manifest
   (`state_dir/manifest-<split>.json`) it is built from that file alone (no directory walk); without
   it torchvision's own scan runs. It never extracts archives. Images are decoded by
-  `torchvision.io` (through launcher.imageio) into uint8 RGB tensors (PIL for what it cannot decode, e.g. CMYK).
+  `torchvision.io` (through launcher.data.imageio) into uint8 RGB tensors (PIL for what it cannot decode, e.g. CMYK).
 - `build_transforms(cfg.transform, train)`: a `torchvision.transforms.v2.Compose` for uint8 image
   tensors (or PIL images): `standard` (RandomResizedCrop + flip for train, Resize + CenterCrop for
   eval), an optional policy (`randaugment`, `autoaugment`, `trivialaugment`), then float32 +
@@ -59,14 +59,23 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.datasets.vision import VisionDataset
 from torchvision.transforms import v2
 
-from launcher import completion, shared_batches
-from launcher.errors import LauncherError
-from launcher.imagebounds import BadImage, Limits, Refused, check_image, check_pixels, read_regular, too_many_scans
-from launcher.imageio import ImageReadMode, decode_image
-from launcher.manifest import read_manifest
+from launcher.check.imagebounds import (
+    BadImage,
+    Limits,
+    Refused,
+    check_image,
+    check_pixels,
+    read_regular,
+    too_many_scans,
+)
+from launcher.core import completion
+from launcher.core.errors import LauncherError
+from launcher.core.manifest import read_manifest
+from launcher.data import shared_batches
+from launcher.data.imageio import ImageReadMode, decode_image
 
-try:  # the C extension (launcher/_jpeg.c, built against libjpeg-turbo): decodes only a train crop
-    from launcher import _jpeg
+try:  # the C extension (launcher/data/_jpeg.c, built against libjpeg-turbo): decodes only a train crop
+    from launcher.data import _jpeg
 except ImportError:  # built without libjpeg's headers: every image is decoded whole
     _jpeg = None
 
@@ -246,7 +255,7 @@ class Pipeline(v2.Compose):
 
     def head_of_file(self, path: str) -> torch.Tensor:
         """head(decode_file(path)), the same pixels; a JPEG under a leading RandomResizedCrop has only
-        its crop decoded (launcher._jpeg: rows below it are never read, pixels beside it never
+        its crop decoded (launcher.data._jpeg: rows below it are never read, pixels beside it never
         converted), which saves a fifth to a half of the decode."""
         crop = self.decode_crop(path) if self.fuses_crop else None
         if crop is None:
@@ -580,7 +589,7 @@ def new_batch(size: int, shape: tuple[int, ...], output: str) -> torch.Tensor:
 
 def empty_batch(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """An uninitialized tensor; in a DataLoader worker in shared memory that the worker reuses once
-    the main process has let go of it (launcher.shared_batches), with room for the targets."""
+    the main process has let go of it (launcher.data.shared_batches), with room for the targets."""
     if get_worker_info() is None:
         return torch.empty(shape, dtype=dtype)
     if shared_batches.AVAILABLE:

@@ -22,18 +22,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from launcher import plan, safefs
-from launcher.devkit import Devkit, parse_devkit
-from launcher.errors import LauncherError
-from launcher.extract import Output, make_dir
-from launcher.index import IDENTITY_KEYS, archive_identity, index_train, index_val, same_archive, same_identity
-from launcher.layout import SPLITS, Layout, Lock, read_json, read_root_id, write_json
-from launcher.manifest import build_manifest, read_manifest, write_manifest
-from launcher.progress import human_bytes, table
-from launcher.units import Unit, is_complete, run_unit
+from launcher.archive import safefs
+from launcher.archive.extract import Output, make_dir
+from launcher.archive.index import IDENTITY_KEYS, archive_identity, index_train, index_val, same_archive, same_identity
+from launcher.core import plan
+from launcher.core.errors import LauncherError
+from launcher.core.layout import SPLITS, Layout, Lock, read_json, read_root_id, write_json
+from launcher.core.manifest import build_manifest, read_manifest, write_manifest
+from launcher.core.progress import human_bytes, table
+from launcher.core.units import Unit, is_complete, run_unit
+from launcher.datasets.imagenet.devkit import Devkit, parse_devkit
 
 if TYPE_CHECKING:
-    from launcher import dispatch
+    from launcher.core import dispatch
 
 ARCHIVES_OF = {"train": ("devkit", "train"), "val": ("devkit", "val")}
 
@@ -969,7 +970,7 @@ def split_units(units: list[Unit], split: str) -> list[Unit]:
 def dispatch_slurm(cluster: dispatch.Cluster, folder: Path, p: Plan, todo: list[Unit], active: dict) -> list:
     """Arrays per split. Without waiting, each split's finalize job waits (afterok) for its arrays in
     SLURM; when this process waits anyway, it finalizes itself, as on the other executors."""
-    from launcher import runner
+    from launcher.core import runner
 
     jobs = runner.submit_units(cluster, folder, "prepare-common", common_units(todo))
     running = [job for uid, (_, _, job) in active.items() if uid in ("meta", "md5-devkit")]
@@ -999,7 +1000,7 @@ def planned_submissions(cluster: dispatch.Cluster, p: Plan, todo: list[Unit]) ->
 def run_dry(req: PrepareRequest, cluster: dispatch.Cluster) -> int:
     """prepare.dry_run=true: the plan and what would be submitted, from what is on disk (devkit and
     indexes read into memory when not cached); creates no folder, record, index, lock or ledger line."""
-    from launcher import runner
+    from launcher.core import runner
 
     min_bytes = plan.MIN_SHARD_BYTES if cluster.executor == "slurm" else 0
     p = make_plan(req, cluster.parallelism, min_bytes)
@@ -1025,7 +1026,7 @@ def finalize_here(p: Plan) -> dict[str, str]:
 def finish_interrupted_fixes(layout: Layout) -> None:
     """A verify.fix stopped between its intent and its report: bring the records up to date first
     (under the root's lock), so that `complete` and the manifest agree with the files."""
-    from launcher.fixlog import pending_fixes, reconcile_fixes
+    from launcher.check.fixlog import pending_fixes, reconcile_fixes
 
     try:
         if not pending_fixes(layout.state_dir):
@@ -1048,7 +1049,7 @@ def run_prepare(req: PrepareRequest, cluster: dispatch.Cluster) -> int:
     if done := already_complete(req):
         print_complete(req, done)
         return 0
-    from launcher import dispatch, runner  # submitit: not needed when everything is complete
+    from launcher.core import dispatch, runner  # submitit: not needed when everything is complete
 
     req.output = dataclasses.replace(req.output, replace=req.force)
     check_writable(req.layout, replace=req.force)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from launcher.errors import LauncherError
+from launcher.core.errors import LauncherError
 
 SYNSET_FIELDS = (
     "ILSVRC2012_ID",

@@ -26,7 +26,7 @@ from pathlib import Path
 import submitit
 from submitit.core.utils import JobPaths
 
-from launcher.errors import ConfigError, LauncherError
+from launcher.core.errors import ConfigError, LauncherError
 
 GENERIC = ("timeout_min", "cpus_per_task", "mem_gb", "nodes", "tasks_per_node", "gpus_per_node")
 SLURM_ONLY = (
@@ -143,7 +143,7 @@ def job_python() -> str:
 
 
 def make_executor(cluster: Cluster, folder: Path, name: str, dependency: str | None = None):
-    from launcher import safefs
+    from launcher.archive import safefs
 
     safefs.make_dirs(folder)  # a link planted in the log folder's path is refused, not followed
     kwargs = {}

@@ -1,4 +1,4 @@
-/* launcher._jpeg: decode only a rectangle of a JPEG (libjpeg-turbo's jpeg_crop_scanline and
+/* launcher.data._jpeg: decode only a rectangle of a JPEG (libjpeg-turbo's jpeg_crop_scanline and
  * jpeg_skip_scanlines), the fused decode + crop of DALI's ImageDecoderRandomCrop and TensorFlow's
  * decode_and_crop_jpeg. Rows below the crop are never entropy-decoded; rows above it and columns
  * beside it are entropy-decoded but not inverse-DCT'd, upsampled or colour-converted. The pixels
@@ -213,14 +213,14 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "launcher._jpeg", NULL, -1, methods, NULL, NULL, NULL, NULL};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "launcher.data._jpeg", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__jpeg(void)
 {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    LimitError = PyErr_NewExceptionWithDoc("launcher._jpeg.LimitError",
+    LimitError = PyErr_NewExceptionWithDoc("launcher.data._jpeg.LimitError",
                                            "The JPEG exceeds a bound given to decode_crop (max_scans).", NULL, NULL);
     if (LimitError == NULL || PyModule_AddObjectRef(m, "LimitError", LimitError) < 0) {
         Py_DECREF(m);

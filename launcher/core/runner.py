@@ -14,10 +14,11 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from launcher import dispatch, safefs
-from launcher.layout import Layout, append_line, read_lines
-from launcher.progress import Progress
-from launcher.units import Unit, is_complete, run_units
+from launcher.archive import safefs
+from launcher.core import dispatch
+from launcher.core.layout import Layout, append_line, read_lines
+from launcher.core.progress import Progress
+from launcher.core.units import Unit, is_complete, run_units
 
 
 def job_groups(todo: list[Unit], cluster: dispatch.Cluster) -> list[list[Unit]]:

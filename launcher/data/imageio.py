@@ -4,7 +4,7 @@ torchvision 0.29 deprecates its image decoding in favour of TorchCodec (`torchco
 torchcodec 0.16), warning on every call. Every decode of launcher (and of its tests and benchmarks)
 goes through the wrappers below, which keep torchvision's signatures and silence only that warning,
 so the move to TorchCodec is this file alone; tests/test_imageio.py fails the day a function we call
-is gone (the import below fails first). launcher._jpeg (libjpeg-turbo) and PIL are not torchvision's.
+is gone (the import below fails first). launcher.data._jpeg (libjpeg-turbo) and PIL are not torchvision's.
 """
 
 from __future__ import annotations

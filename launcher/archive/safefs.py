@@ -28,7 +28,7 @@ import stat
 import sys
 from pathlib import Path
 
-from launcher.errors import LauncherError
+from launcher.core.errors import LauncherError
 
 ENV = "LAUNCHER_TRUSTED"
 _ANCHORS: set[str] = set()

@@ -579,7 +579,7 @@ def group_choices() -> dict[str, list[str]]:
 
 def command_help(command: str) -> str:
     """The head of `launcher <command> --help`: what the command does, its own options, the groups."""
-    from launcher.commands import COMMANDS
+    from launcher.cli.commands import COMMANDS
 
     def shown(value: Any) -> str:
         return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)

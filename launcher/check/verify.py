@@ -13,7 +13,7 @@ Levels: `exists` (present, size as in the manifest), `header` (JPEG/PNG structur
 head and the tail of the file: signature, segments, SOFn dimensions, end marker), `decode`
 (header + PIL decodes all the image data; see `decode`). Every level reads regular files only, each
 within verify.max_file_bytes, its header within verify.max_pixels and its JPEG scans within
-verify.max_scans (launcher.imagebounds); meta.bin and the state files verify reads are bounded
+verify.max_scans (launcher.check.imagebounds); meta.bin and the state files verify reads are bounded
 too (meta_bounds, read_state_json). Records of a run live in
 state_dir/verify/<run id>/, so each run checks everything again. No Hydra, no submitit here:
 VerifyRequest carries paths and values.
@@ -34,10 +34,17 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launcher import completion, dispatch, plan, runner, safefs
-from launcher.errors import LauncherError
-from launcher.fixlog import FIX_MAX_BYTES, FIXES, keep_original, md5_bytes, reconcile_fixes, split_of, update_sizes
-from launcher.imagebounds import (
+from launcher.archive import safefs
+from launcher.check.fixlog import (
+    FIX_MAX_BYTES,
+    FIXES,
+    keep_original,
+    md5_bytes,
+    reconcile_fixes,
+    split_of,
+    update_sizes,
+)
+from launcher.check.imagebounds import (
     PNG_SIGNATURE,
     PROGRESSIVE_SOF,
     BadImage,
@@ -51,10 +58,12 @@ from launcher.imagebounds import (
     open_regular,
     read_fd,
 )
-from launcher.layout import ROOT_ID_FILE, SPLITS, Layout, Lock, append_line, read_json, write_json
-from launcher.manifest import VERSION as MANIFEST_VERSION
-from launcher.progress import human_bytes, table
-from launcher.units import Unit, is_complete, run_unit
+from launcher.core import completion, dispatch, plan, runner
+from launcher.core.errors import LauncherError
+from launcher.core.layout import ROOT_ID_FILE, SPLITS, Layout, Lock, append_line, read_json, write_json
+from launcher.core.manifest import VERSION as MANIFEST_VERSION
+from launcher.core.progress import human_bytes, table
+from launcher.core.units import Unit, is_complete, run_unit
 
 LEVELS = ("exists", "header", "decode")
 REPORT_VERSION = 1
@@ -529,7 +538,7 @@ def verify_shard(root: str, split: str, input: str, level: str, fix: bool = Fals
 
 def verify_md5(path: str, expected: str, key: str) -> dict:
     """Verify md5 unit: like prepare's, but a mismatch is a finding of the report, not an error."""
-    from launcher.extract import check_md5
+    from launcher.archive.extract import check_md5
 
     try:
         return {"ok": True, "key": key, **check_md5(path, expected, key)}
@@ -545,7 +554,7 @@ def load_meta(root: Path, limits: Limits = DEFAULT_LIMITS) -> tuple[dict, list]:
     then `torch.load(path, weights_only=True)`), without importing torch or torchvision for a
     meta.bin of plain values (about 2 s of start-up). tests/test_verify.py checks both agree.
     Only a regular file of at most limits.max_file_bytes is read."""
-    from launcher import torchfile
+    from launcher.datasets.imagenet import torchfile
 
     path = root / "meta.bin"
     if not path.is_file():
@@ -593,8 +602,8 @@ def expected_layout(req: VerifyRequest, findings: list) -> dict:
     """What the root should hold: {source, wnid_to_classes, num_train_images, val_wnids} from the
     devkit archive (our cached devkit.json when it describes the same file), else devkit.json alone,
     else nothing (meta.bin and the folders decide)."""
-    from launcher.devkit import parse_devkit
-    from launcher.index import same_archive
+    from launcher.archive.index import same_archive
+    from launcher.datasets.imagenet.devkit import parse_devkit
 
     cached = read_state_json(req.layout.devkit_file, findings)
     if cached is not None and not (isinstance(cached, dict) and isinstance(cached.get("devkit"), dict)):

@@ -2,7 +2,7 @@
 
 prepare writes state_dir/complete-<split>.json when a split is whole (every unit done, counts
 checked, manifest written). A unit that fails leaves a failure note beside where its record would
-be (`<unit id>.failed`, written by launcher.units) with the error. A root whose state folder holds
+be (`<unit id>.failed`, written by launcher.core.units) with the error. A root whose state folder holds
 prepare's records (devkit.json, index-<split>.json, units/) but no complete-<split>.json was not
 finished: its images may be on disk, but not all of them, or from an archive that failed its md5.
 Reads only; no Hydra, no torch.

@@ -19,22 +19,22 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launcher import safefs
-from launcher.errors import LauncherError, describe_os_error
-from launcher.layout import Lock, read_json, write_json
-from launcher.progress import human_bytes
+from launcher.archive import safefs
+from launcher.core.errors import LauncherError, describe_os_error
+from launcher.core.layout import Lock, read_json, write_json
+from launcher.core.progress import human_bytes
 
 log = logging.getLogger("launcher.units")
 
 KINDS = {
-    "meta": "launcher.extract:write_meta",
-    "md5": "launcher.extract:check_md5",
-    "train": "launcher.extract:extract_train",
-    "val": "launcher.extract:extract_val",
-    "finalize": "launcher.prepare:finalize_split",
-    "verify": "launcher.verify:verify_shard",
-    "verify-md5": "launcher.verify:verify_md5",
-    "verify-report": "launcher.verify:write_report",
+    "meta": "launcher.archive.extract:write_meta",
+    "md5": "launcher.archive.extract:check_md5",
+    "train": "launcher.archive.extract:extract_train",
+    "val": "launcher.archive.extract:extract_val",
+    "finalize": "launcher.prepare.run:finalize_split",
+    "verify": "launcher.check.verify:verify_shard",
+    "verify-md5": "launcher.check.verify:verify_md5",
+    "verify-report": "launcher.check.verify:write_report",
 }
 
 
@@ -105,7 +105,7 @@ def current_job() -> str:
 
 
 def failure_note(unit: Unit) -> Path:
-    """Beside the unit's record: <unit id>.failed, the error of its last failed run (launcher.completion
+    """Beside the unit's record: <unit id>.failed, the error of its last failed run (launcher.core.completion
     reads it to say why a split is not complete); removed when the unit completes."""
     return Path(unit.record).with_name(f"{unit.id}.failed")
 

@@ -14,10 +14,10 @@ import json
 import time
 from pathlib import Path
 
-from launcher import safefs
-from launcher.errors import LauncherError
-from launcher.layout import SPLITS, append_line, read_json, write_json
-from launcher.manifest import read_manifest, write_manifest
+from launcher.archive import safefs
+from launcher.core.errors import LauncherError
+from launcher.core.layout import SPLITS, append_line, read_json, write_json
+from launcher.core.manifest import read_manifest, write_manifest
 
 FIXES = "verify-fixes.jsonl"  # in state_dir: one intent line before each replacement, then its outcome
 ORIGINALS = "fix-originals"  # in state_dir: <split>/<wnid>/<name>, the bytes a fix replaced

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launcher.errors import LauncherError
+from launcher.core.errors import LauncherError
 
 COLUMNS = [
     "time",
@@ -222,7 +222,7 @@ def coverage_verdict(
 
 def run_bench(req: BenchRequest, cluster) -> int:
     """The bench command: run bench_rank on every rank of one job, report, append to the table."""
-    from launcher import dispatch
+    from launcher.core import dispatch
 
     folder = (req.log_dir or Path("bench-logs")) / time.strftime("bench-%Y%m%d-%H%M%S")
     job = dispatch.run_distributed(cluster, folder, "bench", bench_rank, req)
@@ -267,21 +267,21 @@ def summarize(results: list[dict]) -> dict:
 
 
 def decode_mode(transform) -> str:
-    """How the loader decodes: the crop alone (launcher._jpeg) or whole images, and why."""
+    """How the loader decodes: the crop alone (launcher.data._jpeg) or whole images, and why."""
     from launcher import data
 
     if getattr(transform, "fuses_crop", False):
-        return "only each JPEG's random crop (launcher._jpeg)"
+        return "only each JPEG's random crop (launcher.data._jpeg)"
     if data._jpeg is None:
         return (
-            "whole images (launcher._jpeg is not importable: it was built without libjpeg's headers, e.g. "
+            "whole images (launcher.data._jpeg is not importable: it was built without libjpeg's headers, e.g. "
             "libjpeg62-turbo-dev, or this runs from a source tree an install did not compile it into)"
         )
     return "whole images (the transform does not start with RandomResizedCrop)"
 
 
 def print_report(req: BenchRequest, results: list[dict], s: dict) -> None:
-    from launcher.progress import table
+    from launcher.core.progress import table
 
     rows = [
         [

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher import safefs
-from launcher.errors import LauncherError, UnitBusyError
+from launcher.archive import safefs
+from launcher.core.errors import LauncherError, UnitBusyError
 
 SPLITS = ("train", "val")
 ROOT_ID_FILE = ".launcher-root.json"

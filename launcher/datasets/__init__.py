@@ -1,0 +1,1 @@
+"""Dataset adapters: what is particular to one dataset (its label sources, meta files, synthetic archives)."""

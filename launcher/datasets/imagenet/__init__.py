@@ -1,0 +1,1 @@
+"""ILSVRC2012: the devkit, torchvision's meta.bin, and synthetic archives of the real shape."""

@@ -1,0 +1,1 @@
+"""prepare: archives -> the root a torchvision dataset class reads, as small idempotent units."""
