@@ -686,8 +686,9 @@ def meta_done_template(ctx: Context, archives: ArchiveSet) -> Path:
     code = (
         "import sys\n"
         "from launcher import compose_config\n"
-        "from launcher.cli.commands import prepare_request\n"
-        "from launcher.prepare.run import check_writable, make_plan\n"
+        "from launcher.cli.requests import prepare_request\n"
+        "from launcher.prepare.checks import check_writable\n"
+        "from launcher.prepare.plan import make_plan\n"
         "from launcher.core.units import run_unit\n"
         "req = prepare_request(compose_config('prepare', sys.argv[1:]))\n"
         "check_writable(req.layout)\n"

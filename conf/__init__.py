@@ -6,6 +6,6 @@ so the groups' schemas (`/schema/<group>`, which every option here extends) are 
 only in apps that asked for launcher's groups.
 """
 
-from launcher.config import register_configs
+from launcher.config.store import register_configs
 
 register_configs()

@@ -32,7 +32,8 @@ def compose_config(command: str, overrides: list[str] | tuple[str, ...] = ()) ->
     """Compose the config of `command` with Hydra overrides, as the CLI does (without `hydra.*`)."""
     from hydra.errors import ConfigCompositionException
 
-    from launcher.cli.commands import COMMANDS, unknown_option
+    from launcher.cli.checks import unknown_option
+    from launcher.cli.commands import COMMANDS
 
     if command not in COMMANDS:
         valid = ", ".join(COMMANDS)
@@ -48,7 +49,7 @@ def training_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     inside a running `@hydra.main` app (whose own Hydra is set aside, then put back)."""
     from hydra.errors import ConfigCompositionException
 
-    from launcher.cli.commands import unknown_option
+    from launcher.cli.checks import unknown_option
 
     if message := unknown_option(list(overrides)):
         raise ConfigCompositionException(message)
@@ -62,7 +63,7 @@ def compose_primary(config_name: str, overrides: list[str]) -> DictConfig:
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from launcher.config import register_configs
+    from launcher.config.store import register_configs
 
     register_configs()
     running = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None

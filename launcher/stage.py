@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launcher.archive import safefs
+from launcher.archive import safedir, safefs
 from launcher.core.errors import LauncherError
 from launcher.core.layout import read_json, write_json
 
@@ -130,7 +130,7 @@ def check_source(source: Path, splits: Iterable[str]) -> None:
 
 def copy_files(source: Path, dest: Path, files: list[tuple[str, int | None]], threads: int) -> tuple[int, int]:
     """Copy what is missing or of another size; returns (files copied, bytes in dest)."""
-    folders = {f: safefs.Dir.of(dest / f, create=True) for f in sorted({str(Path(rel).parent) for rel, _ in files})}
+    folders = {f: safedir.Dir.of(dest / f, create=True) for f in sorted({str(Path(rel).parent) for rel, _ in files})}
 
     def one(item: tuple[str, int | None]) -> tuple[int, int]:
         rel, size = item
@@ -178,7 +178,7 @@ def stage_root(
     src_state = Path(source_state_dir).absolute() if source_state_dir else source / ".launcher"
     dst_state = Path(dest_state_dir).absolute() if dest_state_dir else dest / ".launcher"
     rank = local_rank_from_env() if local_rank is None else local_rank
-    safefs.trust(dest, dst_state)  # below them, nothing is followed
+    safedir.trust(dest, dst_state)  # below them, nothing is followed
     check_source(source, splits)
     ident = source_identity(source, src_state, splits)
     started = time.time()
@@ -239,7 +239,7 @@ def copy_root(
         for split in splits:
             safefs.remove_tree(dest / split)  # a link there is removed itself, never followed
     write_json(marker, {"state": "copying", "identity": ident, "host": socket.gethostname(), "started_at": t0})
-    with safefs.Dir.of(dest, create=True) as top:
+    with safedir.Dir.of(dest, create=True) as top:
         top.copy_from(source / "meta.bin", "meta.bin")
     files = [f for split in splits for f in split_files(source, src_state, split)]
     copied, nbytes = copy_files(source, dest, files, threads)
@@ -247,7 +247,7 @@ def copy_root(
         for split in splits:
             src = src_state / name.format(split=split)
             if src.exists():
-                with safefs.Dir.of(dst_state, create=True) as state:
+                with safedir.Dir.of(dst_state, create=True) as state:
                     state.copy_from(src, src.name)
     write_json(
         marker,
@@ -286,7 +286,7 @@ def stage_archives(
     ident = {"source": str(source), **{n: os.stat(source / n).st_size for n in names}}
     rank = local_rank_from_env() if local_rank is None else local_rank
     marker = (Path(state_dir).absolute() if state_dir else root / ".launcher") / MARKER
-    safefs.trust(archive_dir, root, marker.parent)
+    safedir.trust(archive_dir, root, marker.parent)
     started = time.time()
 
     def work() -> StageResult:

@@ -88,7 +88,7 @@ def test_tab_completion_install_script():
 
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_command_help_starts_with_what_it_does_and_its_options(command):
-    from launcher.config import own_options
+    from launcher.config.store import own_options
 
     result = cli(command, "--help")
     assert result.returncode == 0, result.stderr

@@ -21,6 +21,7 @@ from launcher import compose_config
 from launcher import data as D
 from launcher.config import LoaderConfig, TransformConfig
 from launcher.core.errors import LauncherError
+from launcher.data import fastpath, nodes
 
 from conftest import REPO, dataset_overrides, launch, storage_overrides
 from hostile_files import BOMBS, NON_REGULAR, deadline, jpeg, plant
@@ -184,7 +185,7 @@ def test_moved_state_dir_finds_the_roots_own_manifest(prepared, tmp_path, capsys
 def test_without_manifest_falls_back_to_torchvisions_scan_and_says_so_once(oracle, tmp_path, capsys, monkeypatch):
     """A root prepared by torchvision (no records of ours): torchvision's scan, and one note naming
     the folders looked in and the slow path."""
-    monkeypatch.setattr(D, "SAID", set(), raising=False)
+    monkeypatch.setattr(nodes, "SAID", set(), raising=False)
     root = oracle()
     cfg = config(root, f"storage.state_dir={tmp_path}/empty")
     ours = D.build_dataset(cfg, "train")
@@ -204,7 +205,7 @@ def test_root_whose_prepare_failed_is_refused_with_the_reason(archives, tmp_path
     """The val archive failed its md5 (its images are on disk all the same): the loader refuses val
     with the md5 error from the records and names loader.allow_incomplete; verify reports the same;
     train, which completed, loads."""
-    monkeypatch.setattr(D, "SAID", set(), raising=False)
+    monkeypatch.setattr(nodes, "SAID", set(), raising=False)
     result = archives("tiny")
     root = tmp_path / "root"
     overrides = [
@@ -331,7 +332,7 @@ def test_in_place_batch_equals_per_sample_pipeline(prepared, output, hflip, monk
     cfg = config(prepared(), f"transform.output={output}", "transform.train_crop_size=40", f"transform.hflip={hflip}")
     dataset = D.build_dataset(cfg, "train")
     real, written = D.resize_into, []
-    monkeypatch.setattr(D, "resize_into", lambda *args: written.append(args) or real(*args))
+    monkeypatch.setattr(fastpath, "resize_into", lambda *args: written.append(args) or real(*args))
     indices = list(range(len(dataset)))[::-1][:40]
     torch.manual_seed(5)
     images, targets = D.collate(dataset.__getitems__(indices))
@@ -402,7 +403,7 @@ def test_crop_decoded_alone_gives_the_v2_pipelines_pixels(prepared, output, monk
             fused.append(args)
             return real.decode_crop(*args)
 
-    monkeypatch.setattr(D, "_jpeg", Spy)
+    monkeypatch.setattr(fastpath, "_jpeg", Spy)
     dataset = D.build_dataset(config(prepared(), f"transform.output={output}"), "train")
     pipeline = dataset.transform
     for k, (path, _) in enumerate(dataset.samples):
@@ -448,7 +449,7 @@ def no_ranks(monkeypatch):
     """No launcher variables, and the once-per-process notes not yet said."""
     for key in RANK_KEYS:
         monkeypatch.delenv(key, raising=False)
-    monkeypatch.setattr(D, "SAID", set(), raising=False)
+    monkeypatch.setattr(nodes, "SAID", set(), raising=False)
     return monkeypatch
 
 

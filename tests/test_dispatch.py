@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from launcher import compose_config
-from launcher.cli.commands import cluster_of
+from launcher.cli.requests import cluster_of
 from launcher.core.dispatch import make_executor, submit
 
 from conftest import sacct

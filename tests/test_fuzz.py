@@ -31,7 +31,8 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from launcher.archive.tarscan import scan
-from launcher.check.verify import BadImage, parse_header
+from launcher.check.imagebounds import BadImage
+from launcher.check.images import parse_header
 from launcher.core.errors import LauncherError
 from launcher.datasets.imagenet import torchfile
 from launcher.datasets.imagenet.devkit import NamePatterns, parse_ground_truth, parse_meta_mat, read_devkit_members

@@ -78,11 +78,17 @@ def test_a_build_without_a_compiler_says_in_one_line_what_it_skipped(tmp_path):
     lines = [line for line in said if "skip" in line or "fail" in line]
     assert len(lines) == 1 and "apt-get install gcc libjpeg62-turbo-dev" in lines[0], said
     (wheel,) = (tmp_path / "wheels").glob("*.whl")
-    assert not [n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("launcher/_jpeg") and n.endswith(".so")]
+    names = zipfile.ZipFile(wheel).namelist()
+    assert not [n for n in names if n.startswith("launcher/data/_jpeg") and n.endswith(".so")]
 
 
+# launcher.data._jpeg loaded from its file alone: importing it by name runs launcher.data's __init__,
+# whose torchvision and PIL map their own libjpeg (PIL's wheel bundles one) beside the extension's
 MAPS = """
-import launcher, launcher.data._jpeg
+import importlib.util, pathlib, launcher
+(so,) = pathlib.Path(launcher.__file__).parent.joinpath("data").glob("_jpeg*.so")
+spec = importlib.util.spec_from_file_location("launcher.data._jpeg", so)
+spec.loader.exec_module(importlib.util.module_from_spec(spec))
 print(launcher.__file__)
 print("\\n".join(sorted({line.split()[-1] for line in open("/proc/self/maps") if "libjpeg" in line})))
 """

@@ -142,7 +142,7 @@ def test_complete_root_keeps_no_empty_partial_folder(archives, tmp_path):
 
 
 def test_empty_partial_removal_does_not_follow_a_link(tmp_path):
-    from launcher.prepare.run import remove_empty_partial
+    from launcher.prepare.finalize import remove_empty_partial
 
     root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
     (elsewhere / "train").mkdir(parents=True)

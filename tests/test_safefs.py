@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.archive import safefs
+from launcher.archive import safedir, safefs
 from launcher.archive.extract import Output
 
 
@@ -18,14 +18,14 @@ def tree(tmp_path):
     root.mkdir()
     (outside / "folder").mkdir(parents=True)
     (outside / "file").write_bytes(b"keep")
-    safefs.trust(root)
+    safedir.trust(root)
     return root, outside
 
 
 def test_a_link_in_the_path_is_refused_naming_it(tree):
     root, outside = tree
     (root / "train").symlink_to(outside / "folder")
-    with pytest.raises(safefs.UnsafePath, match=f"remove the link {root / 'train'}"):
+    with pytest.raises(safedir.UnsafePath, match=f"remove the link {root / 'train'}"):
         safefs.write_atomic(root / "train" / "n1" / "x.json", b"{}")
     assert os.listdir(outside / "folder") == []
 
@@ -50,7 +50,7 @@ def test_a_link_at_the_file_or_its_temporary_is_replaced_not_followed(tree):
 def test_new_files_are_exclusive(tree):
     root, outside = tree
     (root / "x.JPEG").symlink_to(outside / "file")
-    with safefs.Dir.of(root) as folder, pytest.raises(Exception, match="x.JPEG"):
+    with safedir.Dir.of(root) as folder, pytest.raises(Exception, match="x.JPEG"):
         folder.write_new("x.JPEG", b"data", Output())
     assert (outside / "file").read_bytes() == b"keep"
 
@@ -59,11 +59,11 @@ def test_state_is_read_without_links_and_fifos_never_block(tree):
     root, outside = tree
     (root / "identity.json").symlink_to(outside / "file")
     os.mkfifo(root / "ledger.jsonl")
-    with pytest.raises(safefs.UnsafePath, match="symbolic link"):
+    with pytest.raises(safedir.UnsafePath, match="symbolic link"):
         safefs.read(root / "identity.json")
-    with pytest.raises(safefs.UnsafePath, match="FIFO"):
+    with pytest.raises(safedir.UnsafePath, match="FIFO"):
         safefs.read(root / "ledger.jsonl")
-    with pytest.raises(safefs.UnsafePath, match="FIFO"):
+    with pytest.raises(safedir.UnsafePath, match="FIFO"):
         safefs.append(root / "ledger.jsonl", b"line\n")
     assert safefs.read(root / "absent.json") is None
 
@@ -71,7 +71,7 @@ def test_state_is_read_without_links_and_fifos_never_block(tree):
 def test_locks_refuse_links_and_force_replaces_them(tree):
     root, outside = tree
     (root / "prepare.lock").symlink_to(outside / "file")
-    with pytest.raises(safefs.UnsafePath, match="remove the link"):
+    with pytest.raises(safedir.UnsafePath, match="remove the link"):
         safefs.open_lock(root / "prepare.lock")
     os.close(safefs.open_lock(root / "prepare.lock", replace=True))
     assert (root / "prepare.lock").is_file() and (outside / "file").read_bytes() == b"keep"
@@ -91,11 +91,11 @@ def test_remove_tree_removes_a_link_itself_and_walks_real_folders_by_descriptor(
 def test_a_file_where_a_folder_belongs_is_refused(tree):
     root, _ = tree
     (root / "train").write_bytes(b"x")
-    with pytest.raises(safefs.UnsafePath, match=f"{root / 'train'} is a file where launcher writes a folder"):
+    with pytest.raises(safedir.UnsafePath, match=f"{root / 'train'} is a file where launcher writes a folder"):
         safefs.make_dirs(root / "train" / "n1", Output(), replace=True)
 
 
 def test_paths_under_no_anchor_open_only_their_last_component_without_links(tmp_path):
-    base, parts = safefs.split_anchor(tmp_path / "elsewhere" / "x.json")
+    base, parts = safedir.split_anchor(tmp_path / "elsewhere" / "x.json")
     assert base == str(tmp_path / "elsewhere") and parts == ["x.json"]
-    assert safefs.split_anchor(Path("/nonexistent-anchor/a/b"))[1] == ["b"]
+    assert safedir.split_anchor(Path("/nonexistent-anchor/a/b"))[1] == ["b"]

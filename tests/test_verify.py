@@ -16,7 +16,9 @@ import pytest
 from PIL import Image
 
 from launcher.check.imagebounds import Limits
-from launcher.check.verify import check_file, decode, load_meta, verify_shard
+from launcher.check.images import check_file, decode
+from launcher.check.shard import verify_shard
+from launcher.datasets.imagenet.meta import load_meta
 from launcher.datasets.imagenet.synth import encode_image
 
 from conftest import cli, dataset_overrides, launch, storage_overrides, tree_bytes

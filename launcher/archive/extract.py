@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.archive import safefs
+from launcher.archive import safedir, safefs
 from launcher.archive.tarscan import Member, Window, scan
 from launcher.core.errors import LauncherError
 from launcher.core.layout import read_json
@@ -59,7 +59,7 @@ def make_dir(path: Path, out: Output) -> None:
     safefs.make_dirs(path, out, replace=out.replace)
 
 
-def write_file(name: str, data, out: Output, folder: safefs.Dir) -> None:
+def write_file(name: str, data, out: Output, folder: safedir.Dir) -> None:
     """Write `data` to the new file `name` of the opened `folder` in full (O_CREAT|O_EXCL|O_NOFOLLOW:
     one openat+write+close); a failure (disk full, read-only, something there) names the path."""
     folder.write_new(name, data, out)
@@ -145,7 +145,7 @@ def image_pattern(template: str, wnid: str) -> re.Pattern:
     return re.compile(template.replace("{wnid}", re.escape(wnid)), re.ASCII)
 
 
-def list_class(folder: safefs.Dir) -> list[list]:
+def list_class(folder: safedir.Dir) -> list[list]:
     """[name, size] of the files of a class folder written whole by an earlier run."""
     return sorted([e.name, e.stat(follow_symlinks=False).st_size] for e in folder.entries())
 
@@ -153,7 +153,7 @@ def list_class(folder: safefs.Dir) -> list[list]:
 def extract_class(
     fd: int,
     member: Member,
-    dirs: tuple[safefs.Dir, safefs.Dir],
+    dirs: tuple[safedir.Dir, safedir.Dir],
     template: str,
     expected: int | None,
     out: Output,
@@ -227,7 +227,7 @@ def extract_train(
         if err := archive_changed(train_tar, ident, fd):
             raise err
         with (
-            safefs.Dir.anchor(root) as top,
+            safedir.Dir.anchor(root) as top,
             top.sub("train", create=True, out=out, replace=out.replace) as train,
             top.walk([".partial", "train"], create=True, out=out, replace=out.replace) as partial,
         ):
@@ -276,13 +276,13 @@ def extract_val(
     val_wnids = read_json(Path(devkit))["devkit"]["val_wnids"]
     name_re, wnid_re = re.compile(image_pattern, re.ASCII), re.compile(wnid_pattern, re.ASCII)
     members = idx["members"][start:stop]
-    folders: dict[str, safefs.Dir] = {}
+    folders: dict[str, safedir.Dir] = {}
     files, nbytes = [], 0
     fd = os.open(val_tar, os.O_RDONLY | os.O_CLOEXEC)
     try:
         if err := archive_changed(val_tar, ident, fd):
             raise err
-        with safefs.Dir.anchor(root) as top, top.sub("val", create=True, out=out, replace=out.replace) as val:
+        with safedir.Dir.anchor(root) as top, top.sub("val", create=True, out=out, replace=out.replace) as val:
             window = Window(fd, members[0][1] if members else 0, ident["size"], val_tar)
             for name, offset, size, number in members:
                 wnid = val_target(name, number, val_wnids, name_re, wnid_re, index)

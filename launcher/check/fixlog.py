@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from launcher.archive import safefs
+from launcher.archive import safedir, safefs
 from launcher.core.errors import LauncherError
 from launcher.core.layout import SPLITS, append_line, read_json, write_json
 from launcher.core.manifest import read_manifest, write_manifest
@@ -81,7 +81,7 @@ def update_sizes(state: Path, new_size: dict[str, int]) -> list[str]:
 def records_of(state: Path, split: str) -> list[Path]:
     """prepare's unit records of a split (units/<split>-*.json), listed in the opened folder."""
     try:
-        units = safefs.Dir.of(state / "units")
+        units = safedir.Dir.of(state / "units")
     except FileNotFoundError:
         return []
     with units:

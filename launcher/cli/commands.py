@@ -1,7 +1,8 @@
 """The commands: each turns the composed config into plain values and calls its stage module.
 
-This is the only place, with config.py, where Hydra and OmegaConf meet the stages. `COMMANDS` is
-importable without Hydra or torch so that `launcher --help` answers at once.
+This is the only place, with launcher.config.store, where Hydra and OmegaConf meet the stages
+(launcher.cli.checks catches config mistakes, launcher.cli.requests builds the stages' requests).
+`COMMANDS` is importable without Hydra or torch so that `launcher --help` answers at once.
 """
 
 from __future__ import annotations
@@ -16,6 +17,17 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
+
+from launcher.cli.checks import check_composes, check_config, check_overrides, config_message, use_root_dataset
+from launcher.cli.requests import (
+    bench_request,
+    cluster_of,
+    layout_of,
+    prepare_request,
+    synth_spec,
+    task_overrides,
+    verify_request,
+)
 
 log = logging.getLogger("launcher")
 
@@ -37,14 +49,11 @@ COMMANDS = {
 }
 
 
-# ---------------------------------------------------------------- running under Hydra
-
-
 def run_with_hydra(command: str, overrides: list[str], program: str | None = None) -> int:
     """Run `command` as a Hydra app (so --help, --cfg, --info, -m work as in any Hydra app)."""
     import hydra
 
-    from launcher.config import register_configs
+    from launcher.config.store import register_configs
 
     if (code := check_overrides(overrides)) is not None:
         return code
@@ -93,311 +102,6 @@ def run_command(cfg: DictConfig) -> int:
         return 130
 
 
-def unknown_option(overrides: list[str]) -> str | None:
-    """The message for an override of an unknown option of a known group (Hydra lets `+` add any)."""
-    from dataclasses import fields
-
-    from launcher.config import GROUP_SCHEMAS
-
-    for item in overrides:
-        key = item.split("=", 1)[0].lstrip("+~")
-        if "=" not in item or "." not in key or key.startswith("hydra"):
-            continue
-        group, option = key.split(".")[:2]
-        schema = GROUP_SCHEMAS.get(group)
-        valid = [f.name for f in fields(schema)] if schema else []
-        if schema and option not in valid:
-            return f"unknown option {group}.{option} in {item!r}; valid options of {group}: {', '.join(valid)}"
-    return None
-
-
-def check_overrides(overrides: list[str]) -> int | None:
-    message = unknown_option(overrides)
-    if any(item.split("=", 1)[0].lstrip("+~") == "command" for item in overrides):
-        message = "command= is set by the command word: run `launcher <command> ...` instead (e.g. launcher verify)"
-    if message:
-        print(f"launcher: {message}", file=sys.stderr)
-        return 2
-    return None
-
-
-HYDRA_FLAGS = ("-m", "--multirun", "-c", "--cfg", "-i", "--info", "-h", "--help", "-hh", "--hydra-help", "-sc")
-
-
-def check_composes(command: str, overrides: list[str]) -> int | None:
-    """Compose once before Hydra runs, so that a config mistake is one line and exit 2 (Hydra itself
-    prints several lines and exits 1); Hydra's own flags and sweeps are left to Hydra."""
-    if any(a in HYDRA_FLAGS or a.startswith(("--", "hydra.", "+hydra")) for a in overrides):
-        return None
-    from launcher import compose_config
-
-    try:
-        compose_config(command, overrides)
-    except Exception as err:  # Hydra's and OmegaConf's composition errors
-        print(f"launcher {command}: error: {config_message(err)}", file=sys.stderr)
-        return 2
-    return None
-
-
-def config_message(err: BaseException) -> str:
-    """Hydra's and OmegaConf's multi-line errors as one line: what was wrong, the option, the choices."""
-    causes = [err]
-    while causes[-1].__cause__ is not None:
-        causes.append(causes[-1].__cause__)
-    inner = causes[-1]
-    lines = [line.strip() for line in str(inner).splitlines()]
-    if "Config search path:" in lines:
-        lines = lines[: lines.index("Config search path:")]
-    lines = [line for line in lines if line and not line.startswith(("reference_type", "object_type", "full_key"))]
-    text, listing = "", False
-    for line in lines:
-        text += (", " if listing and not text.endswith(":") else " ") + line
-        listing = listing or line.endswith(":")
-    text = text.strip()
-    key = getattr(inner, "full_key", None) or getattr(err, "full_key", None)
-    if key and "Missing mandatory value" in text:
-        return f"{key} is not set: pass {key}=... on the command line (or set it in a config of that group)"
-    first = str(err).splitlines()[0].strip() if inner is not err else ""
-    where = f"{first}: " if first else (f"{key}: " if key else "")
-    return where + text
-
-
-POSITIVE = (
-    "prepare.train_shards",
-    "prepare.val_shards",
-    "verify.shards",
-    "verify.fix_quality",
-    "cluster.workers",
-    "cluster.array_parallelism",
-    "cluster.max_array_size",
-    "cluster.cpus_per_task",
-    "cluster.nodes",
-    "cluster.tasks_per_node",
-    "cluster.timeout_min",
-    "cluster.poll_s",
-    "loader.batch_size",
-    "loader.eval_batch_size",
-    "loader.prefetch_factor",
-    "bench.epochs",
-    "bench.max_batches",
-    "stage.threads",
-    "synth.classes",
-    "synth.train_min",
-    "synth.val_per_class",
-)
-FORBIDDEN_MODE_BITS = {
-    "file_mode": (0o7002, "setuid, setgid, sticky or world-write"),
-    "dir_mode": (0o5002, "setuid, sticky or world-write"),
-}
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Values the schema's types admit but the work cannot use: refused before anything runs (exit 2)."""
-    check_counts(cfg)
-    for key, (forbidden, words) in FORBIDDEN_MODE_BITS.items():
-        check_mode(f"storage.{key}", cfg.storage[key], forbidden, words)
-    if "root" in cfg.storage and "state_dir" in cfg.storage:
-        check_state_dir(Path(cfg.storage.root).absolute(), Path(cfg.storage.state_dir).absolute())
-
-
-def check_counts(cfg: DictConfig) -> None:
-    from omegaconf import OmegaConf
-
-    from launcher.core.errors import ConfigError
-
-    for key in POSITIVE:
-        value = OmegaConf.select(cfg, key, default=None)
-        if value is not None and value <= 0:
-            raise ConfigError(f"{key}={value} must be a positive number (or null where the option allows it)")
-
-
-def check_mode(key: str, value: str, forbidden: int, words: str) -> None:
-    import re
-
-    from launcher.core.errors import ConfigError
-
-    if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3,4}", value, re.ASCII):
-        raise ConfigError(f"{key}={value!r} is not an octal mode like 0644 (three or four digits 0-7)")
-    if int(value, 8) & forbidden:
-        safe = f"{int(value, 8) & ~forbidden & 0o7777:04o}"
-        raise ConfigError(f"{key}={value} sets {words} bits, which launcher does not give; use e.g. {key}={safe}")
-
-
-def check_state_dir(root: Path, state_dir: Path) -> None:
-    """A state folder inside a split (or .partial) would be taken for a class folder, or removed
-    with it: refused, with the option that moves it."""
-    from launcher.core.errors import ConfigError
-
-    for part in ("train", "val", ".partial"):
-        folder = root / part
-        if state_dir == folder or folder in state_dir.parents:
-            raise ConfigError(
-                f"storage.state_dir={state_dir} lies inside {folder}, which prepare fills with class folders: "
-                f"set storage.state_dir outside {folder} (the default is {root / '.launcher'})"
-            )
-
-
-def task_overrides() -> list[str]:
-    """The overrides this run was started with (for the ledger and the commands printed)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        return list(HydraConfig.get().overrides.task)
-    except ValueError:  # composed through compose_config, not run by Hydra
-        return []
-
-
-# ---------------------------------------------------------------- config -> plain values
-
-
-def hydra_overrides() -> list[str] | None:
-    """The command line's overrides when run by Hydra; None when composed through compose_config."""
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        return list(HydraConfig.get().overrides.task)
-    except ValueError:
-        return None
-
-
-def shown(value) -> str:
-    return "null" if value is None else str(value)
-
-
-def dataset_differences(chosen: dict, stored: dict) -> list[str]:
-    """The facts (archive names and md5s, expected counts, devkit members, name patterns) on which two
-    dataset configs disagree; an md5 left null on either side does not count."""
-    out = []
-    for group in ("archives", "expected", "devkit", "patterns"):
-        a, b = chosen.get(group) or {}, stored.get(group) or {}
-        for key in sorted(set(a) | set(b)):
-            x, y = a.get(key), b.get(key)
-            if isinstance(x, dict) or isinstance(y, dict):
-                x, y = x or {}, y or {}
-                for sub in sorted(set(x) | set(y)):
-                    if x.get(sub) != y.get(sub) and not (sub == "md5" and None in (x.get(sub), y.get(sub))):
-                        out.append(
-                            f"dataset.{group}.{key}.{sub} is {shown(x.get(sub))} here, {shown(y.get(sub))} there"
-                        )
-            elif x != y:
-                out.append(f"dataset.{group}.{key} is {shown(x)} here, {shown(y)} there")
-    return out
-
-
-def DatasetMismatch(message: str):
-    """A config mistake (exit 2): the chosen dataset is not the one the root was prepared with."""
-    from launcher.core.errors import LauncherError
-
-    err = LauncherError(message)
-    err.exit_code = 2
-    return err
-
-
-def use_root_dataset(cfg: DictConfig) -> None:
-    """verify/status/bench on a prepared root: without `dataset=<choice>` on the command line, take
-    the dataset config the root was prepared with (dataset.* overrides still apply on top); with a
-    choice that disagrees with it, stop with a message naming both configs."""
-    from omegaconf import OmegaConf
-
-    from launcher.prepare.run import root_dataset
-
-    overrides = hydra_overrides()
-    stored = root_dataset(layout_of(cfg)) if overrides is not None else None
-    if stored is None:
-        return
-    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
-    if "dataset" in keys:
-        if diff := dataset_differences(plain(cfg.dataset), stored):
-            raise DatasetMismatch(
-                f"dataset={cfg.dataset.name} disagrees with dataset={stored.get('name')}, the one "
-                f"{layout_of(cfg).root} was prepared with ({'; '.join(diff[:3])}). Leave dataset=... out to "
-                f"use the root's, or pass dataset={stored.get('name')}."
-            )
-        return
-    from launcher.config import DatasetConfig
-
-    kept = {k: OmegaConf.select(cfg, k) for k in keys if k.startswith("dataset.")}
-    cfg.dataset = OmegaConf.merge(OmegaConf.structured(DatasetConfig), stored)
-    for key, value in kept.items():
-        OmegaConf.update(cfg, key, value)
-
-
-def plain(node) -> dict:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(node, resolve=True)
-
-
-def layout_of(cfg: DictConfig):
-    from launcher.core.layout import Layout
-
-    return Layout.of(cfg.storage.root, cfg.storage.state_dir)
-
-
-def output_of(cfg: DictConfig, fsync: bool = False):
-    from launcher.archive.extract import Output
-
-    s = cfg.storage
-    return Output.of(s.file_mode, s.dir_mode, s.group, fsync)
-
-
-def cluster_of(cfg: DictConfig):
-    from launcher.core.dispatch import Cluster
-
-    return Cluster.from_config({**plain(cfg.cluster), "wait": cfg.wait})
-
-
-def prepare_request(cfg: DictConfig):
-    from launcher.prepare.run import PrepareRequest
-
-    d, o = cfg.dataset, cfg.prepare
-    return PrepareRequest(
-        layout=layout_of(cfg),
-        archive_dir=Path(cfg.storage.archive_dir).absolute(),
-        archives={k: (d.archives[k].file, d.archives[k].md5) for k in ("devkit", "train", "val")},
-        expected=plain(d.expected),
-        devkit_meta=d.devkit.meta,
-        devkit_ground_truth=d.devkit.ground_truth,
-        devkit_max_bytes=d.devkit.max_bytes,
-        train_class_pattern=d.patterns.train_class,
-        train_image_pattern=d.patterns.train_image,
-        val_image_pattern=d.patterns.val_image,
-        wnid_pattern=d.patterns.wnid,
-        ilsvrc_id_pattern=d.patterns.ilsvrc_id,
-        splits=list(cfg.split.splits),
-        train_shards=o.train_shards,
-        val_shards=o.val_shards,
-        dry_run=o.dry_run,
-        force=o.force,
-        check_md5=o.check_md5,
-        output=output_of(cfg, o.fsync),
-        stripe_count=cfg.storage.stripe_count,
-        log_dir=Path(cfg.storage.log_dir).absolute(),
-        argv=task_overrides(),
-        storage=cfg.storage.name,
-        config=run_config(cfg),
-    )
-
-
-def run_config(cfg: DictConfig) -> dict:
-    """The config of this run, interpolations and ${oc.env:...} resolved, paths made absolute (the
-    ledger keeps it so that a resubmission runs the same thing wherever it is typed)."""
-    config = plain(cfg)
-    for key in ("archive_dir", "root", "state_dir", "log_dir"):
-        if config["storage"].get(key) is not None:
-            config["storage"][key] = str(Path(config["storage"][key]).absolute())
-    return config
-
-
-def synth_spec(options):
-    from launcher.datasets.imagenet.synth import SynthSpec
-
-    return SynthSpec(**{k: v for k, v in plain(options).items() if k != "overwrite"})
-
-
-# ---------------------------------------------------------------- the commands
-
-
 def cmd_prepare(cfg: DictConfig) -> int:
     from launcher.prepare.run import run_prepare
 
@@ -424,42 +128,6 @@ def cmd_synth(cfg: DictConfig) -> int:
         print(f"  {key:6} {path.name}  {path.stat().st_size:,} bytes  md5 {result.md5[key]}")
     print("prepare them (md5s checked) with:\n  " + result.prepare_command(task_overrides()))
     return 0
-
-
-def not_built(name: str, issue: str) -> int:
-    print(f"launcher {name}: not built yet ({issue}); nothing was done.", file=sys.stderr)
-    return 4
-
-
-def verify_request(cfg: DictConfig):
-    from launcher.check.imagebounds import Limits
-    from launcher.check.verify import VerifyRequest
-
-    d, o = cfg.dataset, cfg.verify
-    return VerifyRequest(
-        layout=layout_of(cfg),
-        archive_dir=Path(cfg.storage.archive_dir).absolute(),
-        archives={k: (d.archives[k].file, d.archives[k].md5) for k in ("devkit", "train", "val")},
-        expected=plain(d.expected),
-        devkit_meta=d.devkit.meta,
-        devkit_ground_truth=d.devkit.ground_truth,
-        devkit_max_bytes=d.devkit.max_bytes,
-        train_image_pattern=d.patterns.train_image,
-        val_image_pattern=d.patterns.val_image,
-        wnid_pattern=d.patterns.wnid,
-        ilsvrc_id_pattern=d.patterns.ilsvrc_id,
-        splits=list(cfg.split.splits),
-        level=o.level,
-        fix=o.fix,
-        fix_quality=o.fix_quality,
-        shards=o.shards,
-        check_md5=o.check_md5,
-        report=Path(o.report).absolute(),
-        log_dir=Path(cfg.storage.log_dir).absolute(),
-        argv=task_overrides(),
-        limits=Limits(o.max_file_bytes, o.max_pixels, o.max_scans, "verify"),
-        config=run_config(cfg),
-    )
 
 
 def cmd_verify(cfg: DictConfig) -> int:
@@ -513,42 +181,6 @@ def cmd_status(cfg: DictConfig) -> int:
     use_root_dataset(cfg)
     o = cfg.status
     return show_status(layout_of(cfg), o.tail, units=o.units, as_json=o.json)
-
-
-def loader_config(cfg: DictConfig) -> dict:
-    """storage (absolute paths), transform and loader as plain values, for launcher.data in a job."""
-    storage = plain(cfg.storage)
-    for key in ("root", "state_dir"):
-        storage[key] = str(Path(storage[key]).absolute())
-    return {"storage": storage, "transform": plain(cfg.transform), "loader": plain(cfg.loader)}
-
-
-def bench_table(cfg: DictConfig) -> Path:
-    """bench.table, else bench.csv in the sweep folder (under -m) or in the state folder."""
-    if cfg.bench.table:
-        return Path(cfg.bench.table).absolute()
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return Path(HydraConfig.get().sweep.dir).absolute() / "bench.csv"
-    return Path(cfg.storage.state_dir).absolute() / "bench.csv"
-
-
-def bench_request(cfg: DictConfig):
-    from launcher.data.bench import BenchRequest
-
-    o = cfg.bench
-    return BenchRequest(
-        config=loader_config(cfg),
-        split=o.split,
-        epochs=o.epochs,
-        max_batches=o.max_batches,
-        check_coverage=o.check_coverage,
-        table=bench_table(cfg),
-        overrides=task_overrides(),
-        log_dir=Path(cfg.storage.log_dir).absolute(),
-    )
 
 
 def stage_job(cfg: DictConfig) -> tuple:

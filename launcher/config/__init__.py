@@ -1,613 +1,81 @@
-"""Dataclass schemas of every config group, registered in Hydra's ConfigStore.
-
-Each YAML option under conf/<group>/ starts from its group's schema
-(`defaults: [/schema/<group>@_here_: base]`), so a misspelt key or a wrong type fails when the
-config is composed, before any work starts. Each primary config (one per command) starts from
-its command's schema below. Comments above fields are the one-line documentation of each option.
-"""
-
-from __future__ import annotations
-
-import sys
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any
-
-if sys.version_info >= (3, 11):
-    from enum import StrEnum
-else:  # Python 3.10: the same behaviour for what we use (members are their str value)
-
-    class StrEnum(str, Enum):
-        def __str__(self) -> str:
-            return str(self.value)
-
-        def __format__(self, spec: str) -> str:
-            return str(self.value).__format__(spec)
-
-
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
-
-
-class Executor(StrEnum):
-    """cluster.executor: where jobs run."""
-
-    debug = "debug"
-    local = "local"
-    slurm = "slurm"
-
-
-class Split(StrEnum):
-    """A split of ILSVRC2012 (split.splits, bench.split)."""
-
-    train = "train"
-    val = "val"
-
-
-class Level(StrEnum):
-    """verify.level: how much of every file verify reads."""
-
-    exists = "exists"
-    header = "header"
-    decode = "decode"
-
-
-class Output(StrEnum):
-    """transform.output: what the loaders deliver."""
-
-    float = "float"
-    uint8 = "uint8"
-
-
-class Interpolation(StrEnum):
-    """transform.interpolation of every resize."""
-
-    bilinear = "bilinear"
-    bicubic = "bicubic"
-    nearest = "nearest"
-
-
-class Policy(StrEnum):
-    """transform.policy: the automatic augmentation added to train."""
-
-    randaugment = "randaugment"
-    autoaugment = "autoaugment"
-    trivialaugment = "trivialaugment"
-
-
-class StageMode(StrEnum):
-    """stage.mode: what stage.source holds."""
-
-    auto = "auto"
-    root = "root"
-    archives = "archives"
-
-
-@dataclass
-class StorageConfig:
-    # which storage this describes: local, lustre, nfs, scratch
-    name: str = MISSING
-    # folder the other paths of this storage start from (null where they are given whole)
-    base: str | None = None
-    # folder holding the three ILSVRC2012 archives (devkit, train, val)
-    archive_dir: str = MISSING
-    # the torchvision ImageNet root that receives meta.bin, train/ and val/
-    root: str = MISSING
-    # launcher's records for this root: indexes, unit records, manifests, ledger, reports, lock
-    state_dir: str = "${.root}/.launcher"
-    # submitit job folders and their logs
-    log_dir: str = "${.state_dir}/logs"
-    # unix group given to every folder written (new files inherit it); null = the user's default
-    group: str | None = None
-    # permission bits of every file written (octal); "0664" shares with the group
-    file_mode: str = "0644"
-    # permission bits of every folder written (octal); "2775" shares with the group (setgid)
-    dir_mode: str = "0755"
-    # Lustre stripe count for the output folders (`lfs setstripe -c N`); null = leave as is
-    stripe_count: int | None = None
-
-
-@dataclass
-class ArchiveConfig:
-    # file name of the archive inside storage.archive_dir
-    file: str = MISSING
-    # expected md5 of the whole archive; null = do not check (a warning says so)
-    md5: str | None = None
-
-
-@dataclass
-class ArchivesConfig:
-    # ILSVRC2012_devkit_t12.tar.gz: meta.mat and the validation ground truth
-    devkit: ArchiveConfig = field(default_factory=ArchiveConfig)
-    # ILSVRC2012_img_train.tar: one inner tar per class
-    train: ArchiveConfig = field(default_factory=ArchiveConfig)
-    # ILSVRC2012_img_val.tar: flat validation images
-    val: ArchiveConfig = field(default_factory=ArchiveConfig)
-
-
-@dataclass
-class ExpectedConfig:
-    # total train images; null = take the counts from the devkit alone
-    train: int | None = None
-    # total val images; null = take the counts from the devkit alone
-    val: int | None = None
-    # number of classes (leaf synsets); null = take the count from the devkit alone
-    classes: int | None = None
-
-
-@dataclass
-class DevkitMembersConfig:
-    # member of the devkit holding the synsets (scipy .mat)
-    meta: str = "ILSVRC2012_devkit_t12/data/meta.mat"
-    # member of the devkit listing the ILSVRC2012_ID of each val image, one per line
-    ground_truth: str = "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt"
-    # most bytes read while decompressing the devkit (guards against gzip bombs)
-    max_bytes: int = 268435456
-
-
-@dataclass
-class PatternsConfig:
-    # regex for a WNID (meta.mat, class tar stems): it becomes a folder name; matched in ASCII
-    wnid: str = r"n[0-9]{8}"
-    # regex for an ILSVRC2012_ID (meta.mat and each line of the val ground truth), in ASCII
-    ilsvrc_id: str = r"[1-9][0-9]{0,6}"
-    # regex for the members of the outer train tar (one tar per class); matched in ASCII
-    train_class: str = r"n[0-9]{8}\.tar"
-    # regex for the images inside a class tar; {wnid} is the class tar's stem; matched in ASCII
-    train_image: str = r"{wnid}_[0-9]+\.JPEG"
-    # regex for the members of the val tar; group 1 is the 1-based image number; matched in ASCII
-    val_image: str = r"ILSVRC2012_val_([0-9]{8})\.JPEG"
-
-
-@dataclass
-class DatasetConfig:
-    # dataset name (folders and reports use it)
-    name: str = MISSING
-    # the three archives: file names and md5s
-    archives: ArchivesConfig = field(default_factory=ArchivesConfig)
-    # expected totals, checked after preparation and by verify
-    expected: ExpectedConfig = field(default_factory=ExpectedConfig)
-    # where things are inside the devkit
-    devkit: DevkitMembersConfig = field(default_factory=DevkitMembersConfig)
-    # member-name patterns; anything else in an archive is refused
-    patterns: PatternsConfig = field(default_factory=PatternsConfig)
-
-
-@dataclass
-class SplitConfig:
-    # name of this choice: train, val or all
-    name: str = MISSING
-    # the splits a command works on
-    splits: list[Split] = field(default_factory=list)
-
-
-@dataclass
-class ClusterConfig:
-    # job name (submitit's and hydra-submitit-launcher's `name`); null = launcher's per-step names
-    # (prepare-train, prepare-val-finalize, verify, verify-report, ...)
-    name: str | None = None
-    # submitit executor: debug (in-process), local (processes here) or slurm
-    executor: Executor = MISSING
-    # parallel jobs for executor=local; null = the number of cores
-    workers: int | None = None
-    # seconds between two looks at the jobs while waiting
-    poll_s: float = 1.0
-    # SLURM's MaxArraySize; null = read it from `scontrol show config`
-    max_array_size: int | None = None
-    # job time limit in minutes
-    timeout_min: int = 60
-    # CPUs per task
-    cpus_per_task: int = 1
-    # memory per node in GB; null = the cluster default
-    mem_gb: float | None = None
-    # nodes per job
-    nodes: int = 1
-    # tasks (ranks) per node
-    tasks_per_node: int = 1
-    # GPUs per node
-    gpus_per_node: int = 0
-    # SLURM partition; null = the cluster default
-    partition: str | None = None
-    # SLURM account to charge; null = the user's default
-    account: str | None = None
-    # SLURM quality of service; null = default
-    qos: str | None = None
-    # SLURM node feature constraint; null = none
-    constraint: str | None = None
-    # SLURM nodes not to run on (sbatch --exclude); null = none
-    exclude: str | None = None
-    # SLURM generic resources (sbatch --gres), e.g. gpu:2; null = none
-    gres: str | None = None
-    # memory per CPU (sbatch --mem-per-cpu), e.g. 4G; null = mem_gb or the cluster default
-    mem_per_cpu: str | None = None
-    # CPUs per GPU (sbatch --cpus-per-gpu); null = cpus_per_task
-    cpus_per_gpu: int | None = None
-    # GPUs per task (sbatch --gpus-per-task); null = gpus_per_node
-    gpus_per_task: int | None = None
-    # memory per GPU (sbatch --mem-per-gpu), e.g. 16G; null = mem_gb or the cluster default
-    mem_per_gpu: str | None = None
-    # comment attached to the SLURM jobs (sbatch --comment); null = none
-    comment: str | None = None
-    # write each job's stderr into its stdout log (one log file per job)
-    stderr_to_stdout: bool = False
-    # most array tasks running at once
-    array_parallelism: int = 64
-    # shell lines run before each job (module load, venv activation, ...)
-    setup: list[str] = field(default_factory=list)
-    # extra sbatch options passed as they are, e.g. {mail-type: END}
-    additional_parameters: dict[str, Any] = field(default_factory=dict)
-    # how many times a job that hit its time limit is requeued
-    max_num_timeout: int = 3
-    # seconds before the time limit at which the job is signalled to checkpoint
-    signal_delay_s: int = 90
-
-
-@dataclass
-class TransformConfig:
-    # hydra.utils.instantiate(cfg.transform, train=True) builds the v2 pipeline
-    _target_: str = "launcher.data.transforms_from_options"
-    # name of this choice: standard, randaugment, autoaugment, trivialaugment, none
-    name: str = MISSING
-    # automatic augmentation policy added to train: null, randaugment, autoaugment, trivialaugment
-    policy: Policy | None = None
-    # train crop size (RandomResizedCrop)
-    train_crop_size: int = 224
-    # scale range of RandomResizedCrop
-    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
-    # aspect-ratio range of RandomResizedCrop
-    ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333333333333333])
-    # probability of a horizontal flip in train
-    hflip: float = 0.5
-    # eval center-crop size
-    eval_crop_size: int = 224
-    # eval crop ratio: images are resized to floor(eval_crop_size / crop_ratio) before the crop
-    crop_ratio: float = 0.875
-    # interpolation of every resize (antialiased): bilinear, bicubic, nearest
-    interpolation: Interpolation = Interpolation.bilinear
-    # RandAugment: number of operations per image
-    num_ops: int = 2
-    # RandAugment: magnitude of the operations
-    magnitude: int = 9
-    # normalization mean (RGB, 0..1 scale)
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    # normalization std (RGB, 0..1 scale)
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
-    # output of the pipeline: float (normalized) or uint8 (launcher.data.normalize_on_device on the GPU)
-    output: Output = Output.float
-    # largest image file the loader reads (bytes; ImageNet's largest is ~15 MB); a larger one is an error
-    max_file_bytes: int = 67108864
-    # most pixels an image header may declare (PIL's Image.MAX_IMAGE_PIXELS), checked before decoding
-    max_pixels: int = 89478485
-    # most scans of a JPEG (libjpeg-turbo has no bound; a scan bomb costs seconds), checked while decoding
-    max_scans: int = 100
-
-
-def _loader_dataset() -> dict[str, Any]:
-    return {
-        "_target_": "launcher.data.load_imagenet",
-        # relative (loader.dataset -> loader -> the node holding storage): works at the root and
-        # nested, e.g. under a training repo's `data:`
-        "root": "${...storage.root}",
-        "state_dir": "${...storage.state_dir}",
-        "use_manifest": "${..use_manifest}",
-        "allow_incomplete": "${..allow_incomplete}",
-    }
-
-
-@dataclass
-class LoaderConfig:
-    # hydra.utils.instantiate(cfg.loader, dataset={"split": "train", "transform": tf}) builds the DataLoader
-    _target_: str = "launcher.data.loader_from_options"
-    # name of this choice
-    name: str = MISSING
-    # batch size per rank
-    batch_size: int = 256
-    # eval batch size per rank; null = batch_size
-    eval_batch_size: int | None = None
-    # loader worker processes per rank; null = the cores of this task (SLURM_CPUS_PER_TASK)
-    num_workers: int | None = None
-    # pin host memory for faster copies to the GPU (only when a GPU is there)
-    pin_memory: bool = True
-    # keep workers alive between epochs
-    persistent_workers: bool = True
-    # batches prefetched per worker
-    prefetch_factor: int = 2
-    # drop the last incomplete train batch (and DistributedSampler's padding); eval never drops
-    drop_last: bool = True
-    # base seed of shuffling (the same on every rank) and augmentation (offset by rank)
-    seed: int = 0
-    # read the prepare manifest when present (no directory walk)
-    use_manifest: bool = True
-    # load a split whose prepare records say it is not whole (a failed md5 or unit); refused by default
-    allow_incomplete: bool = False
-    # instantiate(cfg.loader.dataset, split="val", transform=tf) builds the dataset of storage.root
-    dataset: dict[str, Any] = field(default_factory=_loader_dataset)
-
-
-@dataclass
-class CommandConfig:
-    """What every command composes."""
-
-    # the command these options were composed for
-    command: str = MISSING
-    # wait for the jobs with a live progress display; null = wait unless cluster.executor=slurm
-    wait: bool | None = None
-    # where the data is
-    storage: StorageConfig = MISSING
-    # what the data is
-    dataset: DatasetConfig = MISSING
-    # which splits
-    split: SplitConfig = MISSING
-    # where the work runs
-    cluster: ClusterConfig = MISSING
-    # image transforms of the loaders
-    transform: TransformConfig = MISSING
-    # data loaders
-    loader: LoaderConfig = MISSING
-
-
-@dataclass
-class PrepareOptions:
-    # train shards (groups of class tars balanced by bytes); null = twice the parallel jobs
-    train_shards: int | None = None
-    # val shards (ranges of images); null = as many as keep shards the size of train's
-    val_shards: int | None = None
-    # print the plan (units, bytes, outputs) and do nothing
-    dry_run: bool = False
-    # accept a root that holds another dataset (different index or meta.bin) and overwrite it
-    force: bool = False
-    # fsync files before recording a unit complete (slower; survives power loss)
-    fsync: bool = False
-    # also check the archives' md5s (when dataset.archives.*.md5 are set)
-    check_md5: bool = True
-
-
-@dataclass
-class PrepareConfig(CommandConfig):
-    # options of `prepare`
-    prepare: PrepareOptions = field(default_factory=PrepareOptions)
-
-
-@dataclass
-class VerifyOptions:
-    # per-file check: exists (size), header (signature, markers, dimensions) or decode (full)
-    level: Level = Level.header
-    # re-encode the odd files (PNG named .JPEG, CMYK) to RGB JPEG
-    fix: bool = False
-    # JPEG quality of the files verify.fix re-encodes
-    fix_quality: int = 95
-    # verify shards; null = twice the parallel jobs
-    shards: int | None = None
-    # also check the archives' md5s when the archives are present
-    check_md5: bool = False
-    # where the JSON report goes
-    report: str = "${storage.state_dir}/verify-${split.name}.json"
-    # largest image file read (bytes); ImageNet's largest is about 15 MB; a larger file fails
-    max_file_bytes: int = 67108864
-    # most pixels an image header may declare (PIL's Image.MAX_IMAGE_PIXELS); more fails at header and decode
-    max_pixels: int = 89478485
-    # most scans of a JPEG (progressive ones have ~10); more fails (counted at header for progressive JPEGs)
-    max_scans: int = 100
-
-
-@dataclass
-class VerifyConfig(CommandConfig):
-    # options of `verify`
-    verify: VerifyOptions = field(default_factory=VerifyOptions)
-
-
-@dataclass
-class SynthOptions:
-    # number of classes (leaf synsets)
-    classes: int = 10
-    # fewest train images of a class
-    train_min: int = 4
-    # most train images of a class
-    train_max: int = 8
-    # val images per class
-    val_per_class: int = 3
-    # non-leaf synsets added to meta.mat
-    nonleaf: int = 5
-    # smallest image side in pixels
-    min_side: int = 32
-    # largest image side in pixels
-    max_side: int = 64
-    # JPEG quality of the images
-    quality: int = 90
-    # add the odd files of the real set (CMYK, PNG named .JPEG, grayscale)
-    odd_files: bool = True
-    # random seed; the same seed writes the same archives
-    seed: int = 0
-    # overwrite archives that exist
-    overwrite: bool = False
-
-
-@dataclass
-class SynthConfig(CommandConfig):
-    # options of `synth`
-    synth: SynthOptions = field(default_factory=SynthOptions)
-
-
-@dataclass
-class StatusOptions:
-    # log lines shown for each unit that did not finish
-    tail: int = 20
-    # also print one row per unit (state, the job that ran it, SLURM's pending reason, images, bytes)
-    units: bool = False
-    # print the whole status as one JSON object (for scripts) instead of text
-    json: bool = False
-
-
-@dataclass
-class StatusConfig(CommandConfig):
-    # options of `status`
-    status: StatusOptions = field(default_factory=StatusOptions)
-
-
-@dataclass
-class BenchOptions:
-    # split the loader iterates
-    split: Split = Split.train
-    # epochs to iterate
-    epochs: int = 1
-    # stop after this many batches per epoch; null = the whole epoch
-    max_batches: int | None = None
-    # check that the ranks together covered the split (each val image once, train once per epoch)
-    check_coverage: bool = True
-    # table the run's row is appended to (CSV + a .md rendering); null = bench.csv in the sweep
-    # folder under -m, else ${storage.state_dir}/bench.csv
-    table: str | None = None
-
-
-@dataclass
-class BenchConfig(CommandConfig):
-    # options of `bench`
-    bench: BenchOptions = field(default_factory=BenchOptions)
-
-
-@dataclass
-class StageOptions:
-    # what to stage: a prepared root (copied to storage.root) or the folder of the three archives
-    source: str = MISSING
-    # what source holds: root, archives (copied to storage.archive_dir, then prepared here) or auto
-    mode: StageMode = StageMode.auto
-    # launcher's records of the source root (manifests); null = <source>/.launcher
-    source_state_dir: str | None = None
-    # reuse a complete staged copy of the same source
-    reuse: bool = True
-    # files copied at once
-    threads: int = 8
-    # seconds the other local ranks wait for local rank 0 to finish staging
-    wait_s: float = 3600
-
-
-@dataclass
-class StageConfig(CommandConfig):
-    # options of `stage`
-    stage: StageOptions = field(default_factory=StageOptions)
-    # options of the prepare step on the node (stage.mode=archives)
-    prepare: PrepareOptions = field(default_factory=PrepareOptions)
-
-
-@dataclass
-class DemoConfig(CommandConfig):
-    # options of the synthetic archives the demo writes
-    synth: SynthOptions = field(default_factory=SynthOptions)
-    # options of the prepare step
-    prepare: PrepareOptions = field(default_factory=PrepareOptions)
-    # options of the verify step
-    verify: VerifyOptions = field(default_factory=VerifyOptions)
-    # options of the loader step
-    bench: BenchOptions = field(default_factory=BenchOptions)
-
-
-@dataclass
-class TrainingConfig(CommandConfig):
-    """What training code composes (launcher.training_config): the groups, no command options."""
-
-
-GROUP_SCHEMAS = {
-    "storage": StorageConfig,
-    "dataset": DatasetConfig,
-    "split": SplitConfig,
-    "cluster": ClusterConfig,
-    "transform": TransformConfig,
-    "loader": LoaderConfig,
-}
-
-COMMAND_SCHEMAS = {
-    "prepare": PrepareConfig,
-    "verify": VerifyConfig,
-    "synth": SynthConfig,
-    "status": StatusConfig,
-    "bench": BenchConfig,
-    "stage": StageConfig,
-    "demo": DemoConfig,
-    "training": TrainingConfig,
-}
-
-
-def option_docs(schema: type) -> dict[str, str]:
-    """field name -> the one-line comment above it in the schema's source (the documentation of each option)."""
-    import inspect
-    import re
-
-    docs, comment = {}, []
-    for line in inspect.getsource(schema).splitlines()[1:]:
-        text = line.strip()
-        if text.startswith("#"):
-            comment.append(text[1:].strip())
-        elif (m := re.match(r"(\w+):", text, re.ASCII)) and comment:
-            docs[m.group(1)] = " ".join(comment)
-            comment = []
-        else:
-            comment = []
-    return docs
-
-
-def own_options(command: str) -> list[tuple[str, Any, str]]:
-    """(key, default, comment) of every option a command has beyond the groups every command composes."""
-    from dataclasses import MISSING as NO_DEFAULT
-    from dataclasses import fields, is_dataclass
-
-    schema = COMMAND_SCHEMAS[command]
-    shared = {f.name for f in fields(CommandConfig)} - {"wait"}
-    docs = option_docs(CommandConfig) | option_docs(schema)
-    rows = []
-    for f in fields(schema):
-        if f.name in shared or f.name == "command":
-            continue
-        node = f.default_factory() if f.default_factory is not NO_DEFAULT else f.default
-        if is_dataclass(node):
-            inner = option_docs(type(node))
-            rows += [(f"{f.name}.{g.name}", getattr(node, g.name), inner.get(g.name, "")) for g in fields(node)]
-        else:
-            rows.append((f.name, node, docs.get(f.name, "")))
-    return rows
-
-
-def group_choices() -> dict[str, list[str]]:
-    """group -> its options, from the YAML files of launcher.conf (the schema groups are not choices)."""
-    from importlib.resources import files
-
-    conf = files("launcher.conf")
-    return {
-        group: sorted(p.name.removesuffix(".yaml") for p in conf.joinpath(group).iterdir() if p.name.endswith(".yaml"))
-        for group in GROUP_SCHEMAS
-    }
-
-
-def command_help(command: str) -> str:
-    """The head of `launcher <command> --help`: what the command does, its own options, the groups."""
-    from launcher.cli.commands import COMMANDS
-
-    def shown(value: Any) -> str:
-        return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-
-    options = [(f"{key}={shown(default)}", doc) for key, default, doc in own_options(command)]
-    width = min(max((len(o) for o, _ in options), default=0), 28)
-    lines = [
-        f"launcher {command}: {COMMANDS[command].summary}",
-        "",
-        f"usage: launcher {command} [group=option ...] [key=value ...] [--cfg job | --info | -m]",
-        "",
-        f"options of {command} (key=default):",
-        *(f"  {o:<{width}}  {doc}" if len(o) <= width else f"  {o}\n  {'':<{width}}  {doc}" for o, doc in options),
-        "",
-        "config groups (group=option; every group's options are in the config below):",
-        *(f"  {group}: {', '.join(choices)}" for group, choices in group_choices().items()),
-    ]
-    return "\n".join(lines).replace("$", "$$")  # Hydra fills the help template with string.Template
-
-
-def register_configs() -> None:
-    """Put every schema in Hydra's ConfigStore and the help resolver in OmegaConf (idempotent)."""
-    from omegaconf import OmegaConf
-
-    if not OmegaConf.has_resolver("launcher_help"):
-        OmegaConf.register_new_resolver("launcher_help", command_help)
-    cs = ConfigStore.instance()
-    for group, schema in GROUP_SCHEMAS.items():
-        cs.store(group=f"schema/{group}", name="base", node=schema)
-    for command, schema in COMMAND_SCHEMAS.items():
-        cs.store(group="schema/command", name=command, node=schema)
+"""The typed config: the schemas of every group (launcher.config.schema) and command
+(launcher.config.commands), importable without Hydra, and their registration in Hydra's ConfigStore
+(launcher.config.store, imported where Hydra is)."""
+
+from launcher.config.commands import (
+    COMMAND_SCHEMAS,
+    BenchConfig,
+    BenchOptions,
+    CommandConfig,
+    DemoConfig,
+    PrepareConfig,
+    PrepareOptions,
+    StageConfig,
+    StageOptions,
+    StatusConfig,
+    StatusOptions,
+    SynthConfig,
+    SynthOptions,
+    TrainingConfig,
+    VerifyConfig,
+    VerifyOptions,
+)
+from launcher.config.schema import (
+    GROUP_SCHEMAS,
+    ArchiveConfig,
+    ArchivesConfig,
+    ClusterConfig,
+    DatasetConfig,
+    DevkitMembersConfig,
+    Executor,
+    ExpectedConfig,
+    Interpolation,
+    Level,
+    LoaderConfig,
+    Output,
+    PatternsConfig,
+    Policy,
+    Split,
+    SplitConfig,
+    StageMode,
+    StorageConfig,
+    TransformConfig,
+)
+
+__all__ = [
+    "Executor",
+    "Split",
+    "Level",
+    "Output",
+    "Interpolation",
+    "Policy",
+    "StageMode",
+    "StorageConfig",
+    "ArchiveConfig",
+    "ArchivesConfig",
+    "ExpectedConfig",
+    "DevkitMembersConfig",
+    "PatternsConfig",
+    "DatasetConfig",
+    "SplitConfig",
+    "ClusterConfig",
+    "TransformConfig",
+    "LoaderConfig",
+    "CommandConfig",
+    "PrepareOptions",
+    "PrepareConfig",
+    "VerifyOptions",
+    "VerifyConfig",
+    "SynthOptions",
+    "SynthConfig",
+    "StatusOptions",
+    "StatusConfig",
+    "BenchOptions",
+    "BenchConfig",
+    "StageOptions",
+    "StageConfig",
+    "DemoConfig",
+    "TrainingConfig",
+    "GROUP_SCHEMAS",
+    "COMMAND_SCHEMAS",
+]

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.archive import safefs
+from launcher.archive import safedir, safefs
 from launcher.core.errors import LauncherError, UnitBusyError
 
 SPLITS = ("train", "val")
@@ -37,7 +37,7 @@ class Layout:
     @classmethod
     def of(cls, root: str | Path, state_dir: str | Path) -> Layout:
         layout = cls(Path(root).absolute(), Path(state_dir).absolute())
-        safefs.trust(layout.root, layout.state_dir)  # below them, nothing is followed
+        safedir.trust(layout.root, layout.state_dir)  # below them, nothing is followed
         return layout
 
     @property

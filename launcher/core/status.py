@@ -296,7 +296,7 @@ def status_json(layout: Layout, summaries: dict, tail_lines: int) -> dict:
 
 def root_dataset_name(layout: Layout) -> str | None:
     """The dataset config the root was prepared with, as its identity record says."""
-    from launcher.prepare.run import root_dataset
+    from launcher.prepare.guards import root_dataset
 
     return (root_dataset(layout) or {}).get("name")
 

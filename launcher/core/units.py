@@ -19,7 +19,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launcher.archive import safefs
+from launcher.archive import safedir, safefs
 from launcher.core.errors import LauncherError, describe_os_error
 from launcher.core.layout import Lock, read_json, write_json
 from launcher.core.progress import human_bytes
@@ -31,10 +31,10 @@ KINDS = {
     "md5": "launcher.archive.extract:check_md5",
     "train": "launcher.archive.extract:extract_train",
     "val": "launcher.archive.extract:extract_val",
-    "finalize": "launcher.prepare.run:finalize_split",
-    "verify": "launcher.check.verify:verify_shard",
-    "verify-md5": "launcher.check.verify:verify_md5",
-    "verify-report": "launcher.check.verify:write_report",
+    "finalize": "launcher.prepare.finalize:finalize_split",
+    "verify": "launcher.check.shard:verify_shard",
+    "verify-md5": "launcher.check.shard:verify_md5",
+    "verify-report": "launcher.check.report:write_report",
 }
 
 
@@ -124,7 +124,7 @@ def claim(claims: Path, unit_id: str) -> bool:
     """True for the one job of a submission that creates claims/<unit id> first (O_EXCL, in the
     folder opened without links); the claim holds that job's id (status shows it as the job running
     the unit)."""
-    with safefs.Dir.of(claims) as folder:
+    with safedir.Dir.of(claims) as folder:
         try:
             fd = folder.create(unit_id)
         except FileExistsError:

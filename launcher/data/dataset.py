@@ -1,0 +1,161 @@
+"""The dataset of a prepared root: `ImageNet`, a torchvision.datasets.ImageNet built from the manifest,
+whose batches go through the fast path."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torchvision
+from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.datasets.vision import VisionDataset
+
+from launcher.core import completion
+from launcher.core.errors import LauncherError
+from launcher.data.decode import decode_file
+from launcher.data.fastpath import Pipeline, new_batch
+from launcher.data.nodes import LOADER_DEFAULTS, SPLITS, as_dict, options, say_once, section
+from launcher.data.samples import Columns, SampleList, manifest_for
+from launcher.data.transforms import build_transforms
+
+
+class ImageNet(torchvision.datasets.ImageNet):
+    """torchvision.datasets.ImageNet with the same attributes, built from the prepare manifest when one
+    is given (no directory walk), decoding with torchvision.io; never extracts archives."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        transform: Callable | None = None,
+        target_transform: Callable | None = None,
+        loader: Callable[[str], Any] = decode_file,
+        manifest: Columns | dict | None = None,
+    ) -> None:
+        require_prepared(root, split)
+        if manifest is None:
+            super().__init__(root, split, transform=transform, target_transform=target_transform, loader=loader)
+            return
+        columns = manifest if isinstance(manifest, Columns) else Columns.from_manifest(manifest)
+        # What torchvision's ImageNet.__init__ sets, in its order, from the manifest instead of a scan.
+        root = self.root = os.path.expanduser(root)
+        self.split = split
+        split_folder = self.split_folder
+        VisionDataset.__init__(self, split_folder, transform=transform, target_transform=target_transform)
+        self.loader = loader
+        self.extensions = IMG_EXTENSIONS
+        if columns is not None:
+            self.targets = columns.target_list()
+            # == torchvision's list of (os.path.join(split_folder, wnid, name), target), made on access
+            prefixes = [f"{split_folder}{os.sep}{wnid}{os.sep}" for wnid in columns.wnids]
+            self.samples = SampleList(prefixes, columns.names, columns.offsets, self.targets)
+        else:  # a manifest in another order than ImageFolder's: the list itself
+            self.samples = list(zip(map((split_folder + os.sep).__add__, manifest["paths"]), manifest["targets"]))
+            self.targets = [t for _, t in self.samples]
+        self.imgs = self.samples
+        self.root = root
+        wnids, classes = (columns.wnids, columns.classes) if columns else (manifest["wnids"], manifest["classes"])
+        self.wnids = list(wnids)
+        self.wnid_to_idx = {wnid: i for i, wnid in enumerate(self.wnids)}
+        self.classes = [tuple(names) for names in classes]
+        self.class_to_idx = {cls: idx for idx, clss in enumerate(self.classes) for cls in clss}
+
+    def __getitems__(self, indices: Sequence[int]) -> list:
+        """A batch for the DataLoader: with our Pipeline, every image is written straight into one
+        (shared-memory, in a worker) batch tensor; `collate` hands that tensor on without a copy."""
+        transform = self.transform
+        if not isinstance(transform, Pipeline) or self.target_transform is not None:
+            return [self[i] for i in indices]
+        out, batch = [], None
+        if transform.writes_crop and self.loader is decode_file:  # every image comes out crop-sized
+            batch = new_batch(len(indices), (3, *transform.transforms[1].size), transform.output)
+            for k, i in enumerate(indices):
+                path, target = self.samples[i]
+                slot = batch[k]
+                transform.write_file(path, slot)
+                out.append((slot, target))
+            return out
+        for k, i in enumerate(indices):
+            path, target = self.samples[i]
+            image = transform.head_of_file(path) if self.loader is decode_file else transform.head(self.loader(path))
+            if k == 0:
+                batch = new_batch(len(indices), image.shape, transform.output)
+            if batch is not None and image.shape == batch.shape[1:]:
+                transform.write(image, batch[k])  # while the image is still in the cache
+                out.append((batch[k], target))
+            else:  # sizes differ (no crop): each sample on its own, the usual collate
+                batch = None
+                out.append((transform.finish(image), target))
+        return out
+
+
+def require_prepared(root: str | Path, split: str) -> None:
+    """meta.bin and root/<split> are there (two stats), or the error says to run prepare."""
+    if split not in SPLITS:
+        raise LauncherError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+    root = Path(os.path.expanduser(root))
+    missing = [str(p) for p in (root / "meta.bin", root / split) if not p.exists()]
+    if missing:
+        raise LauncherError(
+            f"{root} is not a prepared ImageNet root ({', '.join(missing)} missing). Run "
+            f"`launcher prepare storage.root={root} split={split}` first (or point storage.root at a "
+            "prepared root); loaders never extract archives."
+        )
+
+
+def load_imagenet(
+    root: str | Path,
+    split: str,
+    state_dir: str | Path | None = None,
+    use_manifest: bool = True,
+    transform: Callable | None = None,
+    target_transform: Callable | None = None,
+    allow_incomplete: bool = False,
+) -> ImageNet:
+    """An ImageNet split from the manifest in `state_dir` (default root/.launcher; the root's own
+    root/.launcher is looked in as well) or, without one, torchvision's scan, said once on stderr.
+    A root whose records say prepare did not finish the split is refused unless `allow_incomplete`.
+    `hydra.utils.instantiate(cfg.loader.dataset, split=..., transform=...)`."""
+    if reason := completion.incomplete_reason(root, state_dir, split):
+        require_prepared(root, split)  # a split never prepared: say that first
+        if not allow_incomplete:
+            raise LauncherError(
+                f"{Path(os.path.expanduser(root)) / split} is not whole: {reason}. Fix the cause and run "
+                f"`launcher prepare storage.root={root}` again, or set loader.allow_incomplete=true to load "
+                "the images that are there anyway."
+            )
+        say_once(f"launcher.data: loading {split} of {root} although {reason} (loader.allow_incomplete=true)")
+    manifest = None
+    if use_manifest:
+        folders = completion.state_folders(root, state_dir)
+        manifest = next((m for f in folders if (m := manifest_for(f, split)) is not None), None)
+        if manifest is None:
+            say_once(
+                f"launcher.data: no prepare manifest of {split} in {' or '.join(map(str, folders))}: listing "
+                f"{Path(os.path.expanduser(root)) / split} with torchvision's directory scan instead (slow on a "
+                f"parallel file system). Point storage.state_dir at the folder holding manifest-{split}.json, "
+                "or set loader.use_manifest=false to scan without this note."
+            )
+    return ImageNet(root, split, transform=transform, target_transform=target_transform, manifest=manifest)
+
+
+def build_dataset(cfg: Any, split: str, transform: Callable | None | str = "config") -> ImageNet:
+    """The `split` of the root in cfg.storage, with the split's transform from cfg.transform
+    (or `transform` when given; None for raw uint8 tensors)."""
+    storage = as_dict(section(cfg, "storage"))
+    if "root" not in storage:
+        raise LauncherError("the config has no storage.root: compose the storage group (storage=...)")
+    loader = options(section(cfg, "loader"), LOADER_DEFAULTS, "loader", ignore=("dataset",))
+    if isinstance(transform, str):
+        node = section(cfg, "transform")
+        transform = build_transforms(node, split == "train") if node is not None else None
+    return load_imagenet(
+        storage["root"],
+        split,
+        storage.get("state_dir"),
+        loader["use_manifest"],
+        transform,
+        allow_incomplete=bool(loader["allow_incomplete"]),
+    )

@@ -1,0 +1,100 @@
+"""prepare's checks of its inputs before anything is written: archives present, root writable, and
+the warnings for probable mistakes (unchecked md5s, a login node, a foreign folder)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from typing import TYPE_CHECKING
+
+from launcher.archive import safedir
+from launcher.core.errors import LauncherError
+from launcher.core.layout import Layout
+
+if TYPE_CHECKING:
+    from launcher.core import dispatch
+
+from launcher.prepare.request import PrepareRequest
+
+
+def check_archives(req: PrepareRequest) -> None:
+    """Every archive the splits need is there and readable, or the error says where to put it."""
+    for key in req.archive_keys():
+        path = req.archive(key)
+        if not path.is_file():
+            raise LauncherError(
+                f"The archive {req.archives[key][0]} is not in {req.archive_dir} (looked for {path}). "
+                f"Place it there, or point storage.archive_dir=<folder> (or "
+                f"dataset.archives.{key}.file=<name>) at it."
+            )
+        if not os.access(path, os.R_OK):
+            raise LauncherError(f"The archive {path} is not readable by this user; fix its permissions.")
+
+
+def check_writable(layout: Layout, replace: bool = False) -> None:
+    for folder in (layout.root, layout.state_dir):
+        try:
+            with safedir.Dir.of(folder, create=True, replace=replace) as d:
+                probe = f".write-test-{os.getpid()}"
+                os.close(d.create(probe, replace_temp=True))
+                d.unlink_entry(probe)
+        except OSError as err:
+            raise LauncherError(
+                f"cannot write into the output folder {folder}: {err.strerror or err}. Point "
+                "storage.root (or storage.state_dir) at a writable folder."
+            ) from err
+
+
+def warn_unchecked_md5(req: PrepareRequest) -> None:
+    for key in req.archive_keys():
+        if req.archives[key][1] is None:
+            print(
+                f"warning: dataset.archives.{key}.md5 is null: {req.archive(key).name} is not md5-checked.",
+                file=sys.stderr,
+            )
+
+
+SHARED_STORAGE = ("lustre", "nfs")
+
+
+OURS = {"meta.bin", "train", "val", ".partial", ".launcher"}
+
+
+def warn_probable_mistakes(req: PrepareRequest, cluster: dispatch.Cluster) -> None:
+    """One line on stderr for each setting that is probably a mistake; the work goes on."""
+    for message in (login_node_warning(req, cluster), foreign_folder_warning(req)):
+        if message:
+            print(f"warning: {message}", file=sys.stderr)
+
+
+def login_node_warning(req: PrepareRequest, cluster: dispatch.Cluster) -> str | None:
+    """Work on this machine, on shared storage, where SLURM is at hand but no job runs: a login node."""
+    if cluster.executor == "slurm" or not req.storage.startswith(SHARED_STORAGE):
+        return None
+    if not shutil.which("sbatch") or os.environ.get("SLURM_JOB_ID"):
+        return None
+    return (
+        f"cluster={cluster.name} runs the units on this machine, which looks like a login node (sbatch is "
+        f"here, SLURM_JOB_ID is not set), with storage={req.storage}: pass cluster=slurm to run them as "
+        "SLURM jobs, or run this inside a job (salloc/srun)."
+    )
+
+
+def foreign_folder_warning(req: PrepareRequest) -> str | None:
+    """storage.root holds things that are neither an ImageNet root's, ours, nor the archives."""
+    root = req.layout.root
+    if not root.is_dir() or (req.layout.state_dir / "identity.json").exists():
+        return None
+    archives = {name for name, _ in req.archives.values()}
+    try:
+        names = sorted(e.name for e in os.scandir(root) if e.name not in OURS | archives)
+    except OSError:
+        return None
+    if not names or OURS & set(os.listdir(root)) - {".launcher"}:
+        return None  # empty, or a root of its own (the identity guard decides about it)
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (
+        f"storage.root={root} is not empty ({shown}) and is not an ImageNet root: prepare adds meta.bin, "
+        "train/ and val/ beside what is there. Point storage.root at a new folder if that is not what you want."
+    )

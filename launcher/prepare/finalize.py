@@ -1,0 +1,196 @@
+"""prepare's finalize unit: a split's counts checked against its sources, partial folders cleared, the
+manifest and the split's complete record written."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from launcher.archive import safefs
+from launcher.archive.index import archive_identity, same_identity
+from launcher.core.errors import LauncherError
+from launcher.core.layout import SPLITS, read_json, read_root_id
+from launcher.core.manifest import build_manifest, write_manifest
+from launcher.core.units import Unit
+
+if TYPE_CHECKING:
+    pass
+
+from launcher.prepare.guards import same_root
+from launcher.prepare.request import ARCHIVES_OF, PrepareRequest
+
+
+def split_identity(identity: dict, split: str) -> dict:
+    """What a split's complete record is tied to: the devkit's and the archive's contents, which
+    root, and which archive files (unchanged) its units read."""
+    return {
+        "devkit": identity["devkit"],
+        split: identity[split],
+        "root": identity["root"],
+        "archives": {k: identity["archives"][k] for k in ("devkit", split)},
+    }
+
+
+def same_split_identity(a: dict | None, b: dict, keys: tuple[str, ...]) -> bool:
+    if not a or any(a.get(k) != b[k] for k in b if k not in ("root", "archives")):
+        return False
+    archives = a.get("archives") or {}
+    return same_root(a.get("root"), b["root"], keys) and all(
+        same_identity(archives.get(k), v) for k, v in b["archives"].items()
+    )
+
+
+def finalize_unit(req: PrepareRequest, split: str, units: list[Unit], identity: dict) -> Unit:
+    needs = [
+        u
+        for u in units
+        if u.kind == split or u.kind == "meta" or (u.kind == "md5" and u.args["key"] in ARCHIVES_OF[split])
+    ]
+    layout = req.layout
+    uid = f"finalize-{split}"
+    return Unit(
+        uid,
+        "finalize",
+        0,
+        str(layout.complete_file(split)),  # its completion record is the split's
+        {
+            "split": split,
+            "records": [u.record for u in needs],
+            "devkit": str(layout.devkit_file),
+            "expected": req.expected.get(split),
+            "manifest": str(layout.manifest_file(split)),
+            "identity": split_identity(identity, split),
+            "root": str(layout.root),
+            "partial": partial_folders(req, split),
+        },
+    )
+
+
+def finalize_split(
+    split: str,
+    records: list[str],
+    devkit: str,
+    expected: int | None,
+    manifest: str,
+    identity: dict,
+    root: str,
+    partial: list[str] | None = None,
+) -> dict:
+    """Finalize unit: every unit of the split complete, from the archives and root of the plan ->
+    counts checked -> manifest -> empty root/.partial folders removed. Its completion record (written
+    by the unit runner) is the split's complete-<split>.json."""
+    done = [read_json(Path(r)) if safefs.is_file(r) else None for r in records]
+    if missing := [Path(r).stem for r, d in zip(records, done) if d is None]:
+        raise LauncherError(
+            f"{split} is not complete: units {', '.join(missing)} have no completion record "
+            "(their errors are in their job logs; `launcher status` shows them)."
+        )
+    check_sources(split, done, identity, Path(root))
+    kit = read_devkit_record(Path(devkit))
+    if split == "train":
+        files = [(w, n, s) for d in done if d["kind"] == "train" for w, fs in d["classes"].items() for n, s in fs]
+        classes = {w for d in done if d["kind"] == "train" for w in d["classes"]}
+        if classes != set(kit["wnid_to_classes"]):
+            raise LauncherError(f"train is missing classes {sorted(set(kit['wnid_to_classes']) - classes)[:5]}")
+    else:
+        files = [tuple(f) for d in done if d["kind"] == "val" for f in d["files"]]
+        if len(files) != len(kit["val_wnids"]):
+            raise LauncherError(f"val holds {len(files)} images, the ground truth {len(kit['val_wnids'])}")
+    if expected is not None and len(files) != expected:
+        raise LauncherError(f"{split} holds {len(files)} images, dataset.expected.{split} is {expected}")
+    if lost := missing_folders(Path(root) / split, {f[0] for f in files}):
+        raise LauncherError(
+            f"{split} is not complete: {Path(root) / split} lacks {', '.join(lost[:5])}. Run prepare again."
+        )
+    write_manifest(Path(manifest), build_manifest(split, files, kit["wnid_to_classes"]))
+    if root is not None:
+        remove_empty_partial(Path(root), partial or [])
+    return {
+        "split": split,
+        "images": len(files),
+        "bytes": sum(f[2] for f in files),
+        "classes": len(kit["wnid_to_classes"]),
+        "manifest": manifest,
+        "identity": identity,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def check_sources(split: str, done: list[dict], identity: dict, root: Path) -> None:
+    """Every record of the split came from the archive file the plan indexed, still unchanged now,
+    and was written into this root: otherwise the split could mix two archives' bytes."""
+    archives = identity["archives"]
+    for record in done:
+        key = record.get("key") or record.get("kind")
+        if key not in archives:
+            continue
+        now = archive_identity(archives[key]["path"])
+        if not same_identity(record.get("archive"), archives[key]) or not same_identity(now, archives[key]):
+            raise LauncherError(
+                f"{split} is not complete: {archives[key]['path']} changed during the run (unit "
+                f"{record.get('unit')} read other bytes than the index describes). Run `launcher prepare` "
+                "again: it indexes the archive anew and prepares what came from the old bytes again."
+            )
+        if record.get("kind") in SPLITS and record.get("root_id") != identity["root"]["id"]:
+            raise LauncherError(
+                f"{split} is not complete: unit {record.get('unit')} wrote into another root. Run prepare again."
+            )
+    if read_root_id(root) != identity["root"]["id"]:
+        raise LauncherError(f"{split} is not complete: {root} is not the root of the plan. Run prepare again.")
+
+
+def missing_folders(folder: Path, wnids: set[str]) -> list[str]:
+    """Class folders that are not in `folder` (one listing, no walk)."""
+    try:
+        present = set(os.listdir(folder))
+    except OSError:
+        present = set()
+    return sorted(wnids - present)
+
+
+def remove_empty_partial(root: Path, folders: list[str]) -> None:
+    """rmdir each of `folders` (".partial/train", ".partial") under root when it is an empty folder.
+    Every step is opened with O_NOFOLLOW and rmdir never follows a link: a link there is left
+    alone, and so is a folder that holds anything."""
+    for folder in folders:
+        parent, _, name = folder.rpartition("/")
+        try:
+            fd = open_dir_nofollow(root, parent)
+        except OSError:
+            continue
+        try:
+            os.rmdir(name, dir_fd=fd)
+        except OSError:  # absent, not empty, or a link (ENOTDIR): leave it
+            pass
+        finally:
+            os.close(fd)
+
+
+def open_dir_nofollow(root: Path, relative: str) -> int:
+    """A descriptor of root/relative, opened one component at a time, never through a link."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(root, flags)
+    for part in filter(None, relative.split("/")):
+        try:
+            child = os.open(part, flags, dir_fd=fd)
+        finally:
+            os.close(fd)
+        fd = child
+    return fd
+
+
+def partial_folders(req: PrepareRequest, split: str) -> list[str]:
+    """What finalize-<split> removes when empty: train's own .partial/train, and .partial itself
+    unless train (the one split that writes there) is also being prepared and finalizes it."""
+    own = [".partial/train"] if split == "train" else []
+    return own + ([".partial"] if split == "train" or "train" not in req.splits else [])
+
+
+def read_devkit_record(path: Path) -> dict:
+    """The devkit facts cached by prepare; damaged or missing, the next prepare reads the devkit again."""
+    cached = read_json(path)
+    if cached is None or not isinstance(cached.get("devkit"), dict):
+        raise LauncherError(f"{path} is missing or damaged; the next `launcher prepare` reads the devkit again.")
+    return cached["devkit"]

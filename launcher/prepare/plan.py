@@ -1,0 +1,293 @@
+"""prepare's plan: the units (meta, md5s, train shards, val ranges, finalize) a root still needs, and
+what is printed of it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from launcher.archive import safefs
+from launcher.archive.extract import make_dir
+from launcher.archive.index import archive_identity, same_archive, same_identity
+from launcher.core import plan
+from launcher.core.layout import SPLITS, Layout, read_json, write_json
+from launcher.core.manifest import read_manifest
+from launcher.core.progress import human_bytes, table
+from launcher.core.units import Unit, is_complete
+from launcher.datasets.imagenet.devkit import Devkit
+
+if TYPE_CHECKING:
+    pass
+
+from launcher.prepare.finalize import finalize_unit, missing_folders, same_split_identity, split_identity
+from launcher.prepare.guards import (
+    conflicts,
+    guard_identity,
+    make_root_identity,
+    remember_dataset,
+    root_identity,
+    root_keys,
+)
+from launcher.prepare.inputs import check_against_devkit, load_devkit, load_index
+from launcher.prepare.request import Plan, PrepareRequest
+
+
+def plan_units(
+    req: PrepareRequest, devkit: Devkit, indexes: dict, parallelism: int, identity: dict, min_bytes: int
+) -> Plan:
+    layout, out = req.layout, req.output
+    rec = layout.unit_record
+    devkit_json = str(layout.devkit_file)
+    units = [
+        Unit(
+            "meta",
+            "meta",
+            req.archive("devkit").stat().st_size,
+            str(rec("meta")),
+            {"devkit": devkit_json, "meta_bin": str(layout.meta_bin)},
+        )
+    ]
+    for key in req.archive_keys():
+        md5 = req.archives[key][1]
+        if key in md5_keys(req):
+            ident = identity["archives"][key]
+            if not req.dry_run:
+                forget_stale_md5(rec(f"md5-{key}"), ident, md5)
+            units.append(
+                Unit(
+                    f"md5-{key}",
+                    "md5",
+                    ident["size"],
+                    str(rec(f"md5-{key}")),
+                    {"path": str(req.archive(key)), "expected": md5, "key": key, "identity": ident},
+                )
+            )
+    if "train" in indexes:
+        members = indexes["train"]["members"]
+        sizes = [m[2] for m in members]
+        train_bytes = sum(sizes)
+        n = req.train_shards or plan.default_train_shards(len(members), train_bytes, parallelism, min_bytes)
+        groups = plan.balanced_groups(sizes, n)
+        for i, group in enumerate(groups):
+            uid = plan.shard_id("train", i, len(groups))
+            wnids = [members[j][0][: -len(".tar")] for j in group]
+            units.append(
+                Unit(
+                    uid,
+                    "train",
+                    sum(sizes[j] for j in group),
+                    str(rec(uid)),
+                    {
+                        "train_tar": str(req.archive("train")),
+                        "root": str(layout.root),
+                        "index": str(layout.index_file("train")),
+                        "devkit": devkit_json,
+                        "wnids": wnids,
+                        "image_template": req.train_image_pattern,
+                        "out": out,
+                        "wnid_pattern": req.wnid_pattern,
+                        "root_id": identity["root"]["id"],
+                    },
+                )
+            )
+    if "val" in indexes:
+        members = indexes["val"]["members"]
+        sizes = [m[2] for m in members]
+        n = req.val_shards or plan.default_val_shards(len(members), sum(sizes), parallelism, min_bytes)
+        ranges = plan.contiguous_ranges(sizes, n)
+        for i, (a, b) in enumerate(ranges):
+            uid = plan.shard_id("val", i, len(ranges))
+            units.append(
+                Unit(
+                    uid,
+                    "val",
+                    sum(sizes[a:b]),
+                    str(rec(uid)),
+                    {
+                        "val_tar": str(req.archive("val")),
+                        "root": str(layout.root),
+                        "index": str(layout.index_file("val")),
+                        "devkit": devkit_json,
+                        "start": a,
+                        "stop": b,
+                        "out": out,
+                        "image_pattern": req.val_image_pattern,
+                        "wnid_pattern": req.wnid_pattern,
+                        "root_id": identity["root"]["id"],
+                    },
+                )
+            )
+    finalize = {split: finalize_unit(req, split, units, identity) for split in req.splits}
+    return Plan(units, finalize, devkit, identity)
+
+
+def forget_stale_md5(record: Path, identity: dict, expected: str) -> None:
+    """An md5 record of another file (or of this one before a change) or of another expected md5 is
+    checked again."""
+    done = read_json(record)
+    if done and (not same_identity(done.get("archive"), identity) or done.get("md5") != expected.lower()):
+        safefs.remove(record)
+
+
+def make_output_dirs(req: PrepareRequest) -> None:
+    for split in req.splits:
+        make_dir(req.layout.split_dir(split), req.output)
+    make_dir(req.layout.partial_dir, req.output)
+    if req.stripe_count is None:
+        return
+    if not shutil.which("lfs"):
+        print(f"storage.stripe_count={req.stripe_count}: `lfs` not found, striping left as it is", file=sys.stderr)
+        return
+    for split in req.splits:
+        subprocess.run(["lfs", "setstripe", "-c", str(req.stripe_count), str(req.layout.split_dir(split))], check=True)
+
+
+def split_complete(layout: Layout, split: str, identity: dict) -> dict | None:
+    done = read_json(layout.complete_file(split))
+    if done and same_split_identity(done.get("identity"), split_identity(identity, split), root_keys(layout)):
+        return done
+    return None
+
+
+def already_complete(req: PrepareRequest) -> list[dict] | None:
+    """The complete records of every split, when the cached devkit and indexes still describe the
+    archives (the same files, unchanged), the records belong to this root, and the tree still holds
+    meta.bin, each split folder and every class folder (a few stats and one listing per split);
+    read-only, so a rerun on a complete root writes nothing."""
+    layout = req.layout
+    devkit = read_json(layout.devkit_file)
+    if not same_archive(devkit, req.archive("devkit")):
+        return None
+    root = root_identity(layout.root)
+    if root is None:
+        return None
+    identity = {"devkit": devkit["fingerprint"], "root": root, "archives": {"devkit": devkit["archive"]}}
+    for split in req.splits:
+        index = read_json(layout.index_file(split))
+        if not same_archive(index, req.archive(split)):
+            return None
+        identity[split] = index["fingerprint"]
+        identity["archives"][split] = index["archive"]
+    done = [split_complete(layout, split, identity) for split in req.splits]
+    if not all(done) or not tree_intact(layout, req.splits, devkit["devkit"]):
+        return None
+    for key in md5_keys(req):
+        record = read_json(layout.unit_record(f"md5-{key}")) or {}
+        if record.get("md5") != req.archives[key][1].lower():
+            return None
+        if not same_identity(record.get("archive"), identity["archives"][key]):
+            return None
+    return done
+
+
+def tree_intact(layout: Layout, splits: list[str], kit: dict) -> bool:
+    """meta.bin, each split folder and every class folder the devkit names are there."""
+    if not safefs.is_file(layout.meta_bin):
+        return False
+    wanted = {"train": set(kit["wnid_to_classes"]), "val": set(kit["val_wnids"])}
+    return all(layout.split_dir(s).is_dir() and not missing_folders(layout.split_dir(s), wanted[s]) for s in splits)
+
+
+def md5_keys(req: PrepareRequest) -> list[str]:
+    return [k for k in req.archive_keys() if req.archives[k][1] and req.check_md5]
+
+
+def print_complete(req: PrepareRequest, done: list[dict]) -> None:
+    rows = [[d["split"], d["classes"], d["images"], human_bytes(d["bytes"]), d["finished"]] for d in done]
+    print(f"already complete in {req.layout.root}: nothing to do.")
+    print(table(["split", "classes", "images", "bytes", "finished"], rows))
+
+
+def make_plan(req: PrepareRequest, parallelism: int, min_bytes: int = 0) -> Plan:
+    """Load devkit and indexes, check them, guard the root, and plan the units."""
+    devkit, devkit_fp = load_devkit(req)
+    loaded = {split: load_index(req, split, devkit) for split in req.splits}
+    indexes = {split: new for split, (new, _) in loaded.items()}
+    check_against_devkit(req, devkit, indexes)
+    kit_archive = (read_json(req.layout.devkit_file) or {}).get("archive")  # none cached in a dry run
+    kit_archive = kit_archive or archive_identity(req.archive("devkit"), req.archives["devkit"][1])
+    archives = {"devkit": kit_archive, **{s: indexes[s]["archive"] for s in indexes}}
+    identity = {"devkit": devkit_fp, **{s: indexes[s]["fingerprint"] for s in indexes}, "archives": archives}
+    clashes = {s: conflicts(req.layout, s, old, indexes[s], devkit) for s, (_, old) in loaded.items()}
+    guard_identity(req, identity, clashes)
+    identity["root"] = root_of_plan(req)
+    if not req.dry_run:
+        remember_dataset(req.layout, req.config.get("dataset"))
+    p = plan_units(req, devkit, indexes, parallelism, identity, min_bytes)
+    if not req.dry_run:
+        drop_stale_records(req.layout, p)
+    return p
+
+
+def root_of_plan(req: PrepareRequest) -> dict:
+    """The root's identity, once the guard accepted the root: made if new, kept in identity.json
+    (a dry run makes nothing)."""
+    if req.dry_run:
+        return root_identity(req.layout.root) or {"id": "(not made yet)"}
+    root = make_root_identity(req.layout)
+    record = req.layout.state_dir / "identity.json"
+    write_json(record, {**read_json(record), "root": root})
+    return root
+
+
+def drop_stale_records(layout: Layout, p: Plan) -> None:
+    """Records that no longer describe the root are forgotten, so their units run again: written for
+    other work under the same id (shards regrouped), from another archive file or root, or whose
+    outputs (meta.bin, a class folder) are gone. A split with such a unit is not complete."""
+    stale_splits = set()
+    for u in p.units:
+        done = read_json(Path(u.record))
+        if done is None or record_holds(layout, u, done, p.identity):
+            continue
+        safefs.remove(u.record)
+        stale_splits.update(
+            SPLITS if u.kind == "meta" or u.args.get("key") == "devkit" else [u.args.get("key", u.kind)]
+        )
+    for split, fin in p.finalize.items():
+        done = read_json(Path(fin.record))
+        held = same_split_identity(done.get("identity"), fin.args["identity"], root_keys(layout)) if done else True
+        lost = done and read_manifest(layout.manifest_file(split)) is None  # damaged or gone: written again
+        if done and (split in stale_splits or not held or lost):
+            safefs.remove(fin.record)
+
+
+def record_holds(layout: Layout, u: Unit, done: dict, identity: dict) -> bool:
+    """A unit's record still describes what the root holds (a few stats, no walk)."""
+    if u.kind == "meta":
+        return safefs.is_file(layout.meta_bin)
+    if u.kind == "md5":
+        return True  # forget_stale_md5 checked it against the archive's identity
+    if (
+        not same_identity(done.get("archive"), identity["archives"][u.kind])
+        or done.get("root_id") != identity["root"]["id"]
+    ):
+        return False
+    if u.kind == "train":
+        return set(done.get("classes", ())) == set(u.args["wnids"]) and not missing_folders(
+            layout.split_dir("train"), set(u.args["wnids"])
+        )
+    return done.get("range") == [u.args["start"], u.args["stop"]] and not missing_folders(
+        layout.split_dir("val"), {f[0] for f in done.get("files", ())}
+    )
+
+
+def print_plan(req: PrepareRequest, p: Plan) -> None:
+    rows = []
+    for u in [*p.units, *p.finalize.values()]:
+        where = {
+            "meta": req.layout.meta_bin,
+            "train": req.layout.split_dir("train"),
+            "val": req.layout.split_dir("val"),
+            "md5": "(check only)",
+            "finalize": req.layout.manifest_file(u.args.get("split", "")),
+        }[u.kind]
+        rows.append([u.id, u.kind, human_bytes(u.size), "done" if is_complete(u) else "to do", where])
+    print(table(["unit", "kind", "reads", "state", "writes into"], rows, "llrll"))
+    todo = [u for u in p.units if not is_complete(u)]
+    print(
+        f"\n{len(todo)} of {len(p.units)} units to run, {human_bytes(sum(u.size for u in todo))} to read; "
+        f"records in {req.layout.units_dir}"
+    )

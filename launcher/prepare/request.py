@@ -1,0 +1,65 @@
+"""What a prepare run is asked to do (PrepareRequest: archives, root, splits, options) and the Plan it makes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from launcher.archive.extract import Output
+from launcher.core.layout import Layout
+from launcher.core.units import Unit
+from launcher.datasets.imagenet.devkit import Devkit
+
+if TYPE_CHECKING:
+    pass
+
+
+ARCHIVES_OF = {"train": ("devkit", "train"), "val": ("devkit", "val")}
+
+
+@dataclass
+class PrepareRequest:
+    layout: Layout
+    archive_dir: Path
+    # key -> (file name, md5 or None)
+    archives: dict[str, tuple[str, str | None]]
+    # train/val/classes -> expected count or None
+    expected: dict[str, int | None]
+    devkit_meta: str
+    devkit_ground_truth: str
+    devkit_max_bytes: int
+    train_class_pattern: str
+    train_image_pattern: str
+    val_image_pattern: str
+    # dataset.patterns.wnid and .ilsvrc_id: what a WNID and an ILSVRC2012_ID must match (ASCII)
+    wnid_pattern: str
+    ilsvrc_id_pattern: str
+    splits: list[str]
+    train_shards: int | None = None
+    val_shards: int | None = None
+    dry_run: bool = False
+    force: bool = False
+    check_md5: bool = True
+    output: Output = field(default_factory=Output)
+    stripe_count: int | None = None
+    log_dir: Path | None = None
+    argv: list[str] = field(default_factory=list)
+    # the storage option chosen (local, lustre, nfs, scratch or a variant): shared storage warns on a login node
+    storage: str = "local"
+    # the resolved config of the run (for the ledger); the dataset choice and values (for the identity)
+    config: dict = field(default_factory=dict)
+
+    def archive(self, key: str) -> Path:
+        return self.archive_dir / self.archives[key][0]
+
+    def archive_keys(self) -> list[str]:
+        return sorted({k for s in self.splits for k in ARCHIVES_OF[s]}, key=["devkit", "train", "val"].index)
+
+
+@dataclass
+class Plan:
+    units: list[Unit]
+    finalize: dict[str, Unit]
+    devkit: Devkit
+    identity: dict
