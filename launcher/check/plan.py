@@ -54,11 +54,7 @@ def plan_split(
     processes: int = 1,
 ) -> list[Unit]:
     """Shards of the class folders of `split`, balanced by bytes; each shard's input is a JSON file."""
-    files: dict[str, list] = {}
-    if manifest is not None:
-        for path, size in zip(manifest["paths"], manifest["sizes"]):
-            wnid, name = path.split("/", 1)
-            files.setdefault(wnid, []).append([name, size])
+    files = files_by_class(manifest) if manifest is not None else {}
     counts = _class_counts(exp, split)
     mean = estimate_bytes(req.layout.root / split, todo) if manifest is None else 0
     weights = [
@@ -67,7 +63,6 @@ def plan_split(
     if min_bytes and not req.shards:  # where each job costs start-up (SLURM), no tiny shards
         n_shards = min(n_shards, max(1, -(-sum(weights) // min_bytes)))
     groups = plan.balanced_groups(weights, n_shards)
-    pattern = req.train_image_pattern if split == "train" else req.val_image_pattern
     units = []
     for i, group in enumerate(groups):
         uid = shard_id(split, req.level, i, len(groups))
@@ -79,34 +74,48 @@ def plan_split(
             }
             for j in group
         ]
-        spec = {
-            "split": split,
-            "pattern": pattern,
-            "expected": str(run_dir / "expected.json"),
-            "quality": req.fix_quality,
-            "state_dir": str(run_dir.parent.parent),
-            "run": run_dir.name,
-            "limits": {k: getattr(req.limits, k) for k in ("max_file_bytes", "max_pixels", "max_scans")},
-            "classes": classes,
-        }
-        write_json(run_dir / "inputs" / f"{uid}.json", spec)
-        units.append(
-            Unit(
-                uid,
-                "verify",
-                sum(weights[j] for j in group),
-                str(run_dir / "units" / f"{uid}.json"),
-                {
-                    "root": str(req.layout.root),
-                    "split": split,
-                    "input": str(run_dir / "inputs" / f"{uid}.json"),
-                    "level": req.level,
-                    "fix": req.fix,
-                    "processes": processes,
-                },
-            )
-        )
+        units.append(shard_unit(req, split, uid, classes, sum(weights[j] for j in group), run_dir, processes))
     return units
+
+
+def files_by_class(manifest: dict) -> dict[str, list]:
+    """wnid -> [[name, size], ...] of a split's manifest."""
+    files: dict[str, list] = {}
+    for path, size in zip(manifest["paths"], manifest["sizes"]):
+        wnid, name = path.split("/", 1)
+        files.setdefault(wnid, []).append([name, size])
+    return files
+
+
+def shard_unit(
+    req: VerifyRequest, split: str, uid: str, classes: list[dict], size: int, run_dir: Path, processes: int
+) -> Unit:
+    """The verify unit of one shard, its input (the classes and how to check them) written beside the run."""
+    spec = {
+        "split": split,
+        "pattern": req.train_image_pattern if split == "train" else req.val_image_pattern,
+        "expected": str(run_dir / "expected.json"),
+        "quality": req.fix_quality,
+        "state_dir": str(run_dir.parent.parent),
+        "run": run_dir.name,
+        "limits": {k: getattr(req.limits, k) for k in ("max_file_bytes", "max_pixels", "max_scans")},
+        "classes": classes,
+    }
+    write_json(run_dir / "inputs" / f"{uid}.json", spec)
+    return Unit(
+        uid,
+        "verify",
+        size,
+        str(run_dir / "units" / f"{uid}.json"),
+        {
+            "root": str(req.layout.root),
+            "split": split,
+            "input": str(run_dir / "inputs" / f"{uid}.json"),
+            "level": req.level,
+            "fix": req.fix,
+            "processes": processes,
+        },
+    )
 
 
 def manifest_findings(split: str, manifest: dict, exp: dict, findings: list) -> None:
@@ -175,28 +184,8 @@ def make_plan(req: VerifyRequest, parallelism: int, processes: int, min_bytes: i
         exp = {"source": "meta.bin (no devkit found)", "by": "meta.bin", **meta, "num_train_images": None}
     write_json(run_dir / "expected.json", {k: exp.get(k) for k in ("source", "val_wnids", "num_train_images")})
     check_top(req, findings, notes)
-    shards: list[Unit] = []
-    totals: dict[str, dict] = {}
     n_shards = req.shards or 2 * parallelism
-    for split in req.splits:
-        if reason := completion.incomplete_reason(layout.root, layout.state_dir, split):
-            findings.append([split, "prepare", f"{reason}; run `launcher prepare` again after fixing the cause"])
-        present = list_split(layout.root, split, findings)
-        manifest = read_state_manifest(layout.manifest_file(split), findings)
-        if manifest is not None:
-            manifest_findings(split, manifest, exp, findings)
-        source = exp.get("source") or "the folders (no devkit, no meta.bin)"
-        classes = sorted(exp["wnid_to_classes"]) if exp.get("wnid_to_classes") else list(present or [])
-        counts = _class_counts(exp, split)
-        todo = check_structure(split, present, classes, counts, source, findings) if present is not None else []
-        shards += plan_split(req, split, todo, exp, manifest, n_shards, run_dir, min_bytes, processes)
-        totals[split] = {
-            "classes": len(classes),
-            "announced": _announced(exp, split),
-            "announced_by": exp.get("by"),
-            "expected": req.expected.get(split),
-            "manifest": str(layout.manifest_file(split)) if manifest is not None else None,
-        }
+    shards, totals = plan_splits(req, exp, findings, n_shards, run_dir, min_bytes, processes)
     md5 = md5_units(req, run_dir, notes) if req.check_md5 else []
     report = Unit(
         "verify-report",
@@ -228,6 +217,36 @@ def make_plan(req: VerifyRequest, parallelism: int, processes: int, min_bytes: i
         indent=1,
     )
     return VerifyPlan(run_id, run_dir, shards, md5, report)
+
+
+def plan_splits(
+    req: VerifyRequest, exp: dict, findings: list, n_shards: int, run_dir: Path, min_bytes: int, processes: int
+) -> tuple[list[Unit], dict[str, dict]]:
+    """Per split: prepare's completion, the folders and the manifest checked here (findings), then the
+    shards of the class folders to check; and the totals the report compares with."""
+    layout = req.layout
+    shards: list[Unit] = []
+    totals: dict[str, dict] = {}
+    for split in req.splits:
+        if reason := completion.incomplete_reason(layout.root, layout.state_dir, split):
+            findings.append([split, "prepare", f"{reason}; run `launcher prepare` again after fixing the cause"])
+        present = list_split(layout.root, split, findings)
+        manifest = read_state_manifest(layout.manifest_file(split), findings)
+        if manifest is not None:
+            manifest_findings(split, manifest, exp, findings)
+        source = exp.get("source") or "the folders (no devkit, no meta.bin)"
+        classes = sorted(exp["wnid_to_classes"]) if exp.get("wnid_to_classes") else list(present or [])
+        counts = _class_counts(exp, split)
+        todo = check_structure(split, present, classes, counts, source, findings) if present is not None else []
+        shards += plan_split(req, split, todo, exp, manifest, n_shards, run_dir, min_bytes, processes)
+        totals[split] = {
+            "classes": len(classes),
+            "announced": _announced(exp, split),
+            "announced_by": exp.get("by"),
+            "expected": req.expected.get(split),
+            "manifest": str(layout.manifest_file(split)) if manifest is not None else None,
+        }
+    return shards, totals
 
 
 def _class_counts(exp: dict, split: str) -> dict[str, int]:

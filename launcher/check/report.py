@@ -42,34 +42,13 @@ def write_report(run: str) -> dict:
         raise LauncherError(f"the run description {run} is missing or damaged: run `launcher verify` again")
     failures = [_finding(f) for f in desc["findings"]]
     notes = [_note(n) for n in desc["notes"]]
-    fixed, shards, counts = [], [], {}
-    for split, t in desc["totals"].items():
-        counts[split] = {"classes": t["classes"], "images": 0, "checked": 0, "bytes": 0, **t}
-    for path in desc["shards"]:
-        rec = read_json(Path(path))
-        if rec is None:
-            failures.append(_finding([Path(path).stem, "shard", "did not finish; its images were not checked"]))
-            continue
-        c = counts[rec["split"]]
-        for key in ("images", "checked", "bytes"):
-            c[key] += rec[key]
-        failures += [_finding(f) for f in rec["failures"]]
-        notes += [_note(n) for n in rec["notes"]]
-        fixed += rec["fixed"]
-        shards.append({k: rec.get(k) for k in ("unit", "host", "job", "wall_s", "cpu_s", "images", "bytes")})
-    for split, c in counts.items():
-        for what, label in (("announced", c["announced_by"]), ("expected", f"dataset.expected.{split}")):
-            if c[what] is not None and c["images"] != c[what]:
-                failures.append(_finding([split, "totals", f"holds {c['images']} images, {label} says {c[what]}"]))
-    md5 = {}
-    for path in desc["md5"]:
-        rec = read_json(Path(path))
-        key = Path(path).stem.rsplit("-", 1)[-1]
-        if rec is None:
-            failures.append(_finding([key, "md5", "the md5 unit did not finish"]))
-        elif not rec["ok"]:
-            failures.append(_finding([Path(rec["path"]).name, "md5", rec["reason"]]))
-        md5[key] = rec and rec["ok"]
+    counts = {
+        split: {"classes": t["classes"], "images": 0, "checked": 0, "bytes": 0, **t}
+        for split, t in desc["totals"].items()
+    }
+    fixed, shards = merge_shards(desc["shards"], counts, failures, notes)
+    check_totals(counts, failures)
+    md5 = md5_results(desc["md5"], failures)
     updated = apply_fixes(desc, fixed) if fixed else []
     finished = time.time()
     report = {
@@ -99,6 +78,47 @@ def write_report(run: str) -> dict:
     if not report["ok"]:  # the report job fails after its record is written: sacct and afterok see it
         verdict["job_fails"] = f"verify found {len(failures)} problems; report {desc['report']}"
     return verdict
+
+
+def merge_shards(paths: list[str], counts: dict, failures: list, notes: list) -> tuple[list, list]:
+    """The shard records added up into `counts`, their failures and notes appended; the files they
+    fixed and a line per shard (a shard without a record is a failure)."""
+    fixed, shards = [], []
+    for path in paths:
+        rec = read_json(Path(path))
+        if rec is None:
+            failures.append(_finding([Path(path).stem, "shard", "did not finish; its images were not checked"]))
+            continue
+        c = counts[rec["split"]]
+        for key in ("images", "checked", "bytes"):
+            c[key] += rec[key]
+        failures += [_finding(f) for f in rec["failures"]]
+        notes += [_note(n) for n in rec["notes"]]
+        fixed += rec["fixed"]
+        shards.append({k: rec.get(k) for k in ("unit", "host", "job", "wall_s", "cpu_s", "images", "bytes")})
+    return fixed, shards
+
+
+def check_totals(counts: dict, failures: list) -> None:
+    """Each split's image count against what the devkit (or meta.bin) and dataset.expected announce."""
+    for split, c in counts.items():
+        for what, label in (("announced", c["announced_by"]), ("expected", f"dataset.expected.{split}")):
+            if c[what] is not None and c["images"] != c[what]:
+                failures.append(_finding([split, "totals", f"holds {c['images']} images, {label} says {c[what]}"]))
+
+
+def md5_results(paths: list[str], failures: list) -> dict:
+    """archive key -> whether its md5 matched (None when its unit did not finish), failures appended."""
+    md5 = {}
+    for path in paths:
+        rec = read_json(Path(path))
+        key = Path(path).stem.rsplit("-", 1)[-1]
+        if rec is None:
+            failures.append(_finding([key, "md5", "the md5 unit did not finish"]))
+        elif not rec["ok"]:
+            failures.append(_finding([Path(rec["path"]).name, "md5", rec["reason"]]))
+        md5[key] = rec and rec["ok"]
+    return md5
 
 
 def _finding(f: list) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -40,8 +41,19 @@ def check_class(root: str, split: str, cls: dict, level: str, ctx: dict) -> dict
         fail(None, "structure", f"cannot list the class folder: {err.strerror or err}")
         return out
     manifest = {name: size for name, size in cls["files"]} if cls.get("files") is not None else None
+    accepted, seen = accept_entries(entries, split, wnid, manifest, ctx, fail)
+    report_missing(split, cls, accepted, seen, manifest, ctx, fail)
+    out["images"] = len(accepted)
+    check_images(folder, rel, accepted, level, manifest, ctx, out, fail)
+    return out
+
+
+def accept_entries(
+    entries: list[tuple[str, bool]], split: str, wnid: str, manifest: dict | None, ctx: dict, fail: Callable
+) -> tuple[list[str], set[int]]:
+    """The image names of a class folder that belong there (and the val numbers among them); every
+    other entry is a failure: a folder, a temporary, a stray or misplaced file."""
     val_wnids = ctx.get("val_wnids")
-    limits = Limits(**ctx.get("limits", {}))
     own = re.compile(ctx["pattern"].replace("{wnid}", re.escape(wnid)), re.ASCII)
     anyone = re.compile(ctx["pattern"].replace("{wnid}", "(.+?)"), re.ASCII) if split == "train" else None
     accepted: list[str] = []
@@ -58,19 +70,36 @@ def check_class(root: str, split: str, cls: dict, level: str, ctx: dict) -> dict
                 fail(name, "structure", _train_extra(name, wnid, anyone, manifest is not None))
         elif not (match := own.fullmatch(name)):
             fail(name, "structure", "stray file: not an ILSVRC2012 val image name; move it out")
-        else:
-            number = int(match.group(1))
-            truth = val_wnids[number - 1] if val_wnids and 1 <= number <= len(val_wnids) else None
-            if val_wnids and truth is None:
-                fail(name, "structure", f"val image {number} has no label: the ground truth has {len(val_wnids)}")
-            elif truth is not None and truth != wnid:
-                why = f"in the wrong class folder: the ground truth puts val image {number} in {truth}"
-                fail(name, "structure", f"{why}; move it to val/{truth}/")
-            elif manifest is not None and name not in manifest:
-                fail(name, "structure", "extra file: not in the manifest of val; move it out")
-            else:
-                accepted.append(name)
-                seen.add(number)
+        elif (number := _val_number(name, int(match.group(1)), wnid, val_wnids, manifest, fail)) is not None:
+            accepted.append(name)
+            seen.add(number)
+    return accepted, seen
+
+
+def _val_number(
+    name: str, number: int, wnid: str, val_wnids: list | None, manifest: dict | None, fail: Callable
+) -> int | None:
+    """The number of val image `name` when its label puts it in `wnid` (and the manifest lists it);
+    else None, the failure said."""
+    truth = val_wnids[number - 1] if val_wnids and 1 <= number <= len(val_wnids) else None
+    if val_wnids and truth is None:
+        fail(name, "structure", f"val image {number} has no label: the ground truth has {len(val_wnids)}")
+    elif truth is not None and truth != wnid:
+        why = f"in the wrong class folder: the ground truth puts val image {number} in {truth}"
+        fail(name, "structure", f"{why}; move it to val/{truth}/")
+    elif manifest is not None and name not in manifest:
+        fail(name, "structure", "extra file: not in the manifest of val; move it out")
+    else:
+        return number
+    return None
+
+
+def report_missing(
+    split: str, cls: dict, accepted: list[str], seen: set[int], manifest: dict | None, ctx: dict, fail: Callable
+) -> None:
+    """What should be in the class folder and is not: the manifest's files, the ground truth's val
+    images, the devkit's count of train images."""
+    wnid = cls["wnid"]
     if manifest is not None:  # what should be here and is not
         present = set(accepted)
         for name, size in cls["files"]:
@@ -82,7 +111,15 @@ def check_class(root: str, split: str, cls: dict, level: str, ctx: dict) -> dict
                 fail(VAL_NAME.format(number), "exists", "missing: the ground truth puts this val image here")
     if split == "train" and cls.get("count") is not None and len(accepted) != cls["count"]:
         fail(None, "structure", f"holds {len(accepted)} images, the devkit's num_train_images says {cls['count']}")
-    out["images"] = len(accepted)
+
+
+def check_images(
+    folder: str, rel: str, accepted: list[str], level: str, manifest: dict | None, ctx: dict, out: dict, fail: Callable
+) -> None:
+    """Each accepted image probed at `level` (counted in `out`), its note kept, and with verify.fix an
+    odd one re-encoded and probed again."""
+    limits = Limits(**ctx.get("limits", {}))
+    notes, fixed = out["notes"], out["fixed"]
     for name in accepted:
         path = os.path.join(folder, name)
         r = probe(path, level, manifest.get(name) if manifest is not None else None, limits)
@@ -106,7 +143,6 @@ def check_class(root: str, split: str, cls: dict, level: str, ctx: dict) -> dict
             fixed.append({"path": f"{rel}/{name}", **change, "ok": again.ok})
             if not again.ok:
                 fail(name, "fix", f"the re-encoded file fails {again.check}: {again.reason}")
-    return out
 
 
 def _train_extra(name: str, wnid: str, anyone: re.Pattern | None, listed: bool) -> str:

@@ -98,6 +98,11 @@ def bench_rank(req: BenchRequest) -> dict:
         loader = make_loader(dataset, req.split == "train", req.config.get("loader"), rank, world)
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
         uint8 = getattr(dataset.transform, "output", "float") == "uint8"
+        transform = dataset.transform
+
+        def to_device(x):  # what a training step starts with
+            return normalize_on_device(x, transform.mean, transform.std, device) if uint8 else x.to(device)
+
         images = batches = 0
         first_batch_s = None
         coverage: list[dict] = []
@@ -105,22 +110,11 @@ def bench_rank(req: BenchRequest) -> dict:
         for epoch in range(req.epochs):
             set_epoch(loader, epoch)
             order = list(iter(loader.sampler))  # the indices this rank asks for, in order
-            seen: list = []
-            t = time.perf_counter()
-            for batch, (x, y) in enumerate(loader):
-                if first_batch_s is None:
-                    first_batch_s = time.perf_counter() - t
-                if device is not None:  # what a training step starts with
-                    x = (
-                        normalize_on_device(x, dataset.transform.mean, dataset.transform.std, device)
-                        if uint8
-                        else x.to(device)
-                    )
-                seen.append(y)
-                images += len(y)
-                batches += 1
-                if req.max_batches is not None and batch + 1 >= req.max_batches:
-                    break
+            seen, taken, first = run_epoch(loader, req.max_batches, to_device if device is not None else None)
+            images += sum(len(y) for y in seen)
+            batches += taken
+            if first_batch_s is None:
+                first_batch_s = first
             if device is not None:
                 torch.cuda.synchronize()
             if req.check_coverage:
@@ -144,6 +138,25 @@ def bench_rank(req: BenchRequest) -> dict:
     finally:
         if owns:
             dist.destroy_process_group()
+
+
+def run_epoch(loader, max_batches: int | None, to_device) -> tuple[list, int, float | None]:
+    """One pass over `loader` (at most `max_batches`): the target batches seen, the batches taken and
+    the seconds to the first batch (None without one); each image batch goes through `to_device`."""
+    seen: list = []
+    batches = 0
+    first_batch_s = None
+    t = time.perf_counter()
+    for batch, (x, y) in enumerate(loader):
+        if first_batch_s is None:
+            first_batch_s = time.perf_counter() - t
+        if to_device is not None:
+            x = to_device(x)
+        seen.append(y)
+        batches += 1
+        if max_batches is not None and batch + 1 >= max_batches:
+            break
+    return seen, batches, first_batch_s
 
 
 def epoch_coverage(dataset, loader, order: list[int], seen: list, world: int, train: bool, partial: bool) -> dict:

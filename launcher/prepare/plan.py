@@ -38,18 +38,28 @@ from launcher.prepare.request import Plan, PrepareRequest
 def plan_units(
     req: PrepareRequest, devkit: Devkit, indexes: dict, parallelism: int, identity: dict, min_bytes: int
 ) -> Plan:
-    layout, out = req.layout, req.output
-    rec = layout.unit_record
-    devkit_json = str(layout.devkit_file)
+    layout = req.layout
     units = [
         Unit(
             "meta",
             "meta",
             req.archive("devkit").stat().st_size,
-            str(rec("meta")),
-            {"devkit": devkit_json, "meta_bin": str(layout.meta_bin)},
+            str(layout.unit_record("meta")),
+            {"devkit": str(layout.devkit_file), "meta_bin": str(layout.meta_bin)},
         )
     ]
+    units += md5_units(req, identity)
+    if "train" in indexes:
+        units += train_units(req, indexes["train"]["members"], parallelism, identity, min_bytes)
+    if "val" in indexes:
+        units += val_units(req, indexes["val"]["members"], parallelism, identity, min_bytes)
+    finalize = {split: finalize_unit(req, split, units, identity) for split in req.splits}
+    return Plan(units, finalize, devkit, identity)
+
+
+def md5_units(req: PrepareRequest, identity: dict) -> list[Unit]:
+    """One unit per archive whose md5 is checked (a record of another archive's md5 forgotten first)."""
+    rec, units = req.layout.unit_record, []
     for key in req.archive_keys():
         md5 = req.archives[key][1]
         if key in md5_keys(req):
@@ -65,63 +75,70 @@ def plan_units(
                     {"path": str(req.archive(key)), "expected": md5, "key": key, "identity": ident},
                 )
             )
-    if "train" in indexes:
-        members = indexes["train"]["members"]
-        sizes = [m[2] for m in members]
-        train_bytes = sum(sizes)
-        n = req.train_shards or plan.default_train_shards(len(members), train_bytes, parallelism, min_bytes)
-        groups = plan.balanced_groups(sizes, n)
-        for i, group in enumerate(groups):
-            uid = plan.shard_id("train", i, len(groups))
-            wnids = [members[j][0][: -len(".tar")] for j in group]
-            units.append(
-                Unit(
-                    uid,
-                    "train",
-                    sum(sizes[j] for j in group),
-                    str(rec(uid)),
-                    {
-                        "train_tar": str(req.archive("train")),
-                        "root": str(layout.root),
-                        "index": str(layout.index_file("train")),
-                        "devkit": devkit_json,
-                        "wnids": wnids,
-                        "image_template": req.train_image_pattern,
-                        "out": out,
-                        "wnid_pattern": req.wnid_pattern,
-                        "root_id": identity["root"]["id"],
-                    },
-                )
+    return units
+
+
+def train_units(req: PrepareRequest, members: list, parallelism: int, identity: dict, min_bytes: int) -> list[Unit]:
+    """The train tar's class tars in shards balanced by bytes, one unit each."""
+    layout, units = req.layout, []
+    sizes = [m[2] for m in members]
+    train_bytes = sum(sizes)
+    n = req.train_shards or plan.default_train_shards(len(members), train_bytes, parallelism, min_bytes)
+    groups = plan.balanced_groups(sizes, n)
+    for i, group in enumerate(groups):
+        uid = plan.shard_id("train", i, len(groups))
+        wnids = [members[j][0][: -len(".tar")] for j in group]
+        units.append(
+            Unit(
+                uid,
+                "train",
+                sum(sizes[j] for j in group),
+                str(layout.unit_record(uid)),
+                {
+                    "train_tar": str(req.archive("train")),
+                    "root": str(layout.root),
+                    "index": str(layout.index_file("train")),
+                    "devkit": str(layout.devkit_file),
+                    "wnids": wnids,
+                    "image_template": req.train_image_pattern,
+                    "out": req.output,
+                    "wnid_pattern": req.wnid_pattern,
+                    "root_id": identity["root"]["id"],
+                },
             )
-    if "val" in indexes:
-        members = indexes["val"]["members"]
-        sizes = [m[2] for m in members]
-        n = req.val_shards or plan.default_val_shards(len(members), sum(sizes), parallelism, min_bytes)
-        ranges = plan.contiguous_ranges(sizes, n)
-        for i, (a, b) in enumerate(ranges):
-            uid = plan.shard_id("val", i, len(ranges))
-            units.append(
-                Unit(
-                    uid,
-                    "val",
-                    sum(sizes[a:b]),
-                    str(rec(uid)),
-                    {
-                        "val_tar": str(req.archive("val")),
-                        "root": str(layout.root),
-                        "index": str(layout.index_file("val")),
-                        "devkit": devkit_json,
-                        "start": a,
-                        "stop": b,
-                        "out": out,
-                        "image_pattern": req.val_image_pattern,
-                        "wnid_pattern": req.wnid_pattern,
-                        "root_id": identity["root"]["id"],
-                    },
-                )
+        )
+    return units
+
+
+def val_units(req: PrepareRequest, members: list, parallelism: int, identity: dict, min_bytes: int) -> list[Unit]:
+    """The val tar's members in contiguous ranges balanced by bytes, one unit each."""
+    layout, units = req.layout, []
+    sizes = [m[2] for m in members]
+    n = req.val_shards or plan.default_val_shards(len(members), sum(sizes), parallelism, min_bytes)
+    ranges = plan.contiguous_ranges(sizes, n)
+    for i, (a, b) in enumerate(ranges):
+        uid = plan.shard_id("val", i, len(ranges))
+        units.append(
+            Unit(
+                uid,
+                "val",
+                sum(sizes[a:b]),
+                str(layout.unit_record(uid)),
+                {
+                    "val_tar": str(req.archive("val")),
+                    "root": str(layout.root),
+                    "index": str(layout.index_file("val")),
+                    "devkit": str(layout.devkit_file),
+                    "start": a,
+                    "stop": b,
+                    "out": req.output,
+                    "image_pattern": req.val_image_pattern,
+                    "wnid_pattern": req.wnid_pattern,
+                    "root_id": identity["root"]["id"],
+                },
             )
-    finalize = {split: finalize_unit(req, split, units, identity) for split in req.splits}
-    return Plan(units, finalize, devkit, identity)
+        )
+    return units
 
 
 def forget_stale_md5(record: Path, identity: dict, expected: str) -> None:
