@@ -236,7 +236,9 @@ def failure_texts(failed: list[UnitStatus], tail_lines: int) -> list[str]:
         head = f"--- {names} (job {units[0].job or '-'}, log {log or '-'})"
         text = log_tail(log, tail_lines) if log else ""
         if not text and units[0].job_state:
-            text = f"(no log: job {units[0].job} ended {units[0].job_state} before it ran, e.g. a job it waits on failed)"
+            text = (
+                f"(no log: job {units[0].job} ended {units[0].job_state} before it ran, e.g. a job it waits on failed)"
+            )
         texts.append(head + ("\n" + text if text else ""))
     return texts
 
