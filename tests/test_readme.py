@@ -227,3 +227,117 @@ def test_command_options_table_matches_the_schemas(capsys):
             named = {f"{node}.{o}" for o in ticked(options)}
             problems += both_ways(f"option of {command}", named, {f"{node}.{o}" for o in accepted})
     assert not problems, "\n".join(problems)
+
+
+# ---------------------------------------------------------------- the README's SLURM transcript
+
+TRANSCRIPT = "### A failed run and its fix, on SLURM"
+DEMO = "/dev/shm/ops15-demo"  # the folder the transcript ran in; the test runs it in a folder of its own
+STEP = "::launcher-transcript-step::"
+# (command starting with, which occurrence) -> lines its output must hold (in the README and when run)
+ESSENTIAL = {
+    ("launcher prepare", 0): [
+        r"^submitted \d+ jobs to slurm \(job ids [\d, ]+\); logs in /\S+/\.launcher/logs/prepare-\S+$",
+        r"^follow progress with: launcher status storage=nfs storage\.root=/\S+/imagenet$",
+    ],
+    ("launcher status", 0): [
+        r"^  train +1/3 complete, 2 failed; 55 images, [\d.]+ KB done$",
+        r"^--- md5-train \(job \d+_\d+, log /\S+_log\.err\)$",
+        r"ERROR unit md5-train failed after [\d.]+s: md5 mismatch for /\S+/imagenet/ILSVRC2012_img_train\.tar",
+        r"^--- finalize-train \(job \d+, ",
+        r"^after fixing the cause, resubmit what is missing with:$",
+    ],
+    ("echo $?", 0): [r"^1$"],
+    ("cp download/ILSVRC2012_img_train.tar imagenet/", 0): [],
+    ("launcher prepare", 1): [
+        r"ILSVRC2012_img_train\.tar changed since train was prepared from it",
+        r"^submitted 2 jobs to slurm \(job ids \d+\); logs in /\S+/\.launcher/logs/prepare-\S+$",
+        r"^prepare: 100% .*8/8 units\]$",
+        r"^train +1 +0 +0 +55 ",
+    ],
+    ("launcher status", 1): [
+        r"^  common +2/2 complete",
+        r"^  train +3/3 complete; 55 images, [\d.]+ KB done$",
+        r"^  val +3/3 complete; 30 images, [\d.]+ KB done$",
+    ],
+    ("echo $?", 1): [r"^0$"],
+}
+NEVER = {("launcher status", 0): [r"ETA"], ("launcher status", 1): [r"failed|queued|running|ETA"]}
+
+
+def transcript_steps(text: str) -> list[tuple[str, str]]:
+    """(command, output) of each `$ ` line of a transcript; a `…` line marks a trim."""
+    steps: list[tuple[str, list[str]]] = []
+    for line in text.splitlines():
+        if line.startswith("$ "):
+            steps.append((line[2:], []))
+        elif steps:
+            steps[-1][1].append(line)
+    return [(command, "\n".join(out)) for command, out in steps]
+
+
+def readme_transcript() -> list[tuple[str, str]]:
+    section = readme_section("On a real cluster")
+    assert TRANSCRIPT in section, f"README.md has no '{TRANSCRIPT}' under '## On a real cluster'"
+    block = re.search(r"```console\n(.*?)```", section.split(TRANSCRIPT, 1)[1], re.S)
+    return transcript_steps(block.group(1))
+
+
+def run_transcript(commands: list[str], env: dict, timeout: float = 300) -> list[tuple[str, str]]:
+    """Run the commands in one bash, as typed (each sees the exit code of the one before), and
+    return (command, output with stderr merged) of each."""
+    script = ["rc=0"]
+    for command in commands:
+        script += [f"echo '{STEP}'", f"{{ (exit $rc); {command}\n}} 2>&1; rc=$?"]
+    run = subprocess.run(
+        ["bash", "-c", "\n".join(script)],
+        env={**env, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    outputs = run.stdout.split(STEP + "\n")[1:]
+    assert len(outputs) == len(commands), run.stdout + run.stderr
+    return [(command, out.rstrip("\n")) for command, out in zip(commands, outputs)]
+
+
+def check_essentials(steps: list[tuple[str, str]], where: str) -> list[str]:
+    problems = []
+    seen: dict[str, int] = {}
+    found = {}
+    for command, out in steps:
+        for start in {start for start, _ in ESSENTIAL}:
+            if command.startswith(start):
+                found[(start, seen.get(start, 0))] = out
+                seen[start] = seen.get(start, 0) + 1
+    for key, patterns in ESSENTIAL.items():
+        if key not in found:
+            problems.append(f"{where}: no step {key[1] + 1} starting with {key[0]!r}")
+            continue
+        problems += [f"{where}: {key}: no line matches {p!r}" for p in patterns if not re.search(p, found[key], re.M)]
+        problems += [f"{where}: {key}: a line matches {p!r}" for p in NEVER.get(key, []) if re.search(p, found[key])]
+    return problems
+
+
+def test_the_transcript_in_the_readme_shows_the_failure_and_the_fix():
+    steps = readme_transcript()
+    assert steps[0][0] == f"mkdir {DEMO} && cd {DEMO}", "the transcript starts outside the clone, in its own folder"
+    assert not (problems := check_essentials(steps, "README.md")), "\n".join(problems)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_the_readme_transcript_runs_as_shown(slurm_cluster, tmp_path):
+    """The README's transcript, run as written (in a folder of its own, with the `launcher` script)
+    on the local cluster: the failed unit and its log, status exit 1, the fix, status exit 0."""
+    import os
+    import shutil
+
+    assert shutil.which("launcher"), "the `launcher` script is not on PATH"
+    demo = tmp_path / "demo"  # made by the transcript's first command
+    commands = [command.replace(DEMO, str(demo)) for command, _ in readme_transcript()]
+    start = time.monotonic()
+    steps = run_transcript(commands, dict(os.environ))
+    text = "\n".join(f"$ {c}\n{o}" for c, o in steps)
+    assert not (problems := check_essentials(steps, "the run")), "\n".join(problems) + "\n" + text
+    print(f"the README's transcript: {time.monotonic() - start:.1f}s")
