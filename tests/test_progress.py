@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import re
+from pathlib import Path
+
+import pytest
 
 from launcher.core.progress import Progress, human_seconds
 
@@ -57,3 +60,19 @@ def test_prepare_counts_every_unit_and_says_what_it_does_first(archives, tmp_pat
     assert re.search(r"indexing ILSVRC2012_img_train.tar \([\d.]+ KB\): 3 class-tar headers", captured.err)
     assert re.search(r"indexing ILSVRC2012_img_val.tar \([\d.]+ KB\): 6 image headers", captured.err)
     assert re.search(r"^submitted 1 jobs to debug \(job ids DEBUG\S*\); logs in \S+", captured.out, re.M), captured.out
+
+
+@pytest.mark.parametrize("cluster", ["debug", "local"])
+def test_waiting_prepare_and_verify_print_job_ids_and_log_folder(cluster, archives, tmp_path, capsys):
+    """Issue 15 point 5: the job ids and the log folder are printed also when the command waits."""
+    result = archives("tiny")
+    overrides = [*storage_overrides(result.archive_dir, tmp_path / "root"), *dataset_overrides(result)]
+    for command in ("prepare", "verify"):
+        assert launch(command, [*overrides, f"cluster={cluster}", "wait=true"]) == 0
+        out = capsys.readouterr().out
+        line = re.search(rf"^submitted \d+ jobs to {cluster} \(job ids (\S.*)\); logs in (\S+)$", out, re.M)
+        assert line, f"{command}: {out}"
+        folder = Path(line.group(2))
+        assert folder.is_dir() and folder.name.startswith(command), (command, folder)
+        if cluster == "local":  # debug runs in this process: its output is ours, the folder stays empty
+            assert list(folder.glob("*_log.out")), f"{command}: no job log in {folder}"

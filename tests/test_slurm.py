@@ -322,3 +322,20 @@ def test_sharding_follows_how_the_tasks_were_started(start, slurm_cluster, archi
         shares = [len(range(r, n_val, 2)) for r in (0, 1)]
         assert lines == [f"task {r} rank {r} world 2 val {shares[r]} of {n_val}" for r in (0, 1)], log + errors
         assert "launcher.data:" not in errors
+
+
+def test_waiting_verify_on_slurm_prints_job_ids_and_log_folder(slurm_cluster, archives, tmp_path):
+    """Issue 15 point 5 on SLURM: with wait=true verify says its jobs and where their logs are, as
+    prepare does (the README's transcript checks prepare's line)."""
+    root = tmp_path / "root"
+    base = [*storage_overrides(archives("tiny").archive_dir, root), *dataset_overrides(archives("tiny"))]
+    assert cli("prepare", *base, "cluster=debug").returncode == 0
+    run = cli("verify", *base, *SLURM, "wait=true", "verify.level=exists")
+    assert run.returncode == 0, run.stdout + run.stderr
+    line = re.search(r"^submitted \d+ jobs to slurm \(job ids (\d+(?:, \d+)*)\); logs in (\S+)$", run.stdout, re.M)
+    assert line, run.stdout
+    folder = tmp_path / "root" / ".launcher" / "logs"
+    assert line.group(2).startswith(str(folder / "verify-")), line.group(2)
+    assert {r["JobID"].split("_")[0] for r in sacct("-X", "-j", line.group(1).replace(" ", ""))} == set(
+        line.group(1).split(", ")
+    )

@@ -179,6 +179,42 @@ def test_a_running_split_shows_rate_eta_and_pending_reasons():
     ), line
 
 
+def test_a_split_whose_units_failed_has_no_eta():
+    """Nothing runs or waits: no rate, no ETA (they would only grow with the time since)."""
+    from launcher.core.status import UnitStatus, part_line, summarize_part
+
+    since = 1000.0
+    done = UnitStatus("train-0000-of-0002", "train", "complete", size=100, images=10, bytes=100, started=since)
+    done.wall_s = 10.0
+    failed = [UnitStatus(u, "train", "failed", size=100) for u in ("train-0001-of-0002", "md5-train")]
+    part = summarize_part("train", [done, *failed], since, now=since + 600)
+    assert part.eta_s is None and part.rate_bytes_s is None
+    assert part_line(part) == "1/3 complete, 2 failed; 10 images, 100 B done"
+
+
+def test_a_failed_units_log_tail_leaves_out_traceback_frames(tmp_path):
+    """The unit's own error line, then the exception, fit in the tail; the frames between are one line."""
+    from launcher.core.status import log_tail
+
+    frames = [f'  File "/x/mod{i}.py", line {i}, in f{i}\n    call{i}()\n' for i in range(12)]
+    log = tmp_path / "job_log.err"
+    log.write_text(
+        "2026-12-02 22:54:15,141 ERROR unit md5-train failed after 0.03s: md5 mismatch for a.tar\n"
+        "Traceback (most recent call last):\n" + "".join(frames) + "launcher.units.UnitsFailed: 1 of 1 units failed:\n"
+        "  md5-train: md5 mismatch for a.tar\n"
+        "srun: error: vm: task 0: Exited with exit code 1\n"
+    )
+    assert log_tail(str(log), 6).splitlines() == [
+        "2026-12-02 22:54:15,141 ERROR unit md5-train failed after 0.03s: md5 mismatch for a.tar",
+        "Traceback (24 lines of frames left out)",
+        "launcher.units.UnitsFailed: 1 of 1 units failed:",
+        "  md5-train: md5 mismatch for a.tar",
+        "srun: error: vm: task 0: Exited with exit code 1",
+    ]
+    assert log_tail(str(log), 2).splitlines()[0] == "  md5-train: md5 mismatch for a.tar"
+    assert log_tail(str(tmp_path / "missing.err"), 5) == ""
+
+
 def broken_root(archives, tmp_path) -> tuple[list[str], Path]:
     """A prepared root with one train image removed; the overrides that address it."""
     result = archives("tiny")

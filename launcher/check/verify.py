@@ -70,6 +70,7 @@ def run_verify(req: VerifyRequest, cluster: dispatch.Cluster) -> int:
         if not cluster.waits:
             print_submitted(p, cluster, folder, jobs, report_path, req.argv)
             return 0
+        print(runner.jobs_line(cluster, folder, jobs), flush=True)
         label = f"verify {'+'.join(req.splits)} {req.level}"
         watched = [*units, p.report] if cluster.executor == "slurm" else units
         errors = runner.follow(label, watched, jobs, cluster)

@@ -41,7 +41,7 @@ class Command:
 COMMANDS = {
     "prepare": Command("archives in storage.archive_dir -> torchvision ImageNet root, as sharded units", "cmd_prepare"),
     "verify": Command("check a prepared root (structure, counts, every file) and write a report", "cmd_verify"),
-    "status": Command("per-unit state of the submissions for this root, failed units with log tails", "cmd_status"),
+    "status": Command("one line per split of the latest runs on this root; failed units with log tails", "cmd_status"),
     "synth": Command("write synthetic ILSVRC2012-shaped archives into storage.archive_dir", "cmd_synth"),
     "demo": Command("synth + prepare + verify + one loader epoch, on a small set under ./data", "cmd_demo"),
     "bench": Command("iterate the composed loader (one or many ranks) and report images/s", "cmd_bench"),

@@ -165,7 +165,8 @@ def summarize_part(part: str, statuses: list[UnitStatus], since: float, now: flo
     ps.images, ps.bytes = sum(s.images for s in writers), sum(s.bytes for s in writers)
     recent = [s for s in done if s.started and s.started >= since - 1 and s.wall_s is not None]
     remaining = [s for s in statuses if s.state != "complete"]
-    if recent and remaining:
+    moving = any(s.state in ("running", "queued") for s in remaining)  # failed units have no ETA
+    if recent and remaining and moving:
         start = min(s.started for s in recent)
         elapsed = max(max(s.started + s.wall_s for s in recent), now) - start
         ps.rate_bytes_s = sum(s.bytes for s in recent) / elapsed if elapsed > 0 else None
@@ -233,8 +234,30 @@ def failure_texts(failed: list[UnitStatus], tail_lines: int) -> list[str]:
     for log, units in by_log.items():
         names = ", ".join(s.unit for s in units[:8]) + (f" and {len(units) - 8} more" if len(units) > 8 else "")
         head = f"--- {names} (job {units[0].job or '-'}, log {log or '-'})"
-        texts.append(head + ("\n" + dispatch.tail(log, tail_lines).rstrip() if log else ""))
+        text = log_tail(log, tail_lines) if log else ""
+        if not text and units[0].job_state:
+            text = (
+                f"(no log: job {units[0].job} ended {units[0].job_state} before it ran, e.g. a job it waits on failed)"
+            )
+        texts.append(head + ("\n" + text if text else ""))
     return texts
+
+
+def log_tail(log: str, lines: int) -> str:
+    """The last lines of a job's log, Python traceback frames left out (the unit's own error line and
+    the exception's message stay), so that the reason fits in the tail."""
+    kept, frames = [], 0
+    for line in dispatch.tail(log, 100_000).rstrip().splitlines():
+        if line.startswith("Traceback (most recent call last):"):
+            frames = 1
+        elif frames and line[:1].isspace():
+            frames += 1
+        else:
+            if frames:
+                kept.append(f"Traceback ({frames - 1} lines of frames left out)")
+            kept.append(line)
+            frames = 0
+    return "\n".join(kept[-lines:])
 
 
 def stopped_text(stopped: list[UnitStatus]) -> str:
