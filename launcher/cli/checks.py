@@ -45,21 +45,6 @@ def check_overrides(overrides: list[str]) -> int | None:
 HYDRA_FLAGS = ("-m", "--multirun", "-c", "--cfg", "-i", "--info", "-h", "--help", "-hh", "--hydra-help", "-sc")
 
 
-def check_composes(command: str, overrides: list[str]) -> int | None:
-    """Compose once before Hydra runs, so that a config mistake is one line and exit 2 (Hydra itself
-    prints several lines and exits 1); Hydra's own flags and sweeps are left to Hydra."""
-    if any(a in HYDRA_FLAGS or a.startswith(("--", "hydra.", "+hydra")) for a in overrides):
-        return None
-    from launcher import compose_config
-
-    try:
-        compose_config(command, overrides)
-    except Exception as err:  # Hydra's and OmegaConf's composition errors
-        print(f"launcher {command}: error: {config_message(err)}", file=sys.stderr)
-        return 2
-    return None
-
-
 def config_message(err: BaseException) -> str:
     """Hydra's and OmegaConf's multi-line errors as one line: what was wrong, the option, the choices."""
     causes = [err]

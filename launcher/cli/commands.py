@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-from launcher.cli.checks import check_composes, check_config, check_overrides, config_message, use_root_dataset
+from launcher.cli.checks import check_config, check_overrides, config_message, use_root_dataset
 from launcher.cli.requests import (
     bench_request,
     cluster_of,
@@ -52,18 +53,21 @@ COMMANDS = {
 def run_with_hydra(command: str, overrides: list[str], program: str | None = None) -> int:
     """Run `command` as a Hydra app (so --help, --cfg, --info, -m work as in any Hydra app)."""
     import hydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     from launcher.config.store import register_configs
 
     if (code := check_overrides(overrides)) is not None:
         return code
-    if (code := check_composes(command, overrides)) is not None:
-        return code
     register_configs()
     codes: list[int] = []
+    started: list[bool] = []
 
     def task(cfg: DictConfig) -> None:
-        codes.append(run_command(cfg))
+        started.append(True)
+        with ours_unset():
+            codes.append(run_command(cfg))
 
     task.__module__ = "launcher"  # Hydra names the job after this unless hydra.job.name is set
     saved = sys.argv
@@ -71,10 +75,48 @@ def run_with_hydra(command: str, overrides: list[str], program: str | None = Non
 
     sys.argv = [program or f"launcher {command}", *site_searchpath(overrides), *overrides]  # before --cfg etc.
     try:
-        hydra.main(version_base=None, config_path="pkg://launcher.conf", config_name=command)(task)()
+        with composition_errors_raised():
+            hydra.main(version_base=None, config_path="pkg://launcher.conf", config_name=command)(task)()
+    except (HydraException, OmegaConfBaseException) as err:  # composition errors: before any task ran
+        if started or USERS_FULL_ERROR:  # not a config mistake: a bug, with its traceback
+            raise
+        print(f"launcher {command}: error: {config_message(err)}", file=sys.stderr)
+        return 2
     finally:
         sys.argv = saved
     return max(codes, default=0)
+
+
+FULL_ERROR = "HYDRA_FULL_ERROR"
+USERS_FULL_ERROR = FULL_ERROR in os.environ  # a user debugging Hydra keeps its tracebacks
+
+
+@contextlib.contextmanager
+def composition_errors_raised():
+    """Hydra prints a composition error in several lines and exits 1; with HYDRA_FULL_ERROR=1 it
+    raises it instead, so that run_with_hydra can say it in one line and exit 2. The config is
+    composed once (by Hydra), not a second time beforehand."""
+    if USERS_FULL_ERROR:
+        yield
+        return
+    os.environ[FULL_ERROR] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(FULL_ERROR, None)
+
+
+@contextlib.contextmanager
+def ours_unset():
+    """HYDRA_FULL_ERROR unset while a command runs (the jobs it submits inherit the environment)."""
+    if USERS_FULL_ERROR:
+        yield
+        return
+    os.environ.pop(FULL_ERROR, None)
+    try:
+        yield
+    finally:
+        os.environ[FULL_ERROR] = "1"
 
 
 def run_command(cfg: DictConfig) -> int:
