@@ -198,8 +198,8 @@ def print_report(report: dict, path: Path, limit: int = 20) -> None:
     print(f"report: {path}")
 
 
-def print_submitted(p: VerifyPlan, cluster: dispatch.Cluster, folder: Path, jobs: list, report: Path, argv) -> None:
+def print_submitted(p: VerifyPlan, backend: dispatch.Backend, folder: Path, jobs: list, report: Path, argv) -> None:
     arrays = sorted({j.job_id.split("_")[0] for j in jobs})
-    print(f"submitted {len(jobs)} jobs to {cluster.executor} (job ids {', '.join(arrays)}); logs in {folder}")
+    print(f"submitted {len(jobs)} jobs to {backend.executor} (job ids {', '.join(arrays)}); logs in {folder}")
     print(f"verify run {p.run_id}: its last job writes the report {report} once the others succeed")
     print(f"follow progress with: {runner.command_line('status', runner.status_args(argv))}")
