@@ -181,8 +181,8 @@ def submit_graph(backend: dispatch.Backend, folder: Path, graph: list[Submission
     for sub in graph:
         after = [j for name in sub.after for j in ids.get(name, [])] + list(sub.after_jobs)
         params = backend.parameters(sub.name, dispatch.dependency_of(after))
-        tasks = runner.unit_tasks(backend, folder, sub.name, sub.groups)
-        arrays = dispatch.chunks(tasks, backend.max_array_size())
+        tasks = iter(runner.unit_tasks(backend, folder, sub.name, sub.groups))
+        arrays = [[next(tasks) for _ in array] for array in sub.arrays]  # the graph's arrays, as they are
         submitted = dispatch.submit_arrays(backend, folder, params, runner.run_units, arrays)
         ids[sub.name] = [j.job_id for j in submitted]
         jobs += submitted
@@ -214,8 +214,8 @@ def execute(backend: dispatch.Backend, run: Run, build: Callable[[], Work]) -> O
     (final units here after the others) or return once the jobs are announced."""
     with Lock(run.layout.lock_file, run.holder, replace=run.replace):
         work = build()
+        active = earlier_jobs(backend, run.layout, work)  # on this machine: waits for them first
         before = {u.id for u in work.units if is_complete(u)}
-        active = earlier_jobs(backend, run.layout, work)
         if active:
             print(f"{len(active)} units already queued or running, not submitted again: {', '.join(sorted(active))}")
         graph = job_graph(backend, run.command, work, active)
