@@ -36,7 +36,9 @@ SHAPES = {
 # that needs torch anyway (the torchvision oracle, or a torch import of its own) carries `torch`.
 NOTORCH_MODULES = {
     "test_cli",
+    "test_cluster",
     "test_config",
+    "test_engine",
     "test_prepare",
     "test_runner",
     "test_safefs",

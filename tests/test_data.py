@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -19,7 +18,6 @@ from torchvision.transforms import v2
 
 from launcher import compose_config
 from launcher import data as D
-from launcher.config import LoaderConfig, TransformConfig
 from launcher.core.errors import LauncherError
 from launcher.data import fastpath, nodes
 
@@ -308,21 +306,6 @@ def test_transform_values_come_from_config():
     for bad in ({"interpolation": "lanczos"}, {"output": "half"}, {"policy": "mixup"}, {"crop_size": 3}):
         with pytest.raises(LauncherError):
             D.build_transforms(bad, True)
-
-
-def test_defaults_agree_with_the_schemas():
-    schema = {f.name: f for f in dataclasses.fields(TransformConfig)}
-    for key, value in D.TRANSFORM_DEFAULTS.items():
-        default = (
-            schema[key].default_factory()
-            if schema[key].default_factory is not dataclasses.MISSING
-            else schema[key].default
-        )
-        assert key == "name" or default == value, key
-    assert set(schema) - set(D.TRANSFORM_DEFAULTS) == {"_target_"}
-    loader = {f.name: f.default for f in dataclasses.fields(LoaderConfig)}
-    assert set(loader) - set(D.LOADER_DEFAULTS) == {"_target_", "dataset"}
-    assert all(loader[k] == v for k, v in D.LOADER_DEFAULTS.items() if k != "name")
 
 
 @pytest.mark.parametrize("output, hflip", [("float", 0.5), ("uint8", 0.5), ("uint8", 0.3)])

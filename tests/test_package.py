@@ -16,7 +16,8 @@ import pytest
 import tomllib
 
 import launcher
-from launcher.core import dispatch
+from launcher.config.schema import LocalClusterConfig
+from launcher.core import backends, dispatch
 
 from conftest import REPO, cli
 from venvs import clean_env, clone_head, make_venv
@@ -63,7 +64,7 @@ def test_a_local_job_imports_the_installed_launcher_not_the_current_folder(tmp_p
     decoy.mkdir(parents=True)
     (decoy / "__init__.py").write_text("")
     monkeypatch.chdir(decoy.parent)
-    executor = dispatch.make_executor(dispatch.Cluster(name="local", executor="local"), tmp_path / "jobs", "probe")
+    executor = dispatch.make_executor(backends.backend_of(LocalClusterConfig()), tmp_path / "jobs", "probe")
     job = executor.submit(eval, "__import__('launcher').__file__")
     assert Path(job.result()) == Path(launcher.__file__)
 

@@ -135,8 +135,8 @@ def group_choices(group: str, default: str) -> set[str]:
 
 
 def schema_options(group: str) -> set[str] | None:
-    """Every leaf option of a group's schema as Hydra validates it (nested dataclasses as a.b.c), or
-    None for a group without a schema."""
+    """Every leaf option of a group's schema as Hydra validates it (nested dataclasses as a.b.c; the
+    union over the subclasses of a base, as for cluster), or None for a group without a schema."""
     from dataclasses import is_dataclass
 
     from hydra.core.config_store import ConfigStore
@@ -158,7 +158,10 @@ def schema_options(group: str) -> set[str] | None:
                 out.add(f"{prefix}{key}")
         return out
 
-    return leaves(store.load(f"schema/{group}/base.yaml").node, "")
+    # a group whose schema is a base plus one subclass per choice (cluster) accepts the union
+    return set().union(
+        *(leaves(store.load(f"schema/{group}/{name}").node, "") for name in store.list(f"schema/{group}"))
+    )
 
 
 def test_commands_table_matches_the_cli(capsys):

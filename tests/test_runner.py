@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-from launcher.core import dispatch, runner
+from launcher.config.schema import LocalClusterConfig
+from launcher.core import backends, dispatch, runner
 from launcher.core.layout import Layout
 from launcher.core.units import Unit, is_complete, run_units
 
@@ -25,7 +26,7 @@ def md5_units(tmp_path, sizes: list[int]) -> list[Unit]:
 
 def test_local_jobs_share_one_queue_largest_first(tmp_path):
     units = md5_units(tmp_path, [10, 4000, 200, 3000, 50, 1000])
-    cluster = dispatch.Cluster(name="local", executor="local", workers=2, poll_s=0.05)
+    cluster = backends.backend_of(LocalClusterConfig(workers=2, poll_s=0.05))
     groups = runner.job_groups(units, cluster)
     assert len(groups) == 2 and all(g == groups[0] for g in groups)
     assert [u.size for u in groups[0]] == [4000, 3000, 1000, 200, 50, 10]

@@ -223,12 +223,14 @@ def test_login_side_killed_while_waiting_then_status_and_rerun_recover(slurm_clu
 
 
 def test_max_array_size_comes_from_scontrol(slurm_cluster):
-    from launcher.core.dispatch import Cluster, max_array_size
+    from launcher.config.schema import SlurmClusterConfig
+    from launcher.core.backends import backend_of
+    from launcher.core.dispatch import max_array_size
 
     shown = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True).stdout
     expected = int(next(line.split("=")[1] for line in shown.splitlines() if line.startswith("MaxArraySize")))
-    assert max_array_size(Cluster(name="slurm", executor="slurm")) == expected
-    assert max_array_size(Cluster(name="slurm", executor="slurm", max_array_size=7)) == 7
+    assert max_array_size(backend_of(SlurmClusterConfig())) == expected
+    assert max_array_size(backend_of(SlurmClusterConfig(max_array_size=7))) == 7
 
 
 def test_training_example_on_two_ranks(slurm_cluster, archives, tmp_path):

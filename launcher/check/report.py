@@ -198,7 +198,7 @@ def print_report(report: dict, path: Path, limit: int = 20) -> None:
     print(f"report: {path}")
 
 
-def print_submitted(p: VerifyPlan, cluster: dispatch.Cluster, folder: Path, jobs: list, report: Path, argv) -> None:
-    print(runner.jobs_line(cluster, folder, jobs))
+def print_submitted(p: VerifyPlan, backend: dispatch.Backend, folder: Path, jobs: list, report: Path, argv) -> None:
+    print(runner.jobs_line(backend, folder, jobs))
     print(f"verify run {p.run_id}: its last job writes the report {report} once the others succeed")
     print(f"follow progress with: {runner.command_line('status', runner.status_args(argv))}")

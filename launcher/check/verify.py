@@ -27,60 +27,58 @@ import time
 from pathlib import Path
 
 from launcher.check.fixlog import reconcile_fixes
-from launcher.check.plan import SLURM_MIN_SHARD_BYTES, make_plan
+from launcher.check.plan import SLURM_MIN_SHARD_BYTES, VerifyPlan, make_plan
 from launcher.check.report import print_report, print_submitted
 from launcher.check.request import VerifyRequest, check_request
-from launcher.core import dispatch, runner
-from launcher.core.errors import LauncherError
-from launcher.core.layout import Lock, read_json
-from launcher.core.units import is_complete, run_unit
+from launcher.core import dispatch, engine, runner
+from launcher.core.layout import read_json
+from launcher.core.units import is_complete
 
 
-def run_verify(req: VerifyRequest, cluster: dispatch.Cluster) -> int:
+def work_of(req: VerifyRequest, p: VerifyPlan, report_path: Path) -> engine.Work:
+    """The shards (and archive md5s) in one step; the report unit once they succeeded: on SLURM
+    always a job (it fails when verify found problems, so sacct and afterok see it), else here."""
+    units = [*p.shards, *p.md5]
+    folder = (req.log_dir or req.layout.state_dir / "logs") / f"verify-{p.run_id}"
+
+    def announce(backend: dispatch.Backend, folder: Path, jobs: list, waits: bool) -> None:
+        if not waits:
+            print_submitted(p, backend, folder, jobs, report_path, req.argv)
+        elif jobs:
+            print(runner.jobs_line(backend, folder, jobs), flush=True)
+
+    return engine.Work(
+        f"verify {'+'.join(req.splits)} {req.level}",
+        [*units, p.report],
+        [engine.Step("verify", units)],
+        [engine.Final(p.report, "verify-report", ("verify",), always_job=True, counted=False)],
+        folder,
+        records_dir=p.run_dir / "units",
+        announce=announce,
+    )
+
+
+def run_verify(req: VerifyRequest, backend: dispatch.Backend) -> int:
     """The verify command: returns the exit code (0 only when nothing failed)."""
     t0 = time.time()
     check_request(req)
     report_path = Path(req.report or req.layout.state_dir / "verify.json")
-    processes = int(cluster.params.get("cpus_per_task") or 1) if cluster.executor == "slurm" else 1
-    with Lock(req.layout.lock_file, f"the root {req.layout.root} (a prepare or verify runs on it)"):
+    plans: list[VerifyPlan] = []
+
+    def build() -> engine.Work:
         for message in reconcile_fixes(req.layout.root, req.layout.state_dir):
             print(f"warning: {message}", file=sys.stderr)
-        min_bytes = SLURM_MIN_SHARD_BYTES[req.level] if cluster.executor == "slurm" else 0
-        p = make_plan(req, cluster.parallelism, processes, min_bytes)
-        units = [*p.shards, *p.md5]
-        folder = (req.log_dir or req.layout.state_dir / "logs") / f"verify-{p.run_id}"
-        if cluster.executor == "slurm":
-            jobs = runner.submit_units(cluster, folder, "verify", units)
-            jobs += runner.submit_units(cluster, folder, "verify-report", [p.report], after=[j.job_id for j in jobs])
-        else:
-            jobs = runner.submit_units(cluster, folder, "verify", units)
-        plan_ids = [u.id for u in [*units, p.report]]
-        runner.record_submission(
-            req.layout,
-            "verify",
-            req.argv,
-            cluster,
-            folder,
-            plan_ids,
-            jobs,
-            records_dir=p.run_dir / "units",
-            sizes={u.id: u.size for u in [*units, p.report]},
-            config=req.config,
-        )
-        if not cluster.waits:
-            print_submitted(p, cluster, folder, jobs, report_path, req.argv)
-            return 0
-        print(runner.jobs_line(cluster, folder, jobs), flush=True)
-        label = f"verify {'+'.join(req.splits)} {req.level}"
-        watched = [*units, p.report] if cluster.executor == "slurm" else units
-        errors = runner.follow(label, watched, jobs, cluster)
-        if cluster.executor != "slurm":
-            try:
-                run_unit(p.report)
-            except LauncherError as err:
-                errors["verify-report"] = str(err)
-    if not is_complete(p.report):
-        runner.print_errors(errors or {"verify": "the report was not written; see the job logs in " + str(folder)})
+        min_bytes = backend.min_unit_bytes(SLURM_MIN_SHARD_BYTES[req.level])
+        plans.append(make_plan(req, backend.parallelism, backend.processes_per_unit(), min_bytes))
+        return work_of(req, plans[0], report_path)
+
+    holder = f"the root {req.layout.root} (a prepare or verify runs on it)"
+    outcome = engine.execute(backend, engine.Run("verify", req.layout, req.argv, req.config, holder), build)
+    if not outcome.waited:
+        return 0
+    errors = outcome.errors
+    if not is_complete(plans[0].report):
+        runner.print_errors(errors or {"verify": f"the report was not written; see the job logs in {outcome.folder}"})
         return 1
     report = read_json(report_path)
     print_report(report, report_path)

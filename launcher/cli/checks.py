@@ -16,9 +16,7 @@ from launcher.cli.requests import hydra_overrides, layout_of, plain
 
 def unknown_option(overrides: list[str]) -> str | None:
     """The message for an override of an unknown option of a known group (Hydra lets `+` add any)."""
-    from dataclasses import fields
-
-    from launcher.config.schema import GROUP_SCHEMAS
+    from launcher.config.schema import GROUP_SCHEMAS, group_options
 
     for item in overrides:
         key = item.split("=", 1)[0].lstrip("+~")
@@ -26,7 +24,7 @@ def unknown_option(overrides: list[str]) -> str | None:
             continue
         group, option = key.split(".")[:2]
         schema = GROUP_SCHEMAS.get(group)
-        valid = [f.name for f in fields(schema)] if schema else []
+        valid = group_options(group) if schema else []
         if schema and option not in valid:
             return f"unknown option {group}.{option} in {item!r}; valid options of {group}: {', '.join(valid)}"
     return None
@@ -63,9 +61,32 @@ def config_message(err: BaseException) -> str:
     key = getattr(inner, "full_key", None) or getattr(err, "full_key", None)
     if key and "Missing mandatory value" in text:
         return f"{key} is not set: pass {key}=... on the command line (or set it in a config of that group)"
+    if backend_message := other_backends_option(text):
+        return backend_message
     first = str(err).splitlines()[0].strip() if inner is not err else ""
     where = f"{first}: " if first else (f"{key}: " if key else "")
     return where + text
+
+
+def other_backends_option(text: str) -> str | None:
+    """An option of another backend's cluster schema (cluster.partition with cluster=local): say whose it is."""
+    import re
+    from dataclasses import fields
+
+    from launcher.config.schema import CLUSTER_SCHEMAS
+
+    m = re.search(r"Key '(\w+)' not in '(\w+)'", text, re.ASCII)
+    backend = next((b for b, schema in CLUSTER_SCHEMAS.items() if m and schema.__name__ == m.group(2)), None)
+    if backend is None:
+        return None
+    option = m.group(1)
+    owners = [b for b, schema in CLUSTER_SCHEMAS.items() if option in {f.name for f in fields(schema)}]
+    valid = ", ".join(f.name for f in fields(CLUSTER_SCHEMAS[backend]))
+    whose = f"an option of cluster={' and cluster='.join(owners)}" if owners else "not a cluster option"
+    return (
+        f"cluster.{option} is {whose}, not of the {backend} cluster: drop it or choose that cluster; "
+        f"valid options of the {backend} cluster: {valid}"
+    )
 
 
 POSITIVE = (

@@ -243,10 +243,11 @@ def stage_job(cfg: DictConfig) -> tuple:
         args = (source, root, list(cfg.split.splits), o.source_state_dir, state_dir, None, o.reuse, o.threads, o.wait_s)
         return stage.stage_root, args
     if mode == "archives":
-        from launcher.core.dispatch import Cluster
+        from launcher.config.schema import DebugClusterConfig
+        from launcher.core.backends import backend_of
         from launcher.prepare.run import run_prepare
 
-        here = Cluster.from_config({"executor": "debug", "wait": True})
+        here = backend_of(DebugClusterConfig(), wait=True)
         prepare = functools.partial(run_prepare, prepare_request(cfg), here)
         archive_dir = Path(cfg.storage.archive_dir).absolute()
         return stage.stage_archives, (source, names, archive_dir, root, prepare, state_dir, None, o.reuse, o.wait_s)

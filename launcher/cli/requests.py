@@ -51,9 +51,12 @@ def output_of(cfg: DictConfig, fsync: bool = False):
 
 
 def cluster_of(cfg: DictConfig):
-    from launcher.core.dispatch import Cluster
+    """The backend of the composed cluster: its typed schema object (OmegaConf.to_object) and `wait`."""
+    from omegaconf import OmegaConf
 
-    return Cluster.from_config({**plain(cfg.cluster), "wait": cfg.wait})
+    from launcher.core.backends import backend_of
+
+    return backend_of(OmegaConf.to_object(cfg.cluster), wait=cfg.wait)
 
 
 def prepare_request(cfg: DictConfig):

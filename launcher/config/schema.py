@@ -183,16 +183,16 @@ class SplitConfig:
 
 @dataclass
 class ClusterConfig:
+    """What every backend takes (hydra-submitit-launcher's BaseQueueConf); one subclass per backend."""
+
     # job name (submitit's and hydra-submitit-launcher's `name`); null = launcher's per-step names
     # (prepare-train, prepare-val-finalize, verify, verify-report, ...)
     name: str | None = None
     # submitit executor: debug (in-process), local (processes here) or slurm
     executor: Executor = MISSING
-    # parallel jobs for executor=local; null = the number of cores
-    workers: int | None = None
     # seconds between two looks at the jobs while waiting
     poll_s: float = 1.0
-    # SLURM's MaxArraySize; null = read it from `scontrol show config`
+    # most jobs in one array (SLURM's MaxArraySize); null = read it from `scontrol show config` on SLURM
     max_array_size: int | None = None
     # job time limit in minutes
     timeout_min: int = 60
@@ -206,6 +206,36 @@ class ClusterConfig:
     tasks_per_node: int = 1
     # GPUs per node
     gpus_per_node: int = 0
+
+
+@dataclass
+class DebugClusterConfig(ClusterConfig):
+    """cluster=debug: submitit's DebugExecutor, one job at a time in this process."""
+
+    # submitit executor: debug (in-process), local (processes here) or slurm
+    executor: Executor = Executor.debug
+
+
+@dataclass
+class LocalClusterConfig(ClusterConfig):
+    """cluster=local: submitit's LocalExecutor, processes on this machine."""
+
+    # submitit executor: debug (in-process), local (processes here) or slurm
+    executor: Executor = Executor.local
+    # parallel jobs; null = the number of cores
+    workers: int | None = None
+    # shell lines run before each job (venv activation, environment variables, ...)
+    setup: list[str] = field(default_factory=list)
+    # how many times a job that hit its time limit is requeued
+    max_num_timeout: int = 3
+
+
+@dataclass
+class SlurmClusterConfig(ClusterConfig):
+    """cluster=slurm: submitit's SlurmExecutor, job arrays (hydra-submitit-launcher's SlurmQueueConf)."""
+
+    # submitit executor: debug (in-process), local (processes here) or slurm
+    executor: Executor = Executor.slurm
     # SLURM partition; null = the cluster default
     partition: str | None = None
     # SLURM account to charge; null = the user's default
@@ -240,6 +270,18 @@ class ClusterConfig:
     max_num_timeout: int = 3
     # seconds before the time limit at which the job is signalled to checkpoint
     signal_delay_s: int = 90
+
+
+# cluster=<choice> -> its schema (conf/cluster/<choice>.yaml starts from /schema/cluster/<choice>)
+CLUSTER_SCHEMAS = {"debug": DebugClusterConfig, "local": LocalClusterConfig, "slurm": SlurmClusterConfig}
+
+
+def group_options(group: str) -> list[str]:
+    """The options a group's YAML may set: its schema's fields (cluster: those of any backend)."""
+    from dataclasses import fields
+
+    schemas = CLUSTER_SCHEMAS.values() if group == "cluster" else [GROUP_SCHEMAS[group]]
+    return list(dict.fromkeys(f.name for schema in schemas for f in fields(schema)))
 
 
 @dataclass

@@ -8,7 +8,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 
 from launcher.config.commands import COMMAND_SCHEMAS, CommandConfig
-from launcher.config.schema import GROUP_SCHEMAS
+from launcher.config.schema import CLUSTER_SCHEMAS, GROUP_SCHEMAS
 
 
 def option_docs(schema: type) -> dict[str, str]:
@@ -93,5 +93,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     for group, schema in GROUP_SCHEMAS.items():
         cs.store(group=f"schema/{group}", name="base", node=schema)
+    for backend, schema in CLUSTER_SCHEMAS.items():
+        cs.store(group="schema/cluster", name=backend, node=schema)
     for command, schema in COMMAND_SCHEMAS.items():
         cs.store(group="schema/command", name=command, node=schema)

@@ -14,83 +14,23 @@ import contextlib
 import io
 import os
 import pickle
-import shlex
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import submitit
 from submitit.core.utils import JobPaths
 
+from launcher.core.backends import Backend
 from launcher.core.errors import ConfigError, LauncherError
 
-GENERIC = ("timeout_min", "cpus_per_task", "mem_gb", "nodes", "tasks_per_node", "gpus_per_node")
-SLURM_ONLY = (
-    "partition",
-    "account",
-    "qos",
-    "constraint",
-    "exclude",
-    "gres",
-    "mem_per_cpu",
-    "cpus_per_gpu",
-    "gpus_per_task",
-    "mem_per_gpu",
-    "comment",
-    "stderr_to_stdout",
-    "array_parallelism",
-    "setup",
-    "additional_parameters",
-    "signal_delay_s",
-)
-EXECUTORS = ("debug", "local", "slurm")
 SUBMIT_OPTIONS = ("partition", "account", "qos", "constraint", "exclude", "gres", "additional_parameters")
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED"}
 FAILED = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
-
-
-@dataclass(frozen=True)
-class Cluster:
-    """What dispatch needs of the `cluster` config group, as plain values."""
-
-    executor: str
-    name: str | None = None  # the job name; None = the step's own (prepare-train, verify, ...)
-    workers: int | None = None
-    wait: bool | None = None
-    poll_s: float = 1.0
-    max_array_size: int | None = None
-    max_num_timeout: int = 3
-    params: dict = field(default_factory=dict)
-
-    @classmethod
-    def from_config(cls, cfg: dict) -> Cluster:
-        cfg = dict(cfg)
-        if cfg.get("executor") not in EXECUTORS:
-            raise LauncherError(f"cluster.executor={cfg.get('executor')!r} is not one of {', '.join(EXECUTORS)}.")
-        params = {k: cfg.pop(k) for k in (*GENERIC, *SLURM_ONLY) if k in cfg}
-        own = {
-            k: cfg[k]
-            for k in ("name", "executor", "workers", "wait", "poll_s", "max_array_size", "max_num_timeout")
-            if k in cfg
-        }
-        return cls(params=params, **own)
-
-    @property
-    def parallelism(self) -> int:
-        """How many jobs run at once."""
-        if self.executor == "debug":
-            return 1
-        if self.executor == "local":
-            return self.workers or os.cpu_count() or 1
-        return int(self.params.get("array_parallelism") or 64)
-
-    @property
-    def waits(self) -> bool:
-        return self.wait if self.wait is not None else self.executor != "slurm"
 
 
 @dataclass
@@ -117,63 +57,35 @@ class Resumable(submitit.helpers.Checkpointable):
         return self.fn(*self.args)
 
 
-def executor_parameters(cluster: Cluster, name: str, dependency: str | None = None) -> dict:
-    params = {k: v for k, v in cluster.params.items() if k in GENERIC and v is not None}
-    params["name"] = cluster.name or name
-    if cluster.executor == "slurm":
-        for key in SLURM_ONLY:
-            value = cluster.params.get(key)
-            if value not in (None, [], {}, False):
-                params[f"slurm_{key}"] = dict(value) if key == "additional_parameters" else value
-        if dependency:
-            params["slurm_dependency"] = dependency
-            extra = dict(params.get("slurm_additional_parameters") or {})
-            extra.setdefault("kill-on-invalid-dep", "yes")
-            params["slurm_additional_parameters"] = extra
-    elif cluster.executor == "local" and cluster.params.get("setup"):
-        params["local_setup"] = list(cluster.params["setup"])
-    return params
-
-
-def job_python() -> str:
-    """The jobs' interpreter: this one, with -P (Python 3.11+) so that a job started in a clone's root
-    imports the installed launcher, not the source folder that `python -m` would put first on sys.path."""
-    python = shlex.quote(sys.executable)
-    return f"{python} -P" if sys.version_info >= (3, 11) else python
-
-
-def make_executor(cluster: Cluster, folder: Path, name: str, dependency: str | None = None):
+def make_executor(backend: Backend, folder: Path, name: str, dependency: str | None = None, params=None):
+    """submitit's executor for one submission: `params` (else the backend's parameters of `name`)."""
     from launcher.archive import safefs
 
     safefs.make_dirs(folder)  # a link planted in the log folder's path is refused, not followed
-    kwargs = {}
-    if cluster.executor in ("slurm", "local"):
-        kwargs[f"{cluster.executor}_max_num_timeout"] = cluster.max_num_timeout
-        kwargs[f"{cluster.executor}_python"] = job_python()
-    executor = submitit.AutoExecutor(folder=folder, cluster=cluster.executor, **kwargs)
+    executor = submitit.AutoExecutor(folder=folder, cluster=backend.executor, **backend.executor_kwargs())
     try:
-        executor.update_parameters(**executor_parameters(cluster, name, dependency))
+        executor.update_parameters(**(params or backend.parameters(name, dependency)))
     except (NameError, AssertionError, ValueError) as err:
-        raise LauncherError(f"cluster.executor={cluster.executor}: submitit refused the options: {err}") from err
+        raise LauncherError(f"cluster.executor={backend.executor}: submitit refused the options: {err}") from err
     return executor
 
 
-def max_array_size(cluster: Cluster) -> int:
-    """SLURM's MaxArraySize (from `scontrol show config`), or the configured override."""
-    if cluster.max_array_size:
-        return cluster.max_array_size
-    if cluster.executor != "slurm" or not shutil.which("scontrol"):
-        return 1_000_000
-    out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "MaxArraySize":
-            return max(1, int(value.strip()))
-    return 1001
+def max_array_size(backend: Backend) -> int:
+    return backend.max_array_size()
+
+
+def dependency_of(after: Sequence[str]) -> str | None:
+    """SLURM's afterok dependency on jobs (array ids: the whole array)."""
+    return "afterok:" + ":".join(sorted({j.split("_")[0] for j in after})) if after else None
+
+
+def chunks(tasks: Sequence, size: int) -> list[list]:
+    """Tasks cut into arrays of at most `size` (SLURM's MaxArraySize)."""
+    return [list(tasks[start : start + size]) for start in range(0, len(tasks), size)]
 
 
 def submit(
-    cluster: Cluster,
+    backend: Backend,
     folder: Path,
     name: str,
     fn: Callable,
@@ -184,13 +96,16 @@ def submit(
     must succeed first (SLURM `afterok`; other executors are only handed tasks whose inputs exist)."""
     if not tasks:
         return []
-    dependency = "afterok:" + ":".join(sorted({j.split("_")[0] for j in after})) if after else None
-    executor = make_executor(cluster, folder, name, dependency)
-    chunk = max_array_size(cluster)
+    params = backend.parameters(name, dependency_of(after))
+    return submit_arrays(backend, folder, params, fn, chunks(tasks, backend.max_array_size()))
+
+
+def submit_arrays(backend: Backend, folder: Path, params: dict, fn: Callable, arrays: list[list]) -> list[Submitted]:
+    """Submit each array of (unit ids, args) tasks as one batch of jobs with submitit's `params`."""
+    executor = make_executor(backend, folder, params["name"], params=params)
     submitted: list[Submitted] = []
-    for start in range(0, len(tasks), chunk):
-        part = tasks[start : start + chunk]
-        with refused_submission(cluster), executor.batch():
+    for part in arrays:
+        with refused_submission(backend), executor.batch():
             jobs = [executor.submit(Resumable(fn, *args)) for _, args in part]
         for job, (unit_ids, _) in zip(jobs, part):
             paths = JobPaths(folder, job_id=job.job_id, task_id=0)
@@ -199,7 +114,7 @@ def submit(
 
 
 @contextlib.contextmanager
-def refused_submission(cluster: Cluster):
+def refused_submission(backend: Backend):
     """sbatch refusing a job (a wrong partition, account, qos) is one line naming the options, not a traceback."""
     said_by_sbatch = io.StringIO()  # submitit prints sbatch's refusal itself; our line says it once
     try:
@@ -207,7 +122,7 @@ def refused_submission(cluster: Cluster):
             yield
     except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError) as err:
         said = (str(err).strip().splitlines() or ["no reason given"])[-1]
-        options = ", ".join(f"cluster.{k}={cluster.params[k]}" for k in SUBMIT_OPTIONS if cluster.params.get(k))
+        options = ", ".join(f"cluster.{k}={backend.option(k)}" for k in SUBMIT_OPTIONS if backend.option(k))
         raise ConfigError(
             f"the cluster refused a submission ({said}). Check "
             f"{options or 'cluster.partition and cluster.account'} (`sinfo -s` lists the partitions, "
@@ -218,10 +133,10 @@ def refused_submission(cluster: Cluster):
             sys.stderr.write(said_by_sbatch.getvalue())
 
 
-def run_ranks(cluster: Cluster, folder: Path, name: str, fn: Callable, *args) -> Submitted:
+def run_ranks(backend: Backend, folder: Path, name: str, fn: Callable, *args) -> Submitted:
     """One job of nodes x tasks_per_node ranks, each running fn(*args)."""
-    with refused_submission(cluster):
-        job = make_executor(cluster, folder, name).submit(Resumable(fn, *args))
+    with refused_submission(backend):
+        job = make_executor(backend, folder, name).submit(Resumable(fn, *args))
     paths = JobPaths(folder, job_id=job.job_id, task_id=0)
     return Submitted(job.job_id, [name], str(paths.stdout), str(paths.stderr), job)
 
@@ -253,10 +168,10 @@ class WithDistributedEnv:
         return self.fn(*args)
 
 
-def run_distributed(cluster: Cluster, folder: Path, name: str, fn: Callable, *args) -> Submitted:
+def run_distributed(backend: Backend, folder: Path, name: str, fn: Callable, *args) -> Submitted:
     """run_ranks, with the torch.distributed env exported in every rank before fn(*args) runs;
     `results(submitted)` then lists each rank's return value, by rank."""
-    return run_ranks(cluster, folder, name, WithDistributedEnv(fn), *args)
+    return run_ranks(backend, folder, name, WithDistributedEnv(fn), *args)
 
 
 def attach(executor: str, job_id: str, folder: str | None = None) -> Submitted:

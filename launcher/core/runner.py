@@ -15,64 +15,36 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from launcher.archive import safefs
-from launcher.core import dispatch
+from launcher.core import backends, dispatch
 from launcher.core.layout import Layout, append_line, read_lines
 from launcher.core.progress import Progress
 from launcher.core.units import Unit, is_complete, run_units
 
 
-def job_groups(todo: list[Unit], cluster: dispatch.Cluster) -> list[list[Unit]]:
-    """Units per job: one per array task on SLURM. Elsewhere one job per parallel worker, all with
-    the same queue of every unit, largest first: each job claims the next unclaimed one (see
-    `run_units`), so a worker that finishes early takes more, whatever a byte costs in each kind."""
-    if cluster.executor == "slurm":
-        return [[u] for u in todo]
-    queue = sorted(todo, key=lambda u: -u.size)
-    return [queue] * min(cluster.parallelism, len(queue))
+def job_groups(todo: list[Unit], backend: dispatch.Backend) -> list[list[Unit]]:
+    """Units per job, as the backend groups them (one per array task on SLURM; elsewhere one shared
+    queue per parallel worker, largest first)."""
+    return backend.job_groups(todo)
 
 
-def submit_units(cluster: dispatch.Cluster, folder: Path, name: str, units: list[Unit], after: Sequence[str] = ()):
-    """Submit units as jobs running `run_units`; the payload is the units: paths and ids only."""
-    groups = job_groups(units, cluster)
-    shared = cluster.executor != "slurm" and len(groups) > 1  # local workers: one queue, claimed
+def unit_tasks(backend: dispatch.Backend, folder: Path, name: str, groups: list[list[Unit]]) -> list[tuple]:
+    """(unit ids, args of `run_units`) per job; jobs sharing one queue claim units in claims-<name>."""
+    shared = backend.shares_queue and len(groups) > 1  # local workers: one queue, claimed
     claims = str(folder / f"claims-{name}") if shared else None
-    tasks = [([u.id for u in g], (g, claims)) for g in groups]
-    return dispatch.submit(cluster, folder, name, run_units, tasks, after=after)
+    return [([u.id for u in g], (g, claims)) for g in groups]
 
 
-def describe_resources(cluster: dispatch.Cluster) -> str:
-    """Partition, time limit, memory and CPUs each job asks for, as the cluster config says."""
-    params = cluster.params
-    mem = f"{params['mem_gb']} GB" if params.get("mem_gb") is not None else "the cluster default"
-    return (
-        f"partition {params.get('partition') or '(the default)'}, time limit {params.get('timeout_min', 60)} min, "
-        f"memory {mem}, {params.get('cpus_per_task', 1)} CPU(s) per task"
-    )
-
-
-def describe_submissions(cluster: dispatch.Cluster, subs: Sequence[tuple[str, list[Unit], str]]) -> str:
-    """One line per submission: SLURM arrays (chunked to MaxArraySize, %array_parallelism), or the
-    local jobs sharing one queue; then the resources each job asks for."""
-    lines = []
-    for name, units, after in subs:
-        n = len(job_groups(units, cluster))
-        if cluster.executor == "slurm":
-            chunk = dispatch.max_array_size(cluster)
-            arrays = -(-n // chunk)
-            what = f"{arrays} job array{'s' * (arrays > 1)} of {n} task{'s' * (n > 1)}, %{cluster.parallelism}"
-        else:
-            what = f"{n} {cluster.executor} job{'s' * (n > 1)} pulling {len(units)} units from one queue"
-        lines.append(f"  {name}: {what}" + (f" ({after})" if after else ""))
-    if cluster.executor == "slurm":
-        lines.append(f"  each task: {describe_resources(cluster)}")
-    return "\n".join(lines) if lines else "  nothing (every unit is complete)"
+def submit_units(backend: dispatch.Backend, folder: Path, name: str, units: list[Unit], after: Sequence[str] = ()):
+    """Submit units as jobs running `run_units`; the payload is the units: paths and ids only."""
+    tasks = unit_tasks(backend, folder, name, backend.job_groups(units))
+    return dispatch.submit(backend, folder, name, run_units, tasks, after=after)
 
 
 def record_submission(
     layout: Layout,
     command: str,
     argv: list[str],
-    cluster: dispatch.Cluster,
+    backend: dispatch.Backend,
     folder: Path,
     plan_ids: list[str],
     jobs: list,
@@ -91,8 +63,8 @@ def record_submission(
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "command": command,
             "argv": argv,
-            "executor": cluster.executor,
-            "cluster": cluster.name or cluster.executor,
+            "executor": backend.executor,
+            "cluster": backend.name or backend.executor,
             "folder": str(folder),
             "plan": plan_ids,
             "records_dir": str(records_dir or layout.units_dir),
@@ -188,7 +160,8 @@ def active_units(layout: Layout, units: list[Unit]) -> dict[str, tuple[str, str,
 def wait_for_earlier_local_jobs(layout: Layout, units: list[Unit], poll_s: float) -> None:
     """Jobs of an earlier run on this machine that still run (its launcher was killed): let them end."""
     while True:
-        active = {uid: job for uid, job in active_units(layout, units).items() if job[0] != "slurm"}
+        earlier = active_units(layout, units).items()
+        active = {uid: job for uid, job in earlier if not backends.outlives_launcher(job[0])}
         if not active:
             return
         jobs = sorted({job for _, _, job in active.values()})
@@ -200,7 +173,7 @@ def wait_for_earlier_local_jobs(layout: Layout, units: list[Unit], poll_s: float
 
 
 def follow(
-    label: str, units: list[Unit], jobs: list, cluster: dispatch.Cluster, then: Callable[[], dict] | None = None
+    label: str, units: list[Unit], jobs: list, backend: dispatch.Backend, then: Callable[[], dict] | None = None
 ) -> dict[str, str]:
     """Wait for the jobs with a progress display over every unit given (those complete already
     count as done); `then` runs after the jobs (e.g. finalize here) and before the last line.
@@ -213,7 +186,7 @@ def follow(
         failed = len(remaining) - len(done) if final else 0
         progress.update(len(units) - len(remaining) + len(done), sum(u.size for u in done), failed, final)
 
-    errors = dispatch.wait(jobs, cluster.poll_s, on_poll)
+    errors = dispatch.wait(jobs, backend.poll_s, on_poll)
     if then is not None:
         errors.update(then())
     on_poll(final=True)
@@ -235,13 +208,13 @@ def rerun_args(argv: list[str]) -> list[str]:
     return [a for a in argv if not a.lstrip("+~").startswith("wait=")]
 
 
-def jobs_line(cluster: dispatch.Cluster, folder: Path, jobs: list) -> str:
+def jobs_line(backend: dispatch.Backend, folder: Path, jobs: list) -> str:
     arrays = sorted({j.job_id.split("_")[0] for j in jobs})
-    return f"submitted {len(jobs)} jobs to {cluster.executor} (job ids {', '.join(arrays)}); logs in {folder}"
+    return f"submitted {len(jobs)} jobs to {backend.executor} (job ids {', '.join(arrays)}); logs in {folder}"
 
 
-def print_submitted(command: str, cluster: dispatch.Cluster, folder: Path, jobs: list, argv: list[str]) -> None:
-    print(jobs_line(cluster, folder, jobs))
+def print_submitted(command: str, backend: dispatch.Backend, folder: Path, jobs: list, argv: list[str]) -> None:
+    print(jobs_line(backend, folder, jobs))
     print(f"follow progress with: {command_line('status', status_args(argv))}")
     print(f"or wait for them:     {command_line(command, [*rerun_args(argv), 'wait=true'])}")
 

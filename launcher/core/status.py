@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from launcher.core import dispatch
+from launcher.core import backends, dispatch
 from launcher.core.errors import LauncherError
 from launcher.core.layout import SPLITS, Layout, read_json
 from launcher.core.progress import human_bytes, human_seconds, table
@@ -80,7 +80,7 @@ def unit_state(record: Path, job: tuple | None) -> str:
         return WORDS.get(state, "running")
     if state in dispatch.FAILED or state == "COMPLETED":  # a completed job without the record: the unit failed
         return "failed"
-    if executor != "slurm":  # a local job gone without a result: stopped by Ctrl-C or a kill
+    if not backends.outlives_launcher(executor):  # a local job gone without a result: stopped by Ctrl-C or a kill
         return "interrupted"
     return "unknown"
 
@@ -123,8 +123,9 @@ def unit_statuses(layout: Layout, entry: dict) -> list[UnitStatus]:
         if status.state == "complete":
             fill_from_record(status, read_json(record) or {})
         elif job is not None:
-            claimed = claimed_by(job[1], uid) if job[0] != "slurm" else ""
-            if status.state == "running" and job[0] != "slurm" and not claimed:
+            shared = backends.shares_queue(job[0])
+            claimed = claimed_by(job[1], uid) if shared else ""
+            if status.state == "running" and shared and not claimed:
                 status.state = "queued"  # in the shared queue of local jobs, not claimed by one yet
             ran = claimed or job[2]
             status.job, status.job_state = ran, job[3].lower()
@@ -142,7 +143,7 @@ def fill_from_record(status: UnitStatus, record: dict) -> None:
 
 def add_pending_reasons(statuses: list[UnitStatus], jobs: dict) -> None:
     """SLURM's reason (squeue %r) for each queued unit: Dependency, JobArrayTaskLimit, Priority..."""
-    queued = [s for s in statuses if s.state == "queued" and jobs.get(s.unit, ("",))[0] == "slurm"]
+    queued = [s for s in statuses if s.state == "queued" and backends.outlives_launcher(jobs.get(s.unit, ("",))[0])]
     reasons = dispatch.squeue_reasons(sorted({s.job for s in queued}))
     for s in queued:
         s.reason = reasons.get(s.job, "")

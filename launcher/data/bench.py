@@ -239,7 +239,7 @@ def run_bench(req: BenchRequest, cluster) -> int:
 
     folder = (req.log_dir or Path("bench-logs")) / time.strftime("bench-%Y%m%d-%H%M%S")
     job = dispatch.run_distributed(cluster, folder, "bench", bench_rank, req)
-    ranks = cluster.params.get("nodes", 1) * cluster.params.get("tasks_per_node", 1)
+    ranks = cluster.config.nodes * cluster.config.tasks_per_node
     print(f"bench: {ranks} rank(s) on {cluster.executor} (job {job.job_id}); logs in {folder}", flush=True)
     errors = dispatch.wait([job], cluster.poll_s)
     if errors:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Mapping
+from enum import Enum
 from typing import Any
 
 from torchvision.transforms import v2
 
+from launcher.config.schema import LoaderConfig, TransformConfig
 from launcher.core.errors import LauncherError
 
 try:  # the C extension (launcher/data/_jpeg.c, built against libjpeg-turbo): decodes only a train crop
@@ -40,42 +42,23 @@ INTERPOLATIONS = {
 }
 
 
-# What a transform or loader node holds when a key is left out (same as launcher.config's schemas;
-# tests/test_data.py checks that they agree).
-TRANSFORM_DEFAULTS: dict[str, Any] = {
-    "name": "standard",
-    "policy": None,
-    "train_crop_size": 224,
-    "scale": [0.08, 1.0],
-    "ratio": [0.75, 4 / 3],
-    "hflip": 0.5,
-    "eval_crop_size": 224,
-    "crop_ratio": 0.875,
-    "interpolation": "bilinear",
-    "num_ops": 2,
-    "magnitude": 9,
-    "mean": list(IMAGENET_MEAN),
-    "std": list(IMAGENET_STD),
-    "output": "float",
-    "max_file_bytes": 64 << 20,
-    "max_pixels": 89_478_485,
-    "max_scans": 100,
-}
+def schema_defaults(schema: type, **named: Any) -> dict[str, Any]:
+    """What a node of `schema` holds when a key is left out: the dataclass schema's own defaults (the
+    one source), Enum members as their values; `named` fills the fields without a default (name)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(schema):
+        if f.name.startswith("_") or f.name == "dataset":
+            continue
+        value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        out[f.name] = value.value if isinstance(value, Enum) else value
+    return {**out, **named}
 
 
-LOADER_DEFAULTS: dict[str, Any] = {
-    "name": "default",
-    "batch_size": 256,
-    "eval_batch_size": None,
-    "num_workers": None,
-    "pin_memory": True,
-    "persistent_workers": True,
-    "prefetch_factor": 2,
-    "drop_last": True,
-    "seed": 0,
-    "use_manifest": True,
-    "allow_incomplete": False,
-}
+# What a transform or loader node holds when a key is left out (from launcher.config's schemas).
+TRANSFORM_DEFAULTS: dict[str, Any] = schema_defaults(TransformConfig, name="standard")
+
+
+LOADER_DEFAULTS: dict[str, Any] = schema_defaults(LoaderConfig, name="default")
 
 
 HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")

@@ -61,21 +61,21 @@ SHARED_STORAGE = ("lustre", "nfs")
 OURS = {"meta.bin", "train", "val", ".partial", ".launcher"}
 
 
-def warn_probable_mistakes(req: PrepareRequest, cluster: dispatch.Cluster) -> None:
+def warn_probable_mistakes(req: PrepareRequest, backend: dispatch.Backend) -> None:
     """One line on stderr for each setting that is probably a mistake; the work goes on."""
-    for message in (login_node_warning(req, cluster), foreign_folder_warning(req)):
+    for message in (login_node_warning(req, backend), foreign_folder_warning(req)):
         if message:
             print(f"warning: {message}", file=sys.stderr)
 
 
-def login_node_warning(req: PrepareRequest, cluster: dispatch.Cluster) -> str | None:
+def login_node_warning(req: PrepareRequest, backend: dispatch.Backend) -> str | None:
     """Work on this machine, on shared storage, where SLURM is at hand but no job runs: a login node."""
-    if cluster.executor == "slurm" or not req.storage.startswith(SHARED_STORAGE):
+    if backend.queued or not req.storage.startswith(SHARED_STORAGE):
         return None
     if not shutil.which("sbatch") or os.environ.get("SLURM_JOB_ID"):
         return None
     return (
-        f"cluster={cluster.name} runs the units on this machine, which looks like a login node (sbatch is "
+        f"cluster={backend.executor} runs the units on this machine, which looks like a login node (sbatch is "
         f"here, SLURM_JOB_ID is not set), with storage={req.storage}: pass cluster=slurm to run them as "
         "SLURM jobs, or run this inside a job (salloc/srun)."
     )
