@@ -4,6 +4,8 @@ the sbatch file submitit writes."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 
 from launcher import compose_config
 from launcher.cli.requests import cluster_of
-from launcher.core.dispatch import make_executor, submit
+from launcher.core.dispatch import local_job_alive, make_executor, submit
 
 from conftest import sacct
 
@@ -64,3 +66,25 @@ def test_keys_reach_a_real_submission(slurm_cluster, tmp_path):
             break
         time.sleep(1)
     assert "launcher-keys" in names, names
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="reads procfs")
+def test_a_local_job_is_alive_only_while_its_controller_runs():
+    """A zombie (exited, not reaped yet: after Ctrl-C, init reaps orphans when it gets to them) or an id
+    now held by another program is not a running job: status says interrupted, not running."""
+    controller = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "submitit.local._local"])
+    other = subprocess.Popen(["sleep", "30"])
+    zombie = subprocess.Popen([sys.executable, "-c", "pass", "submitit.local._local"])
+    try:
+        deadline = time.time() + 10
+        while time.time() < deadline and " Z " not in Path(f"/proc/{zombie.pid}/stat").read_text().split(")")[1][:3]:
+            time.sleep(0.02)
+        assert local_job_alive(str(controller.pid))
+        assert not local_job_alive(str(other.pid))
+        assert not local_job_alive(str(zombie.pid))
+        assert not local_job_alive("not-a-pid")
+    finally:
+        for process in (controller, other, zombie):
+            process.kill()
+            process.wait()
+    assert not local_job_alive(str(controller.pid))

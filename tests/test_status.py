@@ -127,7 +127,7 @@ def test_units_say_interrupted_after_ctrl_c(archives, tmp_path):
     time.sleep(1)
     status = cli("status", *args)
     assert "interrupted" in status.stdout and "unknown" not in status.stdout, status.stdout
-    assert "resubmit what is missing with" in status.stdout
+    assert "resubmit what is missing with" in status.stdout, status.stdout
 
 
 @pytest.mark.slurm

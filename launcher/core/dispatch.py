@@ -282,13 +282,29 @@ def state_from_files(executor: str, folder: str, job_id: str) -> str:
         except Exception:
             return "UNKNOWN"
         return "COMPLETED" if outcome == "success" else "FAILED"
-    if executor == "local":
+    if executor == "local" and local_job_alive(job_id):
+        return "RUNNING"
+    return "UNKNOWN"
+
+
+def local_job_alive(job_id: str) -> bool:
+    """Whether a local job's controller (its id is the process id) still runs: a zombie waiting for
+    an init that reaps slowly, or a reused id now held by another program, does not count."""
+    if not job_id.isdigit():
+        return False
+    proc = Path("/proc") / job_id
+    if not Path("/proc/self").exists():  # no procfs (macOS): the signal test is all there is
         try:
             os.kill(int(job_id), 0)
-            return "RUNNING"
-        except (ValueError, ProcessLookupError, PermissionError):
-            return "UNKNOWN"
-    return "UNKNOWN"
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        command = (proc / "cmdline").read_bytes()
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and b"submitit" in command
 
 
 def tail(path: str, lines: int) -> str:
