@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from launcher.datasets.places365 import facts
+from launcher.datasets.places365.layout import LAYOUT, Places365Layout
 from launcher.errors import LauncherError
 from launcher.synth import add_bytes, encode_image, md5_of, tar_info
 
@@ -67,20 +68,6 @@ class Places365SynthSpec:
     max_side: int = 64
     quality: int = 90
     seed: int = 0
-
-
-@dataclass(frozen=True)
-class Places365Archives:
-    """File names of the three archives and the top folders inside the image archives."""
-
-    filelist: str = facts.FILELIST_ARCHIVE[0]
-    train: str = facts.TRAIN_ARCHIVE[0]
-    val: str = facts.VAL_ARCHIVE[0]
-    train_top: str = facts.TRAIN_TOP
-    val_top: str = facts.VAL_TOP
-    categories: str = facts.CATEGORIES[0]
-    train_list: str = facts.TRAIN_LIST[0]
-    val_list: str = facts.VAL_LIST[0]
 
 
 @dataclass
@@ -182,7 +169,7 @@ def refuse_foreign(paths: Iterable[Path], overwrite: bool) -> None:
 def synthesize_places365(
     archive_dir: Path,
     spec: Places365SynthSpec = Places365SynthSpec(),
-    names: Places365Archives = Places365Archives(),
+    names: Places365Layout = LAYOUT,
     overwrite: bool = False,
 ) -> Places365SynthResult:
     """Write the three Places365-Standard archives into `archive_dir`."""
@@ -209,9 +196,9 @@ def synthesize_places365(
     write_image_tar(paths["val"], ((f"{names.val_top}/{n}", image(rng, spec)) for n in val_names))
 
     lists = {
-        names.categories: list_text(f"{c} {i}" for i, c in enumerate(classes)),
-        names.train_list: list_text(train_lines),
-        names.val_list: list_text(f"{n} {y}" for n, y in zip(val_names, val_labels)),
+        names.lists.categories: list_text(f"{c} {i}" for i, c in enumerate(classes)),
+        names.lists.train: list_text(train_lines),
+        names.lists.val: list_text(f"{n} {y}" for n, y in zip(val_names, val_labels)),
     }
     write_flat_tar(paths["filelist"], lists.items())
     md5 = {key: md5_of(p) for key, p in paths.items()}
