@@ -151,7 +151,10 @@ def extract_listed(
     try:
         if err := archive_changed(archive, ident, fd):
             raise err
-        with safefs.Dir.anchor(root) as top, top.sub(images_dir, create=True, out=out, replace=out.replace) as images:
+        with (
+            safefs.Dir.anchor(root, create=True) as top,
+            top.sub(images_dir, create=True, out=out, replace=out.replace) as images,
+        ):
             window = Window(fd, rows[0][1] if rows else 0, ident["size"], f"The archive {archive}")
             write_rows(images, rows, window, out, files)
         if err := archive_changed(archive, ident, fd):
