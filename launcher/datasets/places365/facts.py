@@ -33,3 +33,15 @@ VAL_SMALL_TOP, VAL_SMALL_IMAGES_DIR = "val_256", "val_256"
 CLASSES = 365
 TRAIN_IMAGES = 1_803_460
 VAL_IMAGES = 36_500
+
+# archive sizes in bytes, where a published mirror records them with the md5 above (git-annex keys of
+# datasets-mila/datasets--places365); the large train tar's is not recorded there
+ARCHIVE_BYTES = {
+    FILELIST_ARCHIVE[0]: 67_498_496,
+    VAL_ARCHIVE[0]: 2_270_320_640,
+    TRAIN_SMALL_ARCHIVE[0]: 26_103_685_120,
+    VAL_SMALL_ARCHIVE[0]: 525_158_400,
+}
+# the label files: LF line ends, no newline after the last line (the categories file's 6,833 bytes
+# reproduce its md5 only so)
+LIST_BYTES = {CATEGORIES[0]: 6_833, TRAIN_LIST[0]: 57_169_223, VAL_LIST[0]: 1_120_499}

@@ -110,7 +110,10 @@ def class_paths(rng: np.random.Generator, count: int) -> list[str]:
 
 
 def list_text(lines: Iterable[str]) -> bytes:
-    return "".join(f"{line}\n" for line in lines).encode("ascii")
+    """Lines joined by LF with no newline after the last, as in the published files (the real
+    categories_places365.txt is 6,833 bytes of that shape, md5 06c963b8...; places365_val.txt's
+    1,120,499 bytes fit it too)."""
+    return "\n".join(lines).encode("ascii")
 
 
 def dir_info(name: str) -> tarfile.TarInfo:
