@@ -462,3 +462,18 @@ def test_an_archive_changed_after_indexing_is_refused(places, tmp_path):
     with pytest.raises(LauncherError, match="changed since it was indexed"):
         extract_flat(str(archive), str(tmp_path / "root"), index, (0, 1), facts.VAL_IMAGES_DIR, Patterns().val_image)
     assert not (tmp_path / "root").exists()
+
+
+def test_a_link_planted_at_a_file_is_replaced_itself_never_its_target(places, tmp_path):
+    target = tmp_path / "outside.txt"
+    target.write_bytes(b"keep me")
+    root = tmp_path / "root"
+    planted = [LISTS.categories, f"{facts.VAL_IMAGES_DIR}/Places365_val_00000001.jpg"]
+    for rel in planted:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).symlink_to(target)
+    prepare_root(places.archive_dir, root)
+    assert target.read_bytes() == b"keep me"
+    for rel in planted:
+        assert not (root / rel).is_symlink() and (root / rel).is_file()
+    assert (root / LISTS.categories).read_bytes().startswith(places.classes[0].encode())
