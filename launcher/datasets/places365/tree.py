@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from launcher import safefs
@@ -23,8 +24,9 @@ from launcher.datasets.places365.labels import compile_ascii, entry_problem
 from launcher.errors import LauncherError
 from launcher.extract import Output, archive_changed, safe_name
 from launcher.index import archive_identity, fingerprint
-from launcher.tarscan import Window, scan
+from launcher.tarscan import Member, Window, scan
 
+EntryCheck = Callable[[str], bool]  # a name read back from an index -> whether its patterns accept it
 WRITE = Output()  # files 0644, folders 0755, no fsync, a planted link refused
 
 
@@ -52,7 +54,7 @@ def relative_name(name: str, prefix: str) -> str | None:
     return name[len(prefix) + 1 :] if name.startswith(prefix + "/") else None
 
 
-def refuse_member(label: str, member, why: str, list_label: str) -> ShapeError:
+def refuse_member(label: str, member: Member, why: str, list_label: str) -> ShapeError:
     link = f" -> {member.linkname}" if member.linkname else ""
     return ShapeError(
         f"{label}: member {member.name!r}{link} {why}; nothing from the archive was written. The archive "
@@ -60,7 +62,9 @@ def refuse_member(label: str, member, why: str, list_label: str) -> ShapeError:
     )
 
 
-def index_listed(archive: str | Path, prefix: str, listed: dict[str, int], list_label: str, md5: str | None = None):
+def index_listed(
+    archive: str | Path, prefix: str, listed: dict[str, int], list_label: str, md5: str | None = None
+) -> dict:
     """Index of an image archive whose files are `<prefix>/<rel>` for the `rel`s of `listed` (rel ->
     label): [rel, data offset, size, label] per file, in archive order."""
     label = f"The archive {archive}"
@@ -96,12 +100,16 @@ def check_all_present(listed: dict[str, int], seen: set[str], label: str, list_l
         )
 
 
-def index_tree(archive: str | Path, prefix: str, listed: dict[str, int], list_label: str, md5: str | None = None):
+def index_tree(
+    archive: str | Path, prefix: str, listed: dict[str, int], list_label: str, md5: str | None = None
+) -> dict:
     """The *tree* shape: `<prefix>/<class path>/<file>` for each listed `<class path>/<file>`."""
     return index_listed(archive, prefix, listed, list_label, md5)
 
 
-def index_flat(archive: str | Path, prefix: str, listed: dict[str, int], list_label: str, md5: str | None = None):
+def index_flat(
+    archive: str | Path, prefix: str, listed: dict[str, int], list_label: str, md5: str | None = None
+) -> dict:
     """The *flat with labels* shape: `<prefix>/<file>` for each listed `<file>` (no folder part)."""
     nested = next((rel for rel in listed if "/" in rel), None)
     if nested is not None:
@@ -112,7 +120,7 @@ def index_flat(archive: str | Path, prefix: str, listed: dict[str, int], list_la
 # ---------------------------------------------------------------- extract
 
 
-def checked_member(member, index_label: str, archive_size: int, entry_ok) -> tuple[str, int, int]:
+def checked_member(member: object, index_label: str, archive_size: int, entry_ok: EntryCheck) -> tuple[str, int, int]:
     """(rel, offset, size) of an index row read back: a name its patterns accept, a span inside the archive."""
     ok = isinstance(member, list) and len(member) == 4 and isinstance(member[0], str)
     rel, offset, size = (member[0], member[1], member[2]) if ok else ("", -1, -1)
@@ -136,7 +144,7 @@ def extract_listed(
     index: dict,
     span: tuple[int, int],
     images_dir: str,
-    entry_ok,
+    entry_ok: EntryCheck,
     out: Output = WRITE,
     index_label: str = "the index",
 ) -> dict:
@@ -189,13 +197,13 @@ def write_rows(images: safefs.Dir, rows: list[tuple[str, int, int]], window: Win
             folder.close()
 
 
-def tree_checker(class_pattern: str, image_pattern: str):
+def tree_checker(class_pattern: str, image_pattern: str) -> EntryCheck:
     """Accepts `<class path without its leading />/<image>` as the file list's patterns define them."""
     class_re, image_re = compile_ascii(class_pattern), compile_ascii(image_pattern)
     return lambda rel: entry_problem("/" + rel, class_re, image_re) is None
 
 
-def flat_checker(image_pattern: str):
+def flat_checker(image_pattern: str) -> EntryCheck:
     image_re: re.Pattern = compile_ascii(image_pattern)
     return lambda rel: entry_problem(rel, None, image_re) is None
 
