@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from launcher.archive.safedir import UnsafePath
+from launcher.core.errors import LauncherError
+from launcher.datasets.imagenet.synth import tar_info
 from launcher.datasets.places365 import facts
 from launcher.datasets.places365.labels import (
     CLASS_PATH,
@@ -28,9 +31,6 @@ from launcher.datasets.places365.labels import (
 from launcher.datasets.places365.layout import Places365Layout, prepare_root
 from launcher.datasets.places365.synth import VOCABULARY, Places365SynthSpec, synthesize_places365
 from launcher.datasets.places365.tree import ShapeError, extract_flat, extract_tree, index_flat, index_tree
-from launcher.errors import LauncherError
-from launcher.safefs import UnsafePath
-from launcher.synth import tar_info
 
 pytestmark = pytest.mark.notorch  # the preparation side: only the oracle test needs torch
 

@@ -17,9 +17,9 @@ import re
 import stat
 from dataclasses import dataclass
 
+from launcher.archive.tarscan import scan
+from launcher.core.errors import LauncherError
 from launcher.datasets.places365 import facts
-from launcher.errors import LauncherError
-from launcher.tarscan import scan
 
 # a class path: /<letter>/<name>[/<subclass>], the letter the name's first (as in all 365 real ones)
 CLASS_PATH = r"/([a-z])/\1[a-z_]*(?:/[a-z][a-z_]*)?"

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from launcher.core.errors import LauncherError
+from launcher.datasets.imagenet.synth import add_bytes, encode_image, md5_of, tar_info
 from launcher.datasets.places365 import facts
 from launcher.datasets.places365.layout import LAYOUT, Places365Layout
-from launcher.errors import LauncherError
-from launcher.synth import add_bytes, encode_image, md5_of, tar_info
 
 # real Places365 class paths (categories_places365.txt), one- and two-level
 VOCABULARY = (

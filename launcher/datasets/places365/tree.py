@@ -19,12 +19,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from launcher import safefs
+from launcher.archive import safefs
+from launcher.archive.extract import Output, archive_changed, safe_name
+from launcher.archive.index import archive_identity, fingerprint
+from launcher.archive.tarscan import Member, Window, scan
+from launcher.core.errors import LauncherError
 from launcher.datasets.places365.labels import compile_ascii, entry_problem
-from launcher.errors import LauncherError
-from launcher.extract import Output, archive_changed, safe_name
-from launcher.index import archive_identity, fingerprint
-from launcher.tarscan import Member, Window, scan
 
 EntryCheck = Callable[[str], bool]  # a name read back from an index -> whether its patterns accept it
 WRITE = Output()  # files 0644, folders 0755, no fsync, a planted link refused
