@@ -30,7 +30,7 @@ from launcher.datasets.places365.labels import (
 )
 from launcher.datasets.places365.layout import Places365Layout, prepare_root
 from launcher.datasets.places365.synth import VOCABULARY, Places365SynthSpec, synthesize_places365
-from launcher.datasets.places365.tree import ShapeError, extract_flat, extract_tree, index_flat, index_tree
+from launcher.sources.tree import ShapeError, extract_flat, extract_tree, index_flat, index_tree
 
 pytestmark = pytest.mark.notorch  # the preparation side: only the oracle test needs torch
 

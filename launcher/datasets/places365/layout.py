@@ -10,7 +10,7 @@ from pathlib import Path
 from launcher.archive.extract import Output
 from launcher.datasets.places365 import facts
 from launcher.datasets.places365.labels import ListFiles, Patterns, read_labels
-from launcher.datasets.places365.tree import WRITE, extract_flat, extract_tree, index_flat, index_tree, write_root_files
+from launcher.sources.tree import WRITE, extract_flat, extract_tree, index_flat, index_tree, write_root_files
 
 
 @dataclass(frozen=True)
