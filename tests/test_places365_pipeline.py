@@ -98,3 +98,79 @@ def test_synth_places365_never_overwrites(tmp_path):
     assert again.returncode == 1 and "never overwrites" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1, again.stderr
     assert Path(tmp_path / "data" / "archives" / "val_large.tar").stat().st_size > 0
+
+
+# ---------------------------------------------------------------- the shapes' steps vs torchvision
+
+
+def run_shapes(archive_dir: Path, root: Path, state: Path, shards: int) -> dict[str, list]:
+    """Places365's two splits through the generic steps of their YAML shapes: index (against the file
+    lists) -> shard into `shards` units -> each unit through launcher.sources.extract -> files_of;
+    the label files written by write_root_files. No Places365 code picks a split's steps."""
+    from launcher.archive.extract import Output
+    from launcher.core.layout import Layout, write_json
+    from launcher.datasets.places365.labels import read_labels
+    from launcher.prepare.guards import make_root_identity
+    from launcher.sources import extract
+    from launcher.sources.tree import write_root_files
+
+    d = dataset("places365_synthetic")
+    adapter = adapter_of(d["adapter"])
+    layout = adapter.layout_of(d)
+    files, labels = read_labels(str(archive_dir / layout.filelist), layout.lists, adapter.patterns_of(d))
+    write_root_files(str(root), files)
+    root_id = make_root_identity(Layout.of(root, state))["id"]
+    listings = {"train": labels.train.relpaths(), "val": labels.val.relpaths()}
+    written = {}
+    for split, source in d["splits"].items():
+        shape = shape_module(source["shape"])
+        archive = archive_dir / d["archives"][source["archive"]]["file"]
+        index = shape.index(archive, source, d["patterns"], listings[split], None)
+        write_json(state / f"index-{split}.json", index)
+        paths = {"archive": str(archive), "root": str(root), "index": str(state / f"index-{split}.json")}
+        paths.update(folder=source["folder"], listed_by=source["listed_by"], labels=None)
+        parts = shape.shard(index["members"], shards, 1, 0)
+        assert len(parts) == min(shards, len(index["members"]))
+        records = []
+        for part in parts:
+            args = shape.unit_args(index["members"], part, paths, d["patterns"])
+            records.append(extract(source["shape"], **args, out=Output(), root_id=root_id))
+        written[split] = [f for r in records for f in shape.files_of(r)]
+    return written
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("shards", [1, 4])
+def test_the_yaml_shapes_write_the_root_torchvision_extracts(tmp_path, monkeypatch, shards):
+    """Root A: torchvision's own download path over the archives in place (its extract_archive and its
+    rename of data_large). Root B: the shapes' steps, in `shards` units per split. Same files, same
+    bytes; Places365 gives equal classes, class_to_idx, imgs, targets; finalize's view (files_of)
+    names every file once, in its class folder."""
+    import os
+    import shutil
+
+    from test_places365 import files_under, patch_torchvision_md5s
+
+    spec = Places365SynthSpec(classes=5, train_per_class=3, val_per_class=2, seed=5)
+    result = synthesize_places365(tmp_path / "archives", spec)
+    Places365 = patch_torchvision_md5s(monkeypatch, result)
+    a = tmp_path / "A"
+    a.mkdir()
+    for path in result.files.values():
+        shutil.copy(path, a / path.name)
+    for split in ("train-standard", "val"):
+        Places365(str(a), split=split, download=True)
+
+    b = tmp_path / "B"
+    written = run_shapes(result.archive_dir, b, tmp_path / "state", shards)
+    archives = tuple(p.name for p in result.files.values())
+    assert files_under(b, skip=(".launcher-root.json",)) == files_under(a, skip=archives)
+    assert sorted(f"{c}/{n}".lstrip("/") for c, n, _ in written["train"]) == sorted(
+        line.split(" ")[0].lstrip("/") for line in (b / "places365_train_standard.txt").read_text().splitlines()
+    )
+    assert {c for c, _, _ in written["val"]} == {""} and len(written["val"]) == 10
+    for split in ("train-standard", "val"):
+        theirs, ours = Places365(str(a), split=split), Places365(str(b), split=split)
+        assert (ours.classes, ours.class_to_idx, ours.targets) == (theirs.classes, theirs.class_to_idx, theirs.targets)
+        assert ours.imgs == [(p.replace(str(a), str(b), 1), t) for p, t in theirs.imgs]
+        assert all(os.path.isfile(p) for p, _ in ours.imgs)

@@ -153,6 +153,8 @@ class SplitSourceConfig:
     folder: str = MISSING
     # top folder inside the archive that holds the split's images; null = the archive's top level
     top: str | None = None
+    # label file (a labels.members role) that names every file of the split; null = by image number
+    listed_by: str | None = None
 
 
 @dataclass

@@ -36,8 +36,8 @@ def load_index(req: PrepareRequest, split: str, labels: Any) -> tuple[dict, dict
     md5 = req.archives[req.source(split)["archive"]][1]
     announce_indexing(req, path, split, cached, labels)
     t0 = time.time()
-    labels = adapter_of(req.adapter).label_count(labels, split)
-    index = shape_module(req.source(split)["shape"]).index(path, req.patterns, labels, md5)
+    listing = adapter_of(req.adapter).listing(labels, req.source(split))
+    index = shape_module(req.source(split)["shape"]).index(path, req.source(split), req.patterns, listing, md5)
     print(f"indexed {path.name}: {len(index['members'])} members in {time.time() - t0:.1f}s", file=sys.stderr)
     if not req.dry_run:
         write_json(cache, index)

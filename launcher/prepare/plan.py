@@ -92,6 +92,8 @@ def split_units(
         "root": str(layout.root),
         "index": str(layout.index_file(split)),
         "labels": str(layout.devkit_file),
+        "folder": source["folder"],
+        "listed_by": source.get("listed_by"),
     }
     units = []
     for i, part in enumerate(shards):

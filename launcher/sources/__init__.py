@@ -42,5 +42,7 @@ def extract(shape: str, **args) -> dict:
     """The unit function of every split's extraction: the shape's own `extract`, looked up when the
     unit runs (so a job imports only its shape's module)."""
     module = shape_module(shape)
-    module_name, _, function = module.EXTRACT.partition(":")
+    # a flat archive labelled by a file list runs the listed extraction (launcher.sources.tree)
+    target = "launcher.sources.tree:extract_listed_unit" if args.pop("listed", False) else module.EXTRACT
+    module_name, _, function = target.partition(":")
     return getattr(importlib.import_module(module_name), function)(**args)

@@ -16,8 +16,9 @@ MEMBER = "class-tar"
 EXTRACT = "launcher.archive.extract:extract_train"
 
 
-def index(path: Path, patterns: dict[str, str], labels: int | None, md5: str | None = None) -> dict:
-    """[class tar name, data offset, size] per class; each stem matches patterns['wnid']."""
+def index(path: Path, source: dict, patterns: dict[str, str], listing: object, md5: str | None = None) -> dict:
+    """[class tar name, data offset, size] per class; each stem matches patterns['wnid'] (the class
+    tars name themselves: `listing` is not used)."""
     return index_train(path, patterns["train_class"], patterns["wnid"], md5)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from launcher.archive.index import index_val
 from launcher.core import plan
+from launcher.sources.tree import index_flat, listed_args
 
 # what one index row is, in messages
 MEMBER = "image"
@@ -17,9 +18,13 @@ MEMBER = "image"
 EXTRACT = "launcher.archive.extract:extract_val"
 
 
-def index(path: Path, patterns: dict[str, str], labels: int | None, md5: str | None = None) -> dict:
-    """[name, data offset, size, image number] per image; one image per number, `labels` in all."""
-    return index_val(path, patterns["val_image"], labels or 0, md5)
+def index(path: Path, source: dict, patterns: dict[str, str], listing: int | dict, md5: str | None = None) -> dict:
+    """By number (`listing` the count of labels): [name, data offset, size, image number] per image,
+    one image per number. By list (`listing` file -> label): [file, data offset, size, label] per
+    listed file of `<top>/<file>`, every listed file present."""
+    if source.get("listed_by"):
+        return index_flat(path, source.get("top") or "", listing, source["listed_by"], md5)
+    return index_val(path, patterns["val_image"], listing, md5)
 
 
 def shard(members: list, wanted: int | None, parallelism: int, min_bytes: int) -> list[tuple[int, int]]:
@@ -31,6 +36,8 @@ def shard(members: list, wanted: int | None, parallelism: int, min_bytes: int) -
 
 def unit_args(members: list, span: tuple[int, int], paths: dict, patterns: dict[str, str]) -> dict:
     """What one unit is given: the archive, root, index and label record, and its range."""
+    if paths.get("listed_by"):
+        return {**listed_args(span, paths), "class_pattern": None, "image_pattern": patterns["val_image"]}
     return {
         "val_tar": paths["archive"],
         "root": paths["root"],
@@ -48,12 +55,12 @@ def unit_size(members: list, span: tuple[int, int]) -> int:
 
 
 def files_of(record: dict) -> list[tuple[str, str, int]]:
-    """(class, file name, size) of every file a unit wrote."""
+    """(class folder, file name, size) of every file a unit wrote ('' as the folder when listed: flat)."""
     return [tuple(f) for f in record["files"]]
 
 
 def folders_of(record: dict) -> set[str]:
-    return {f[0] for f in record.get("files", ())}
+    return {f[0] for f in record.get("files", ()) if f[0]}
 
 
 def record_holds(record: dict, args: dict) -> bool:

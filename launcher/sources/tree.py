@@ -20,10 +20,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from launcher.archive import safefs
-from launcher.archive.extract import Output, archive_changed, safe_name
+from launcher.archive.extract import Output, archive_changed, check_root, safe_name
 from launcher.archive.index import archive_identity, fingerprint
 from launcher.archive.tarscan import Member, Window, scan
+from launcher.core import plan
 from launcher.core.errors import LauncherError
+from launcher.core.layout import read_json
 from launcher.datasets.places365.labels import compile_ascii, entry_problem
 
 EntryCheck = Callable[[str], bool]  # a name read back from an index -> whether its patterns accept it
@@ -252,3 +254,91 @@ def write_root_files(root: str, files: dict[str, bytes], out: Output = WRITE) ->
             top.check_not_folder(name)
             top.put(name, data, out, f".{name}.part")
     return {name: len(data) for name, data in files.items()}
+
+
+# ---------------------------------------------------------------- the shape's steps (launcher.sources)
+
+# what one index row is, in messages
+MEMBER = "image"
+# the unit function, looked up when the unit runs
+EXTRACT = "launcher.sources.tree:extract_listed_unit"
+
+
+def index(path: Path, source: dict, patterns: dict[str, str], listing: dict, md5: str | None = None) -> dict:
+    """[<class path>/<file>, data offset, size, label] per listed file of `<top>/<class path>/<file>`."""
+    return index_tree(path, source.get("top") or "", listing, source["listed_by"], md5)
+
+
+def shard(members: list, wanted: int | None, parallelism: int, min_bytes: int) -> list[tuple[int, int]]:
+    """Contiguous ranges of the index balanced by bytes (a class may span two units: each file is its own)."""
+    sizes = [m[2] for m in members]
+    n = wanted or plan.default_val_shards(len(members), sum(sizes), parallelism, min_bytes)
+    return plan.contiguous_ranges(sizes, n)
+
+
+def listed_args(span: tuple[int, int], paths: dict) -> dict:
+    """What a unit of a listed archive (tree, or flat by list) is given."""
+    return {
+        "archive": paths["archive"],
+        "root": paths["root"],
+        "index": paths["index"],
+        "start": span[0],
+        "stop": span[1],
+        "folder": paths["folder"],
+        "listed": True,
+    }
+
+
+def unit_args(members: list, span: tuple[int, int], paths: dict, patterns: dict[str, str]) -> dict:
+    return {
+        **listed_args(span, paths),
+        "class_pattern": patterns["class_path"],
+        "image_pattern": patterns["train_image"],
+    }
+
+
+def unit_size(members: list, span: tuple[int, int]) -> int:
+    return sum(m[2] for m in members[span[0] : span[1]])
+
+
+def extract_listed_unit(
+    archive: str,
+    root: str,
+    index: str,
+    start: int,
+    stop: int,
+    folder: str,
+    class_pattern: str | None,
+    image_pattern: str,
+    out: Output,
+    root_id: str,
+) -> dict:
+    """Unit of a listed archive: rows [start, stop) of the index file -> `<root>/<folder>/<rel>`
+    (a tree when class_pattern is given, flat otherwise), in the root the plan was made for. Files are
+    recorded as [class folder ('' when flat), file name, size]."""
+    check_root(root, root_id)
+    idx = read_json(Path(index))
+    if class_pattern is None:
+        done = extract_flat(archive, root, idx, (start, stop), folder, image_pattern, out, index)
+    else:
+        done = extract_tree(archive, root, idx, (start, stop), folder, class_pattern, image_pattern, out, index)
+    files = [[*rel.rpartition("/")[::2], size] for rel, size in done["files"]]
+    return {**done, "files": files, "root_id": root_id}
+
+
+def files_of(record: dict) -> list[tuple[str, str, int]]:
+    """(class folder, file name, size) of every file a unit wrote."""
+    return [tuple(f) for f in record["files"]]
+
+
+def folders_of(record: dict) -> set[str]:
+    return {f[0] for f in record.get("files", ()) if f[0]}
+
+
+def record_holds(record: dict, args: dict) -> bool:
+    """A unit's record is of the same work: the same range."""
+    return record.get("range") == [args["start"], args["stop"]]
+
+
+def expected_folders(args: dict) -> set[str]:
+    return set()

@@ -78,8 +78,9 @@ def check_labels(req: PrepareRequest, devkit: Devkit, indexes: dict) -> None:
         )
 
 
-def label_count(devkit: Devkit, split: str) -> int:
-    """How many images the labels name for a flat split (the ground truth's lines)."""
+def listing(devkit: Devkit, source: dict) -> int:
+    """What a split's index is checked against: the number of ground-truth lines (a flat split
+    labelled by image number; class tars name themselves)."""
     return len(devkit.val_wnids)
 
 
