@@ -26,7 +26,7 @@ from launcher.archive.tarscan import Member, Window, scan
 from launcher.core import plan
 from launcher.core.errors import LauncherError
 from launcher.core.layout import read_json
-from launcher.datasets.places365.labels import compile_ascii, entry_problem
+from launcher.sources.entries import compile_ascii, entry_problem
 
 EntryCheck = Callable[[str], bool]  # a name read back from an index -> whether its patterns accept it
 WRITE = Output()  # files 0644, folders 0755, no fsync, a planted link refused

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from launcher.archive.tarscan import scan
 from launcher.core.errors import LauncherError
 from launcher.datasets.places365 import facts
+from launcher.sources.entries import compile_ascii, entry_problem, path_problem
 
 # a class path: /<letter>/<name>[/<subclass>], the letter the name's first (as in all 365 real ones)
 CLASS_PATH = r"/([a-z])/\1[a-z_]*(?:/[a-z][a-z_]*)?"
@@ -85,10 +86,6 @@ class Labels:
     val: FileList
 
 
-def compile_ascii(pattern: str) -> re.Pattern:
-    return re.compile(pattern, re.ASCII)
-
-
 def bad_line(label: str, number: int, expected: str, line: str) -> LabelFileError:
     shown = line if len(line) <= SHOWN else line[:SHOWN] + "..."
     return LabelFileError(
@@ -124,16 +121,6 @@ def split_label(line: str, number: int, label: str, label_re: re.Pattern, entry:
     return name, int(digits)
 
 
-def path_problem(path: str) -> str | None:
-    """Why `path` (a class path or list entry) cannot become a path below the root, or None."""
-    parts = path.lstrip("/").split("/")
-    if any(p in ("", ".", "..") for p in parts):
-        return "a path without empty, '.' or '..' parts"
-    if "\0" in path or any(len(p.encode()) > 255 for p in parts):
-        return "path parts without NUL, at most 255 bytes each"
-    return None
-
-
 def parse_categories(
     data: bytes, label: str, patterns: Patterns = Patterns(), max_lines: int = MAX_CATEGORY_LINES
 ) -> Categories:
@@ -155,17 +142,6 @@ def parse_categories(
         names.append(name)
         index[name] = idx
     return Categories(tuple(names), index)
-
-
-def entry_problem(entry: str, class_re: re.Pattern | None, image_re: re.Pattern) -> str | None:
-    """Why a list entry is not `<class path>/<image>` (tree, `class_re`) or `<image>` (flat), or None."""
-    if class_re is None:
-        ok = "/" not in entry and bool(image_re.fullmatch(entry))
-        return None if ok else f"an image name matching {image_re.pattern!r}"
-    cls, slash, image = entry.rpartition("/")
-    if not slash or not class_re.fullmatch(cls) or not image_re.fullmatch(image):
-        return f"'<class path>/<image>' matching {class_re.pattern!r} and {image_re.pattern!r}"
-    return path_problem(entry)
 
 
 def parse_file_list(
