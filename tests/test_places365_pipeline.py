@@ -174,3 +174,14 @@ def test_the_yaml_shapes_write_the_root_torchvision_extracts(tmp_path, monkeypat
         assert (ours.classes, ours.class_to_idx, ours.targets) == (theirs.classes, theirs.class_to_idx, theirs.targets)
         assert ours.imgs == [(p.replace(str(a), str(b), 1), t) for p, t in theirs.imgs]
         assert all(os.path.isfile(p) for p, _ in ours.imgs)
+
+
+@pytest.mark.parametrize("folder", ["../escape", "a/b", ".", ""])
+def test_a_split_folder_that_is_not_one_plain_name_is_refused_in_one_line(folder):
+    from launcher.core.errors import ConfigError
+    from launcher.sources import check_folder
+
+    with pytest.raises(ConfigError, match=r"dataset\.splits\.val\.folder=.*not one plain folder name") as err:
+        check_folder("val", folder)
+    assert "\n" not in str(err.value)
+    assert check_folder("val", "val_large") == "val_large"

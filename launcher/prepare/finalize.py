@@ -178,10 +178,11 @@ def open_dir_nofollow(root: Path, relative: str) -> int:
 
 
 def partial_folders(req: PrepareRequest, split: str) -> list[str]:
-    """What finalize-<split> removes when empty: train's own .partial/train, and .partial itself
-    unless train (the one split that writes there) is also being prepared and finalizes it."""
-    own = [".partial/train"] if split == "train" else []
-    return own + ([".partial"] if split == "train" or "train" not in req.splits else [])
+    """What finalize-<split> removes when empty: its own .partial/<folder> when its shape stages there
+    (class_tars), and .partial itself unless another split being prepared stages there and finalizes it."""
+    stagers = [s for s in req.splits if shape_module(req.source(s)["shape"]).STAGES]
+    own = [f".partial/{req.source(split)['folder']}"] if split in stagers else []
+    return own + ([".partial"] if split in stagers or not stagers else [])
 
 
 def read_devkit_record(path: Path) -> dict:

@@ -34,7 +34,7 @@ from launcher.prepare.guards import (
 )
 from launcher.prepare.inputs import load_index
 from launcher.prepare.request import Plan, PrepareRequest
-from launcher.sources import shape_module
+from launcher.sources import check_folder, shape_module
 
 
 def plan_units(
@@ -92,7 +92,7 @@ def split_units(
         "root": str(layout.root),
         "index": str(layout.index_file(split)),
         "labels": str(layout.devkit_file),
-        "folder": source["folder"],
+        "folder": check_folder(split, source["folder"]),
         "listed_by": source.get("listed_by"),
     }
     units = []

@@ -38,6 +38,19 @@ def shape_module(shape: str) -> ModuleType:
     return importlib.import_module(SHAPES[name])
 
 
+def check_folder(split: str, folder: str) -> str:
+    """A split's root folder (from the YAML) is one plain name: it is opened below the root, and only
+    its last part would be opened without following a link."""
+    from launcher.archive.extract import safe_name
+
+    if not isinstance(folder, str) or not folder.isascii() or not safe_name(folder):
+        raise ConfigError(
+            f"dataset.splits.{split}.folder={folder!r} is not one plain folder name (no /, not . or ..); "
+            "name the folder the dataset's torchvision class reads, e.g. train."
+        )
+    return folder
+
+
 def extract(shape: str, **args) -> dict:
     """The unit function of every split's extraction: the shape's own `extract`, looked up when the
     unit runs (so a job imports only its shape's module)."""

@@ -12,6 +12,8 @@ from launcher.core import plan
 
 # what one index row is, in messages
 MEMBER = "class-tar"
+# stages each class under root/.partial/<folder>/ before renaming it into place
+STAGES = True
 # the unit function, looked up when the unit runs
 EXTRACT = "launcher.archive.extract:extract_train"
 
@@ -43,6 +45,7 @@ def unit_args(members: list, group: list[int], paths: dict, patterns: dict[str, 
         "wnids": classes_of(members, group),
         "image_template": patterns["train_image"],
         "wnid_pattern": patterns["wnid"],
+        "folder": paths["folder"],
     }
 
 

@@ -14,6 +14,8 @@ from launcher.sources.tree import index_flat, listed_args
 
 # what one index row is, in messages
 MEMBER = "image"
+# writes each file in place (an O_EXCL temporary renamed over its name)
+STAGES = False
 # the unit function, looked up when the unit runs
 EXTRACT = "launcher.archive.extract:extract_val"
 
@@ -47,6 +49,7 @@ def unit_args(members: list, span: tuple[int, int], paths: dict, patterns: dict[
         "stop": span[1],
         "image_pattern": patterns["val_image"],
         "wnid_pattern": patterns["wnid"],
+        "folder": paths["folder"],
     }
 
 

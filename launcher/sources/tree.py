@@ -260,6 +260,8 @@ def write_root_files(root: str, files: dict[str, bytes], out: Output = WRITE) ->
 
 # what one index row is, in messages
 MEMBER = "image"
+# writes each file in place (an O_EXCL temporary renamed over its name)
+STAGES = False
 # the unit function, looked up when the unit runs
 EXTRACT = "launcher.sources.tree:extract_listed_unit"
 
