@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from launcher import compose_config
 from launcher.archive.index import index_val
-from launcher.config import PatternsConfig
 
 from archive_tools import copy_archives, hostile_tar, members, rewrite_class, rewrite_devkit, write_tar
 from conftest import FILES, GROUND_TRUTH, META, dataset_overrides, launch, storage_overrides
@@ -177,7 +177,7 @@ def test_unit_checks_the_names_it_reads_back(archives, tmp_path, capsys):
     root = tmp_path / "root"
     overrides = [*storage_overrides(result.archive_dir, root), *dataset_overrides(result), "cluster=debug"]
     val_tar = result.archive_dir / FILES["val"]
-    data = index_val(val_tar, PatternsConfig.val_image, len(members(val_tar)))
+    data = index_val(val_tar, compose_config("prepare").dataset.patterns.val_image, len(members(val_tar)))
     data["members"][0][0] = "../../escaped.JPEG"
     (root / ".launcher").mkdir(parents=True)
     (root / ".launcher" / "index-val.json").write_text(json.dumps(data))

@@ -137,10 +137,12 @@ def group_choices(group: str, default: str) -> set[str]:
 def schema_options(group: str) -> set[str] | None:
     """Every leaf option of a group's schema as Hydra validates it (nested dataclasses as a.b.c; the
     union over the subclasses of a base, as for cluster), or None for a group without a schema."""
+    from dataclasses import fields as dataclass_fields
+    from typing import Any
     from dataclasses import is_dataclass
 
     from hydra.core.config_store import ConfigStore
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     import launcher
 
@@ -152,8 +154,16 @@ def schema_options(group: str) -> set[str] | None:
     def leaves(node, prefix: str) -> set[str]:
         out = set()
         for key in node:
+            child = node._get_node(key)
             if is_dataclass(OmegaConf.get_type(node, key)):
                 out |= leaves(node[key], f"{prefix}{key}.")
+            elif isinstance(child, DictConfig):  # a dict of the user's keys: dataset.archives.<key>.file
+                element = child._metadata.element_type  # Any: free-form (additional_parameters), one option
+                fields_ = [f.name for f in dataclass_fields(element)] if is_dataclass(element) else [""]
+                if element is Any:
+                    out.add(f"{prefix}{key}")
+                else:
+                    out |= {f"{prefix}{key}.<*>" + (f".{f}" if f else "") for f in fields_}
             else:
                 out.add(f"{prefix}{key}")
         return out
@@ -186,7 +196,7 @@ def test_config_groups_table_matches_the_conf_and_the_schemas():
         if marked != [defaults[group]]:
             problems.append(f"{group}: README.md marks {marked} as default, the defaults list says {defaults[group]}")
         if (options := schema_options(group)) is not None:
-            named = {full for name in ticked(row[2]) for full in expand(name)}
+            named = {re.sub(r"<[^<>]*>", "<*>", full) for name in ticked(row[2]) for full in expand(name)}
             problems += both_ways(
                 f"option of {group}", {f"{group}.{n}" for n in named}, {f"{group}.{o}" for o in options}
             )

@@ -209,9 +209,11 @@ def extract_train(
     out: Output,
     wnid_pattern: str,
     root_id: str,
+    folder: str = "train",
 ) -> dict:
-    """Train unit: the class tars `wnids` of the train tar -> root/train/<wnid>/. The archive is the
-    indexed one, unchanged, before and after; otherwise nothing is recorded."""
+    """Class-tars unit: the class tars `wnids` of the archive -> root/<folder>/<wnid>/ (staged under
+    root/.partial/<folder>/). The archive is the indexed one, unchanged, before and after; otherwise
+    nothing is recorded."""
     start = time.perf_counter()
     idx = read_json(Path(index))
     ident = idx["archive"]
@@ -228,8 +230,8 @@ def extract_train(
             raise err
         with (
             safedir.Dir.anchor(root) as top,
-            top.sub("train", create=True, out=out, replace=out.replace) as train,
-            top.walk([".partial", "train"], create=True, out=out, replace=out.replace) as partial,
+            top.sub(folder, create=True, out=out, replace=out.replace) as train,
+            top.walk([".partial", folder], create=True, out=out, replace=out.replace) as partial,
         ):
             for wnid in sorted(wnids, key=lambda w: by_wnid[check_name(w, wnid_re, "class", index)].offset):
                 member = by_wnid[wnid]
@@ -265,8 +267,9 @@ def extract_val(
     image_pattern: str,
     wnid_pattern: str,
     root_id: str,
+    folder: str = "val",
 ) -> dict:
-    """Val unit: val images [start, stop) of the index -> root/val/<wnid>/<name>, each written whole.
+    """Flat-by-number unit: val images [start, stop) of the index -> root/val/<wnid>/<name>, each written whole.
     Names and WNIDs read back from the index and devkit.json are checked again before they become
     paths; the archive is the indexed one, unchanged, before and after."""
     t0 = time.perf_counter()
@@ -282,7 +285,7 @@ def extract_val(
     try:
         if err := archive_changed(val_tar, ident, fd):
             raise err
-        with safedir.Dir.anchor(root) as top, top.sub("val", create=True, out=out, replace=out.replace) as val:
+        with safedir.Dir.anchor(root) as top, top.sub(folder, create=True, out=out, replace=out.replace) as val:
             window = Window(fd, members[0][1] if members else 0, ident["size"], val_tar)
             for name, offset, size, number in members:
                 wnid = val_target(name, number, val_wnids, name_re, wnid_re, index)

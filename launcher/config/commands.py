@@ -97,13 +97,13 @@ class VerifyConfig(CommandConfig):
 class SynthOptions:
     # number of classes (leaf synsets)
     classes: int = 10
-    # fewest train images of a class
+    # fewest train images of a class (ImageNet; Places365 gives every class train_max)
     train_min: int = 4
-    # most train images of a class
+    # most train images of a class (Places365: the train images of every class)
     train_max: int = 8
     # val images per class
     val_per_class: int = 3
-    # non-leaf synsets added to meta.mat
+    # non-leaf synsets added to meta.mat (ImageNet only)
     nonleaf: int = 5
     # smallest image side in pixels
     min_side: int = 32
@@ -111,7 +111,7 @@ class SynthOptions:
     max_side: int = 64
     # JPEG quality of the images
     quality: int = 90
-    # add the odd files of the real set (CMYK, PNG named .JPEG, grayscale)
+    # add the odd files of the real set (CMYK, PNG named .JPEG, grayscale; ImageNet only)
     odd_files: bool = True
     # random seed; the same seed writes the same archives
     seed: int = 0

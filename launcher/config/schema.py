@@ -44,6 +44,14 @@ class Split(StrEnum):
     val = "val"
 
 
+class Shape(StrEnum):
+    """dataset.splits.<split>.shape: how an archive holds a split (launcher.sources)."""
+
+    class_tars = "class_tars"
+    flat_labels = "flat_labels"
+    tree = "tree"
+
+
 class Level(StrEnum):
     """verify.level: how much of every file verify reads."""
 
@@ -116,61 +124,55 @@ class ArchiveConfig:
 
 
 @dataclass
-class ArchivesConfig:
-    # ILSVRC2012_devkit_t12.tar.gz: meta.mat and the validation ground truth
-    devkit: ArchiveConfig = field(default_factory=ArchiveConfig)
-    # ILSVRC2012_img_train.tar: one inner tar per class
-    train: ArchiveConfig = field(default_factory=ArchiveConfig)
-    # ILSVRC2012_img_val.tar: flat validation images
-    val: ArchiveConfig = field(default_factory=ArchiveConfig)
-
-
-@dataclass
 class ExpectedConfig:
-    # total train images; null = take the counts from the devkit alone
+    # total train images; null = take the counts from the label files alone
     train: int | None = None
-    # total val images; null = take the counts from the devkit alone
+    # total val images; null = take the counts from the label files alone
     val: int | None = None
-    # number of classes (leaf synsets); null = take the count from the devkit alone
+    # number of classes; null = take the count from the label files alone
     classes: int | None = None
 
 
 @dataclass
-class DevkitMembersConfig:
-    # member of the devkit holding the synsets (scipy .mat)
-    meta: str = "ILSVRC2012_devkit_t12/data/meta.mat"
-    # member of the devkit listing the ILSVRC2012_ID of each val image, one per line
-    ground_truth: str = "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt"
-    # most bytes read while decompressing the devkit (guards against gzip bombs)
+class LabelsConfig:
+    # key of dataset.archives holding the label files (ImageNet's devkit, Places365's file lists)
+    archive: str = MISSING
+    # the label files' member names inside that archive, by the adapter's role names
+    members: dict[str, str] = field(default_factory=dict)
+    # most bytes read while decompressing or reading the label archive (guards against gzip bombs)
     max_bytes: int = 268435456
 
 
 @dataclass
-class PatternsConfig:
-    # regex for a WNID (meta.mat, class tar stems): it becomes a folder name; matched in ASCII
-    wnid: str = r"n[0-9]{8}"
-    # regex for an ILSVRC2012_ID (meta.mat and each line of the val ground truth), in ASCII
-    ilsvrc_id: str = r"[1-9][0-9]{0,6}"
-    # regex for the members of the outer train tar (one tar per class); matched in ASCII
-    train_class: str = r"n[0-9]{8}\.tar"
-    # regex for the images inside a class tar; {wnid} is the class tar's stem; matched in ASCII
-    train_image: str = r"{wnid}_[0-9]+\.JPEG"
-    # regex for the members of the val tar; group 1 is the 1-based image number; matched in ASCII
-    val_image: str = r"ILSVRC2012_val_([0-9]{8})\.JPEG"
+class SplitSourceConfig:
+    # shape of the archive the split is read from: class_tars, flat_labels or tree (launcher.sources)
+    shape: Shape = MISSING
+    # key of dataset.archives holding the split's images
+    archive: str = MISSING
+    # folder of the prepared root that receives the split (the one the torchvision class reads)
+    folder: str = MISSING
+    # top folder inside the archive that holds the split's images; null = the archive's top level
+    top: str | None = None
+    # label file (a labels.members role) that names every file of the split; null = by image number
+    listed_by: str | None = None
 
 
 @dataclass
 class DatasetConfig:
     # dataset name (folders and reports use it)
     name: str = MISSING
-    # the three archives: file names and md5s
-    archives: ArchivesConfig = field(default_factory=ArchivesConfig)
+    # the adapter (launcher.datasets.<adapter>) that reads the labels and writes the label files
+    adapter: str = MISSING
+    # the archives by key: file names and md5s
+    archives: dict[str, ArchiveConfig] = field(default_factory=dict)
+    # where the labels come from: the label archive and its members
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
+    # each split: the shape and archive it is read from and the root folder it fills
+    splits: dict[str, SplitSourceConfig] = field(default_factory=dict)
     # expected totals, checked after preparation and by verify
     expected: ExpectedConfig = field(default_factory=ExpectedConfig)
-    # where things are inside the devkit
-    devkit: DevkitMembersConfig = field(default_factory=DevkitMembersConfig)
-    # member-name patterns; anything else in an archive is refused
-    patterns: PatternsConfig = field(default_factory=PatternsConfig)
+    # member-name patterns by the adapter's role names, matched in ASCII; anything else is refused
+    patterns: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -29,8 +29,9 @@ log = logging.getLogger("launcher.units")
 KINDS = {
     "meta": "launcher.archive.extract:write_meta",
     "md5": "launcher.archive.extract:check_md5",
-    "train": "launcher.archive.extract:extract_train",
-    "val": "launcher.archive.extract:extract_val",
+    # a split's extraction, by its archive's shape (unit args carry `shape`)
+    "train": "launcher.sources:extract",
+    "val": "launcher.sources:extract",
     "finalize": "launcher.prepare.finalize:finalize_split",
     "verify": "launcher.check.shard:verify_shard",
     "verify-md5": "launcher.check.shard:verify_md5",

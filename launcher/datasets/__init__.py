@@ -1,1 +1,29 @@
-"""Dataset adapters: what is particular to one dataset (its label sources, meta files, synthetic archives)."""
+"""Dataset adapters: what is particular to one dataset, chosen by `dataset.adapter`.
+
+A dataset is one folder here (its adapter module `launcher.datasets.<name>.adapter`) plus one YAML
+file (`conf/dataset/<name>.yaml`: archive names, md5s, counts, patterns, label members, and for each
+split the archive shape, archive and root folder). The adapter supplies what no YAML can: reading
+its labels, the counts they announce, checking the indexes against them, the label/meta files of the
+prepared root, the torchvision class its root is read by, and its synthetic archives. Generic code
+asks `adapter_of(name)`; it never names a dataset.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from launcher.core.errors import ConfigError
+
+# dataset.adapter -> its module
+ADAPTERS = {
+    "imagenet": "launcher.datasets.imagenet.adapter",
+    "places365": "launcher.datasets.places365.adapter",
+}
+
+
+def adapter_of(name: str) -> ModuleType:
+    """The adapter module of `dataset.adapter`, or a one-line refusal listing the adapters there are."""
+    if name not in ADAPTERS:
+        raise ConfigError(f"dataset.adapter={name!r} is not a dataset adapter; valid adapters: {', '.join(ADAPTERS)}.")
+    return importlib.import_module(ADAPTERS[name])

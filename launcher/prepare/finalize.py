@@ -18,8 +18,10 @@ from launcher.core.units import Unit
 if TYPE_CHECKING:
     pass
 
+from launcher.datasets import adapter_of
 from launcher.prepare.guards import same_root
-from launcher.prepare.request import ARCHIVES_OF, PrepareRequest
+from launcher.prepare.request import PrepareRequest
+from launcher.sources import shape_module
 
 
 def split_identity(identity: dict, split: str) -> dict:
@@ -43,11 +45,8 @@ def same_split_identity(a: dict | None, b: dict, keys: tuple[str, ...]) -> bool:
 
 
 def finalize_unit(req: PrepareRequest, split: str, units: list[Unit], identity: dict) -> Unit:
-    needs = [
-        u
-        for u in units
-        if u.kind == split or u.kind == "meta" or (u.kind == "md5" and u.args["key"] in ARCHIVES_OF[split])
-    ]
+    keys = {"devkit", req.source(split)["archive"]}
+    needs = [u for u in units if u.kind in (split, "meta") or (u.kind == "md5" and u.args["key"] in keys)]
     layout = req.layout
     uid = f"finalize-{split}"
     return Unit(
@@ -57,6 +56,8 @@ def finalize_unit(req: PrepareRequest, split: str, units: list[Unit], identity: 
         str(layout.complete_file(split)),  # its completion record is the split's
         {
             "split": split,
+            "shape": req.source(split)["shape"],
+            "adapter": req.adapter,
             "records": [u.record for u in needs],
             "devkit": str(layout.devkit_file),
             "expected": req.expected.get(split),
@@ -77,6 +78,8 @@ def finalize_split(
     identity: dict,
     root: str,
     partial: list[str] | None = None,
+    shape: str = "class_tars",
+    adapter: str = "imagenet",
 ) -> dict:
     """Finalize unit: every unit of the split complete, from the archives and root of the plan ->
     counts checked -> manifest -> empty root/.partial folders removed. Its completion record (written
@@ -89,15 +92,8 @@ def finalize_split(
         )
     check_sources(split, done, identity, Path(root))
     kit = read_devkit_record(Path(devkit))
-    if split == "train":
-        files = [(w, n, s) for d in done if d["kind"] == "train" for w, fs in d["classes"].items() for n, s in fs]
-        classes = {w for d in done if d["kind"] == "train" for w in d["classes"]}
-        if classes != set(kit["wnid_to_classes"]):
-            raise LauncherError(f"train is missing classes {sorted(set(kit['wnid_to_classes']) - classes)[:5]}")
-    else:
-        files = [tuple(f) for d in done if d["kind"] == "val" for f in d["files"]]
-        if len(files) != len(kit["val_wnids"]):
-            raise LauncherError(f"val holds {len(files)} images, the ground truth {len(kit['val_wnids'])}")
+    files = [f for d in done if d["kind"] == split for f in shape_module(shape).files_of(d)]
+    adapter_of(adapter).check_covered(split, files, kit)
     if expected is not None and len(files) != expected:
         raise LauncherError(f"{split} holds {len(files)} images, dataset.expected.{split} is {expected}")
     if lost := missing_folders(Path(root) / split, {f[0] for f in files}):
@@ -182,10 +178,11 @@ def open_dir_nofollow(root: Path, relative: str) -> int:
 
 
 def partial_folders(req: PrepareRequest, split: str) -> list[str]:
-    """What finalize-<split> removes when empty: train's own .partial/train, and .partial itself
-    unless train (the one split that writes there) is also being prepared and finalizes it."""
-    own = [".partial/train"] if split == "train" else []
-    return own + ([".partial"] if split == "train" or "train" not in req.splits else [])
+    """What finalize-<split> removes when empty: its own .partial/<folder> when its shape stages there
+    (class_tars), and .partial itself unless another split being prepared stages there and finalizes it."""
+    stagers = [s for s in req.splits if shape_module(req.source(s)["shape"]).STAGES]
+    own = [f".partial/{req.source(split)['folder']}"] if split in stagers else []
+    return own + ([".partial"] if split in stagers or not stagers else [])
 
 
 def read_devkit_record(path: Path) -> dict:

@@ -1,5 +1,5 @@
-"""prepare's inputs read once and cached beside the root: the parsed devkit and the archives' header
-indexes, checked against each other."""
+"""prepare's inputs read once and cached beside the root: the archives' header indexes, each by its
+split's shape (launcher.sources); the labels they are checked against come from the dataset's adapter."""
 
 from __future__ import annotations
 
@@ -8,71 +8,47 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from launcher.archive.index import archive_identity, index_train, index_val, same_archive
-from launcher.core.errors import LauncherError
+from launcher.archive.index import same_archive
 from launcher.core.layout import read_json, write_json
 from launcher.core.progress import human_bytes
-from launcher.datasets.imagenet.devkit import Devkit, parse_devkit
+from launcher.datasets import adapter_of
 
 if TYPE_CHECKING:
     pass
 
 from launcher.prepare.request import PrepareRequest
+from launcher.sources import shape_module
 
 
 def digest(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-def load_devkit(req: PrepareRequest) -> tuple[Devkit, str]:
-    path = req.archive("devkit")
-    cached = read_json(req.layout.devkit_file)
-    if same_archive(cached, path):
-        return Devkit.from_json(cached["devkit"]), cached["fingerprint"]
-    print(f"reading the devkit {path.name}", file=sys.stderr, flush=True)
-    devkit = parse_devkit(
-        path,
-        req.devkit_meta,
-        req.devkit_ground_truth,
-        req.devkit_max_bytes,
-        wnid_pattern=req.wnid_pattern,
-        id_pattern=req.ilsvrc_id_pattern,
-    )
-    data = devkit.to_json()
-    fp = digest(data)
-    ident = archive_identity(path, req.archives["devkit"][1])
-    if not req.dry_run:  # a dry run keeps what it read in memory
-        write_json(req.layout.devkit_file, {"archive": ident, "fingerprint": fp, "devkit": data})
-    return devkit, fp
-
-
-def load_index(req: PrepareRequest, split: str, devkit: Devkit) -> tuple[dict, dict | None]:
+def load_index(req: PrepareRequest, split: str, labels: Any) -> tuple[dict, dict | None]:
     """The index of a split's archive (cached while the archive is unchanged), and the previous
     index when the archive changed since."""
-    path, cache = req.archive(split), req.layout.index_file(split)
+    path, cache = req.split_archive(split), req.layout.index_file(split)
     cached = read_json(cache)
     if same_archive(cached, path):
         return cached, None
-    md5 = req.archives[split][1]
-    announce_indexing(path, split, cached, devkit)
+    md5 = req.archives[req.source(split)["archive"]][1]
+    announce_indexing(req, path, split, cached, labels)
     t0 = time.time()
-    if split == "train":
-        index = index_train(path, req.train_class_pattern, req.wnid_pattern, md5)
-    else:
-        index = index_val(path, req.val_image_pattern, len(devkit.val_wnids), md5)
+    listing = adapter_of(req.adapter).listing(labels, req.source(split))
+    index = shape_module(req.source(split)["shape"]).index(path, req.source(split), req.patterns, listing, md5)
     print(f"indexed {path.name}: {len(index['members'])} members in {time.time() - t0:.1f}s", file=sys.stderr)
     if not req.dry_run:
         write_json(cache, index)
     return index, cached
 
 
-def announce_indexing(path: Path, split: str, cached: dict | None, devkit: Devkit) -> None:
+def announce_indexing(req: PrepareRequest, path: Path, split: str, cached: dict | None, labels: Any) -> None:
     """Say what happens before the first unit: which archive is indexed and how many headers (the
     devkit's count of class tars or val images; the last index's when the archive changed)."""
-    known = len(cached["members"]) if cached else len(devkit.wnid_to_classes if split == "train" else devkit.val_wnids)
-    what = "class-tar" if split == "train" else "image"
+    known = len(cached["members"]) if cached else adapter_of(req.adapter).member_count(labels, split)
+    what = shape_module(req.source(split)["shape"]).MEMBER
     print(
         f"indexing {path.name} ({human_bytes(path.stat().st_size)}): {human_count(known)} {what} headers",
         file=sys.stderr,
@@ -87,35 +63,3 @@ def human_count(n: int) -> str:
     if n >= 10_000:
         return f"{n / 1e3:.0f} k"
     return str(n)
-
-
-def check_against_devkit(req: PrepareRequest, devkit: Devkit, indexes: dict) -> None:
-    """Class tars <-> devkit leaves, and the devkit's totals <-> dataset.expected."""
-    leaves = set(devkit.wnid_to_classes)
-    problems = []
-    if req.expected.get("classes") is not None and len(leaves) != req.expected["classes"]:
-        problems.append(
-            f"the devkit lists {len(leaves)} classes, dataset.expected.classes is {req.expected['classes']}"
-        )
-    if "train" in indexes:
-        tars = {m[0][: -len(".tar")] for m in indexes["train"]["members"]}
-        if tars - leaves:
-            problems.append(f"class tars with no devkit class: {', '.join(sorted(tars - leaves)[:5])}")
-        if leaves - tars:
-            problems.append(f"devkit classes with no class tar: {', '.join(sorted(leaves - tars)[:5])}")
-        total = sum(devkit.num_train_images.values())
-        if req.expected.get("train") is not None and total != req.expected["train"]:
-            problems.append(
-                f"the devkit announces {total} train images, dataset.expected.train is {req.expected['train']}"
-            )
-    if "val" in indexes and req.expected.get("val") is not None and len(devkit.val_wnids) != req.expected["val"]:
-        problems.append(
-            f"the ground truth has {len(devkit.val_wnids)} val labels, dataset.expected.val is {req.expected['val']}"
-        )
-    if problems:
-        raise LauncherError(
-            f"The archives in {req.archive_dir} do not match dataset config: "
-            + "; ".join(problems)
-            + ". Use the archives the dataset describes, or a dataset config that describes these "
-            "(dataset=synthetic takes every count from the devkit)."
-        )

@@ -22,6 +22,7 @@ from launcher.datasets.imagenet.devkit import Devkit
 if TYPE_CHECKING:
     pass
 
+from launcher.datasets import adapter_of
 from launcher.prepare.finalize import finalize_unit, missing_folders, same_split_identity, split_identity
 from launcher.prepare.guards import (
     conflicts,
@@ -31,8 +32,9 @@ from launcher.prepare.guards import (
     root_identity,
     root_keys,
 )
-from launcher.prepare.inputs import check_against_devkit, load_devkit, load_index
+from launcher.prepare.inputs import load_index
 from launcher.prepare.request import Plan, PrepareRequest
+from launcher.sources import check_folder, shape_module
 
 
 def plan_units(
@@ -49,10 +51,8 @@ def plan_units(
         )
     ]
     units += md5_units(req, identity)
-    if "train" in indexes:
-        units += train_units(req, indexes["train"]["members"], parallelism, identity, min_bytes)
-    if "val" in indexes:
-        units += val_units(req, indexes["val"]["members"], parallelism, identity, min_bytes)
+    for split in req.splits:
+        units += split_units(req, split, indexes[split]["members"], parallelism, identity, min_bytes)
     finalize = {split: finalize_unit(req, split, units, identity) for split in req.splits}
     return Plan(units, finalize, devkit, identity)
 
@@ -78,66 +78,29 @@ def md5_units(req: PrepareRequest, identity: dict) -> list[Unit]:
     return units
 
 
-def train_units(req: PrepareRequest, members: list, parallelism: int, identity: dict, min_bytes: int) -> list[Unit]:
-    """The train tar's class tars in shards balanced by bytes, one unit each."""
-    layout, units = req.layout, []
-    sizes = [m[2] for m in members]
-    train_bytes = sum(sizes)
-    n = req.train_shards or plan.default_train_shards(len(members), train_bytes, parallelism, min_bytes)
-    groups = plan.balanced_groups(sizes, n)
-    for i, group in enumerate(groups):
-        uid = plan.shard_id("train", i, len(groups))
-        wnids = [members[j][0][: -len(".tar")] for j in group]
-        units.append(
-            Unit(
-                uid,
-                "train",
-                sum(sizes[j] for j in group),
-                str(layout.unit_record(uid)),
-                {
-                    "train_tar": str(req.archive("train")),
-                    "root": str(layout.root),
-                    "index": str(layout.index_file("train")),
-                    "devkit": str(layout.devkit_file),
-                    "wnids": wnids,
-                    "image_template": req.train_image_pattern,
-                    "out": req.output,
-                    "wnid_pattern": req.wnid_pattern,
-                    "root_id": identity["root"]["id"],
-                },
-            )
-        )
-    return units
-
-
-def val_units(req: PrepareRequest, members: list, parallelism: int, identity: dict, min_bytes: int) -> list[Unit]:
-    """The val tar's members in contiguous ranges balanced by bytes, one unit each."""
-    layout, units = req.layout, []
-    sizes = [m[2] for m in members]
-    n = req.val_shards or plan.default_val_shards(len(members), sum(sizes), parallelism, min_bytes)
-    ranges = plan.contiguous_ranges(sizes, n)
-    for i, (a, b) in enumerate(ranges):
-        uid = plan.shard_id("val", i, len(ranges))
-        units.append(
-            Unit(
-                uid,
-                "val",
-                sum(sizes[a:b]),
-                str(layout.unit_record(uid)),
-                {
-                    "val_tar": str(req.archive("val")),
-                    "root": str(layout.root),
-                    "index": str(layout.index_file("val")),
-                    "devkit": str(layout.devkit_file),
-                    "start": a,
-                    "stop": b,
-                    "out": req.output,
-                    "image_pattern": req.val_image_pattern,
-                    "wnid_pattern": req.wnid_pattern,
-                    "root_id": identity["root"]["id"],
-                },
-            )
-        )
+def split_units(
+    req: PrepareRequest, split: str, members: list, parallelism: int, identity: dict, min_bytes: int
+) -> list[Unit]:
+    """The split's index rows in shards of its archive's shape (dataset.splits.<split>.shape), one unit each."""
+    source = req.source(split)
+    shape = shape_module(source["shape"])
+    wanted = req.train_shards if split == "train" else req.val_shards
+    shards = shape.shard(members, wanted, parallelism, min_bytes)
+    layout = req.layout
+    paths = {
+        "archive": str(req.split_archive(split)),
+        "root": str(layout.root),
+        "index": str(layout.index_file(split)),
+        "labels": str(layout.devkit_file),
+        "folder": check_folder(split, source["folder"]),
+        "listed_by": source.get("listed_by"),
+    }
+    units = []
+    for i, part in enumerate(shards):
+        uid = plan.shard_id(split, i, len(shards))
+        args = shape.unit_args(members, part, paths, req.patterns)
+        args.update(out=req.output, root_id=identity["root"]["id"], shape=source["shape"])
+        units.append(Unit(uid, split, shape.unit_size(members, part), str(layout.unit_record(uid)), args))
     return units
 
 
@@ -184,7 +147,7 @@ def already_complete(req: PrepareRequest) -> list[dict] | None:
     identity = {"devkit": devkit["fingerprint"], "root": root, "archives": {"devkit": devkit["archive"]}}
     for split in req.splits:
         index = read_json(layout.index_file(split))
-        if not same_archive(index, req.archive(split)):
+        if not same_archive(index, req.split_archive(split)):
             return None
         identity[split] = index["fingerprint"]
         identity["archives"][split] = index["archive"]
@@ -220,10 +183,11 @@ def print_complete(req: PrepareRequest, done: list[dict]) -> None:
 
 def make_plan(req: PrepareRequest, parallelism: int, min_bytes: int = 0) -> Plan:
     """Load devkit and indexes, check them, guard the root, and plan the units."""
-    devkit, devkit_fp = load_devkit(req)
+    adapter = adapter_of(req.adapter)
+    devkit, devkit_fp = adapter.read_labels(req)
     loaded = {split: load_index(req, split, devkit) for split in req.splits}
     indexes = {split: new for split, (new, _) in loaded.items()}
-    check_against_devkit(req, devkit, indexes)
+    adapter.check_labels(req, devkit, indexes)
     kit_archive = (read_json(req.layout.devkit_file) or {}).get("archive")  # none cached in a dry run
     kit_archive = kit_archive or archive_identity(req.archive("devkit"), req.archives["devkit"][1])
     archives = {"devkit": kit_archive, **{s: indexes[s]["archive"] for s in indexes}}
@@ -282,13 +246,9 @@ def record_holds(layout: Layout, u: Unit, done: dict, identity: dict) -> bool:
         or done.get("root_id") != identity["root"]["id"]
     ):
         return False
-    if u.kind == "train":
-        return set(done.get("classes", ())) == set(u.args["wnids"]) and not missing_folders(
-            layout.split_dir("train"), set(u.args["wnids"])
-        )
-    return done.get("range") == [u.args["start"], u.args["stop"]] and not missing_folders(
-        layout.split_dir("val"), {f[0] for f in done.get("files", ())}
-    )
+    shape = shape_module(u.args["shape"])
+    folders = shape.expected_folders(u.args) or shape.folders_of(done)
+    return shape.record_holds(done, u.args) and not missing_folders(layout.split_dir(u.kind), folders)
 
 
 def print_plan(req: PrepareRequest, p: Plan) -> None:
@@ -296,8 +256,7 @@ def print_plan(req: PrepareRequest, p: Plan) -> None:
     for u in [*p.units, *p.finalize.values()]:
         where = {
             "meta": req.layout.meta_bin,
-            "train": req.layout.split_dir("train"),
-            "val": req.layout.split_dir("val"),
+            **{split: req.layout.split_dir(split) for split in req.splits},
             "md5": "(check only)",
             "finalize": req.layout.manifest_file(u.args.get("split", "")),
         }[u.kind]

@@ -15,9 +15,6 @@ if TYPE_CHECKING:
     pass
 
 
-ARCHIVES_OF = {"train": ("devkit", "train"), "val": ("devkit", "val")}
-
-
 @dataclass
 class PrepareRequest:
     layout: Layout
@@ -45,6 +42,12 @@ class PrepareRequest:
     stripe_count: int | None = None
     log_dir: Path | None = None
     argv: list[str] = field(default_factory=list)
+    # dataset.adapter: the module under launcher.datasets that reads the labels
+    adapter: str = "imagenet"
+    # dataset.splits: split -> {shape, archive, folder} (launcher.sources names the shapes)
+    sources: dict[str, dict] = field(default_factory=dict)
+    # dataset.patterns: role -> regex, matched in full in ASCII
+    patterns: dict[str, str] = field(default_factory=dict)
     # the storage option chosen (local, lustre, nfs, scratch or a variant): shared storage warns on a login node
     storage: str = "local"
     # the resolved config of the run (for the ledger); the dataset choice and values (for the identity)
@@ -53,8 +56,17 @@ class PrepareRequest:
     def archive(self, key: str) -> Path:
         return self.archive_dir / self.archives[key][0]
 
+    def source(self, split: str) -> dict:
+        """dataset.splits.<split>: the shape, archive key and root folder of a split."""
+        return self.sources[split]
+
+    def split_archive(self, split: str) -> Path:
+        return self.archive(self.source(split)["archive"])
+
     def archive_keys(self) -> list[str]:
-        return sorted({k for s in self.splits for k in ARCHIVES_OF[s]}, key=["devkit", "train", "val"].index)
+        """The label archive, then the archives of the splits asked for, in dataset.archives' order."""
+        wanted = {"devkit", *(self.source(s)["archive"] for s in self.splits)}
+        return [k for k in self.archives if k in wanted]
 
 
 @dataclass

@@ -88,7 +88,7 @@ class BoundedReader(io.RawIOBase):
             raise DevkitError(
                 f"{self.label} decompresses to more than {self.limit:,} bytes; the real devkit is "
                 "about 2.5 MB. This is not an ILSVRC2012 devkit (a gzip bomb?). Replace the file, or "
-                "raise dataset.devkit.max_bytes if you are sure."
+                "raise dataset.labels.max_bytes if you are sure."
             )
         buf[: len(data)] = data
         return len(data)
@@ -119,7 +119,7 @@ def read_devkit_members(path: Path, wanted: tuple[str, ...], max_bytes: int) -> 
         raise DevkitError(
             f"{label} has no member {', '.join(missing)}. The ILSVRC2012 devkit holds "
             "ILSVRC2012_devkit_t12/data/meta.mat and data/ILSVRC2012_validation_ground_truth.txt; "
-            "check the file, or the member names under dataset.devkit."
+            "check the file, or the member names under dataset.labels.members."
         )
     return found
 

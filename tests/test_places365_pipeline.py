@@ -1,0 +1,187 @@
+"""Places365 as a dataset of the pipeline: its facts live in conf/dataset/places365.yaml and agree
+with torchvision's own Places365 (archive names, md5s, label files, the folders images_dir names);
+`launcher synth dataset=places365` writes, through the adapter, the archives synthesize_places365
+writes (whose extraction torchvision reads: tests/test_places365.py), and prints the exact prepare
+command for them."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+
+from launcher import compose_config
+from launcher.datasets import adapter_of
+from launcher.datasets.places365.labels import ListFiles, Patterns, parse_labels, read_archive_files
+from launcher.datasets.places365.synth import Places365SynthSpec, synthesize_places365
+from launcher.sources import shape_module
+
+from conftest import cli
+
+
+def dataset(choice: str) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(compose_config("synth", [f"dataset={choice}"]).dataset, resolve=True)
+
+
+@pytest.mark.torch
+def test_the_yaml_facts_are_torchvisions():
+    from torchvision.datasets import Places365
+
+    d = dataset("places365")
+    archives = {k: (a["file"], a["md5"]) for k, a in d["archives"].items()}
+    assert archives[d["labels"]["archive"]] == Places365._DEVKIT_META["standard"]
+    assert archives[d["splits"]["train"]["archive"]] == Places365._IMAGES_META[("train-standard", False)]
+    assert archives[d["splits"]["val"]["archive"]] == Places365._IMAGES_META[("val", False)]
+    members = d["labels"]["members"]
+    assert members["categories"] == Places365._CATEGORIES_META[0]
+    assert (members["train"], members["val"]) == (
+        Places365._FILE_LIST_META["train-standard"][0],
+        Places365._FILE_LIST_META["val"][0],
+    )
+    # the root folders are the ones Places365.images_dir joins (no root, no download: the property alone)
+    for split, tv_split in (("train", "train-standard"), ("val", "val")):
+        probe = Places365.__new__(Places365)
+        probe.root, probe.split, probe.small = "", tv_split, False
+        assert d["splits"][split]["folder"] == Places365.images_dir.fget(probe)
+    assert (d["expected"]["classes"], d["expected"]["train"], d["expected"]["val"]) == (365, 1803460, 36500)
+
+
+def test_the_yaml_patterns_are_the_label_parsers_and_name_real_shapes():
+    d = dataset("places365")
+    assert Patterns(**d["patterns"]) == Patterns()
+    assert {s["shape"] for s in d["splits"].values()} == {"tree", "flat_labels"}
+    assert all(shape_module(s["shape"]).__name__.startswith("launcher.sources.") for s in d["splits"].values())
+    synthetic = dataset("places365_synthetic")
+    assert all(a["md5"] is None for a in synthetic["archives"].values())
+    assert synthetic["splits"] == d["splits"] and synthetic["adapter"] == "places365"
+
+
+def test_an_unknown_adapter_or_shape_is_one_line_naming_the_valid_ones():
+    from launcher.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="valid adapters: imagenet, places365"):
+        adapter_of("coco")
+    with pytest.raises(ConfigError, match="valid shapes: class_tars, flat_labels, tree"):
+        shape_module("zip")
+    result = cli("synth", "dataset.adapter=coco", cwd=None)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_synth_dataset_places365_writes_what_synthesize_places365_writes(tmp_path):
+    result = cli(
+        "synth", "dataset=places365", "synth.classes=4", "synth.train_max=2", "synth.val_per_class=3", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    command = shlex.split(result.stdout.strip().splitlines()[-1])
+    assert command[:3] == ["launcher", "prepare", "dataset=places365_synthetic"]
+    direct = synthesize_places365(
+        tmp_path / "direct", Places365SynthSpec(classes=4, train_per_class=2, val_per_class=3)
+    )
+    written = tmp_path / "data" / "archives"
+    for key, path in direct.files.items():
+        assert (written / path.name).read_bytes() == path.read_bytes(), key
+    md5s = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in command[3:]}
+    assert md5s == {f"dataset.archives.{k}.md5": direct.md5[k] for k in ("filelist", "train", "val")}
+    # the file lists parse as the adapter's YAML says: 4 classes, 8 train and 12 val entries
+    lists = read_archive_files(str(written / direct.files["filelist"].name), ListFiles().limits())
+    labels = parse_labels(lists, ListFiles(), Patterns(), source="synth")
+    assert (len(labels.categories.names), len(labels.train.entries), len(labels.val.entries)) == (4, 8, 12)
+
+
+def test_synth_places365_never_overwrites(tmp_path):
+    args = ("synth", "dataset=places365", "synth.classes=2", "synth.train_max=1", "synth.val_per_class=1")
+    assert cli(*args, cwd=tmp_path).returncode == 0
+    again = cli(*args, cwd=tmp_path)
+    assert again.returncode == 1 and "never overwrites" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1, again.stderr
+    assert Path(tmp_path / "data" / "archives" / "val_large.tar").stat().st_size > 0
+
+
+# ---------------------------------------------------------------- the shapes' steps vs torchvision
+
+
+def run_shapes(archive_dir: Path, root: Path, state: Path, shards: int) -> dict[str, list]:
+    """Places365's two splits through the generic steps of their YAML shapes: index (against the file
+    lists) -> shard into `shards` units -> each unit through launcher.sources.extract -> files_of;
+    the label files written by write_root_files. No Places365 code picks a split's steps."""
+    from launcher.archive.extract import Output
+    from launcher.core.layout import Layout, write_json
+    from launcher.datasets.places365.labels import read_labels
+    from launcher.prepare.guards import make_root_identity
+    from launcher.sources import extract
+    from launcher.sources.tree import write_root_files
+
+    d = dataset("places365_synthetic")
+    adapter = adapter_of(d["adapter"])
+    layout = adapter.layout_of(d)
+    files, labels = read_labels(str(archive_dir / layout.filelist), layout.lists, adapter.patterns_of(d))
+    write_root_files(str(root), files)
+    root_id = make_root_identity(Layout.of(root, state))["id"]
+    listings = {"train": labels.train.relpaths(), "val": labels.val.relpaths()}
+    written = {}
+    for split, source in d["splits"].items():
+        shape = shape_module(source["shape"])
+        archive = archive_dir / d["archives"][source["archive"]]["file"]
+        index = shape.index(archive, source, d["patterns"], listings[split], None)
+        write_json(state / f"index-{split}.json", index)
+        paths = {"archive": str(archive), "root": str(root), "index": str(state / f"index-{split}.json")}
+        paths.update(folder=source["folder"], listed_by=source["listed_by"], labels=None)
+        parts = shape.shard(index["members"], shards, 1, 0)
+        assert len(parts) == min(shards, len(index["members"]))
+        records = []
+        for part in parts:
+            args = shape.unit_args(index["members"], part, paths, d["patterns"])
+            records.append(extract(source["shape"], **args, out=Output(), root_id=root_id))
+        written[split] = [f for r in records for f in shape.files_of(r)]
+    return written
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("shards", [1, 4])
+def test_the_yaml_shapes_write_the_root_torchvision_extracts(tmp_path, monkeypatch, shards):
+    """Root A: torchvision's own download path over the archives in place (its extract_archive and its
+    rename of data_large). Root B: the shapes' steps, in `shards` units per split. Same files, same
+    bytes; Places365 gives equal classes, class_to_idx, imgs, targets; finalize's view (files_of)
+    names every file once, in its class folder."""
+    import os
+    import shutil
+
+    from test_places365 import files_under, patch_torchvision_md5s
+
+    spec = Places365SynthSpec(classes=5, train_per_class=3, val_per_class=2, seed=5)
+    result = synthesize_places365(tmp_path / "archives", spec)
+    Places365 = patch_torchvision_md5s(monkeypatch, result)
+    a = tmp_path / "A"
+    a.mkdir()
+    for path in result.files.values():
+        shutil.copy(path, a / path.name)
+    for split in ("train-standard", "val"):
+        Places365(str(a), split=split, download=True)
+
+    b = tmp_path / "B"
+    written = run_shapes(result.archive_dir, b, tmp_path / "state", shards)
+    archives = tuple(p.name for p in result.files.values())
+    assert files_under(b, skip=(".launcher-root.json",)) == files_under(a, skip=archives)
+    assert sorted(f"{c}/{n}".lstrip("/") for c, n, _ in written["train"]) == sorted(
+        line.split(" ")[0].lstrip("/") for line in (b / "places365_train_standard.txt").read_text().splitlines()
+    )
+    assert {c for c, _, _ in written["val"]} == {""} and len(written["val"]) == 10
+    for split in ("train-standard", "val"):
+        theirs, ours = Places365(str(a), split=split), Places365(str(b), split=split)
+        assert (ours.classes, ours.class_to_idx, ours.targets) == (theirs.classes, theirs.class_to_idx, theirs.targets)
+        assert ours.imgs == [(p.replace(str(a), str(b), 1), t) for p, t in theirs.imgs]
+        assert all(os.path.isfile(p) for p, _ in ours.imgs)
+
+
+@pytest.mark.parametrize("folder", ["../escape", "a/b", ".", ""])
+def test_a_split_folder_that_is_not_one_plain_name_is_refused_in_one_line(folder):
+    from launcher.core.errors import ConfigError
+    from launcher.sources import check_folder
+
+    with pytest.raises(ConfigError, match=r"dataset\.splits\.val\.folder=.*not one plain folder name") as err:
+        check_folder("val", folder)
+    assert "\n" not in str(err.value)
+    assert check_folder("val", "val_large") == "val_large"
