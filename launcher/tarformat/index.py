@@ -331,15 +331,16 @@ def val_number(name: str, patterns: Patterns, label: str, labels: int) -> int:
 
 
 def plan_ranges(members: list, units: int) -> list[tuple[int, int | None]]:
-    """(first, stop) of `units` ranges of outer members balanced by bytes, from the header-only
+    """(first, stop) of min(units, members) ranges of outer members balanced by bytes, from the header-only
     outer index (launcher.index: [name, data offset, size, ...] per member). Each range starts at
     0 or where the member before it ends (its padded data), so at a header; the last has stop None."""
     ordered = sorted(members, key=lambda m: m[1])
     total = sum(m[2] for m in ordered) or 1
     ranges, first, done = [], 0, 0
-    for m in ordered[:-1]:
+    for k, m in enumerate(ordered[:-1]):
         done += m[2]
-        if done * units >= total * (len(ranges) + 1) and len(ranges) < units - 1:
+        cuts = units - 1 - len(ranges)  # still to make; a member per range at least
+        if cuts > 0 and (done * units >= total * (len(ranges) + 1) or len(ordered) - 1 - k <= cuts):
             end = m[1] + padded(m[2])
             ranges.append((first, end))
             first = end
@@ -592,7 +593,7 @@ def check_header(header, path: str) -> dict:
     """The JSON header's fields, each of its type and within its bounds."""
     if not isinstance(header, dict) or header.get("format") != "launcher-tarindex":
         raise bad_index(path, "its header is not a tar index header")
-    if header.get("version") != VERSION:
+    if not whole(header.get("version"), VERSION, VERSION):
         raise bad_index(path, f"it is version {header.get('version')!r}; this launcher reads version {VERSION}")
     for key, ok in header_checks(header):
         if not ok():
