@@ -77,7 +77,7 @@ class TarIndex:
     offsets: array = field(default_factory=lambda: array("Q"))  # of each image's bytes in the outer file
     sizes: array = field(default_factory=lambda: array("I"))
     targets: array = field(default_factory=lambda: array("i"))
-    names: bytes | bytearray = b""  # every member name, UTF-8, one after the other
+    names: bytes | bytearray = field(default_factory=bytearray)  # every member name, UTF-8, one after another
     name_offsets: array = field(default_factory=lambda: array("I", [0]))  # name i is names[no[i]:no[i+1]]
     kind: str = "index"
     span: list | None = None  # a part: [first byte walked, byte after its last member, reached the end]
@@ -93,6 +93,8 @@ class TarIndex:
         return f"{self.split}/{self.wnids[self.targets[i]]}/{self.name(i)}"
 
     def add(self, name: str, offset: int, size: int, target: int) -> None:
+        if not isinstance(self.names, bytearray):  # one read back: appended to in place from now on
+            self.names = bytearray(self.names)
         self.names += name.encode("utf-8")
         self.name_offsets.append(len(self.names))
         self.offsets.append(offset)
@@ -635,9 +637,10 @@ def check_arrays(index: TarIndex, path: str) -> None:
     """Every image inside the archive, every target a class, every name a slice of the blob in order."""
     n, size = len(index), index.archive["size"]
     if n and max(index.offsets) + max(index.sizes) > size:  # one test bounds all; else look closer
-        bad = next(i for i in range(n) if index.offsets[i] + index.sizes[i] > size)
-        end = index.offsets[bad] + index.sizes[bad]
-        raise bad_index(path, f"image {bad} runs to byte {end:,} of a {size:,}-byte archive")
+        bad = next((i for i in range(n) if index.offsets[i] + index.sizes[i] > size), None)
+        if bad is not None:
+            end = index.offsets[bad] + index.sizes[bad]
+            raise bad_index(path, f"image {bad} runs to byte {end:,} of a {size:,}-byte archive")
     if n and (min(index.targets) < 0 or max(index.targets) >= len(index.wnids)):
         raise bad_index(path, f"a target lies outside the {len(index.wnids)} classes")
     offsets = index.name_offsets
