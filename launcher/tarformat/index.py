@@ -101,6 +101,18 @@ class TarIndex:
         self.sizes.append(size)
         self.targets.append(target)
 
+    def extend(self, part: TarIndex, lo: int, hi: int) -> None:
+        """Append images [lo, hi) of another index (their order and targets as they are)."""
+        if not isinstance(self.names, bytearray):
+            self.names = bytearray(self.names)
+        start = part.name_offsets[lo]
+        shift = len(self.names) - start
+        self.names += part.names[start : part.name_offsets[hi]]
+        self.name_offsets.extend(o + shift for o in part.name_offsets[lo + 1 : hi + 1])
+        self.offsets.extend(part.offsets[lo:hi])
+        self.sizes.extend(part.sizes[lo:hi])
+        self.targets.extend(part.targets[lo:hi])
+
     def entries(self, lo: int = 0, hi: int | None = None) -> Iterator[tuple[str, int, int, int]]:
         """(name, offset, size, target) of images [lo, hi)."""
         for i in range(lo, len(self) if hi is None else hi):
@@ -190,8 +202,6 @@ def outer_members(fd: int, first: int, stop: int | None, size: int, label: str, 
     """The outer members whose headers lie in [first, stop) (stop None: to the end-of-archive
     marker), in archive order. `stop` must fall where a member's padded data ends."""
     for member in scan(fd, first, size, label, window):
-        if member.offset - BLOCK < first:
-            raise LauncherError(f"{label}: the walk from offset {first:,} did not start at a member's header.")
         yield member
         after = member.offset + padded(member.size)
         if stop is not None and after >= stop:
@@ -254,7 +264,7 @@ def walk_train(fd, members, part: TarIndex, devkit: Devkit, patterns: Patterns, 
     seen: set[str] = set()
     after = 0
     for outer in members:
-        check_member(outer, patterns.train_class, label, seen)
+        check_member(outer, patterns.train_class, at(label, outer), seen)
         wnid = check_class_name(outer.name, patterns.wnid, label)
         if wnid not in target_of:
             raise LauncherError(
@@ -281,9 +291,14 @@ def index_class(fd: int, outer: Member, pattern: re.Pattern, label: str, window)
     seen: set[str] = set()
     images = []
     for m in scan(fd, outer.offset, outer.end, inner, window):
-        check_member(m, pattern, inner, seen)
+        check_member(m, pattern, at(inner, m), seen)
         images.append((m.name, m.offset, checked_size(m, inner)))
     return images
+
+
+def at(label: str, member: Member) -> str:
+    """How a refusal names a member's place: its header's offset in the outer file."""
+    return f"{label}, header at offset {member.offset - BLOCK:,}"
 
 
 def checked_size(member: Member, label: str) -> int:
@@ -302,7 +317,7 @@ def walk_val(members, part: TarIndex, devkit: Devkit, patterns: Patterns, label:
     numbers: dict[int, str] = {}
     found, after = [], 0
     for m in members:
-        check_member(m, patterns.val_image, label, seen)
+        check_member(m, patterns.val_image, at(label, m), seen)
         number = val_number(m.name, patterns, label, len(devkit.val_wnids))
         if number in numbers:
             raise LauncherError(
@@ -369,6 +384,9 @@ def merge_parts(parts: list[TarIndex], devkit: Devkit) -> TarIndex:
         blocks = runs.get(target, [])
         if head.split == "train" and len(blocks) > 1:
             raise LauncherError(f"{label}: class {merged.wnids[target]} appears in two class tars; download it again.")
+        if len(blocks) == 1 and names_ascending(*blocks[0]):  # a class tar, names sorted: copied whole
+            merged.extend(*blocks[0])
+            continue
         entries = sorted(e for part, lo, hi in blocks for e in part.entries(lo, hi))
         for (name, offset, size, _), nxt in zip(entries, entries[1:] + [None]):
             if nxt is not None and nxt[0] == name:
@@ -376,6 +394,13 @@ def merge_parts(parts: list[TarIndex], devkit: Devkit) -> TarIndex:
             merged.add(name, offset, size, target)
     check_counts(merged, devkit, label)
     return merged
+
+
+def names_ascending(part: TarIndex, lo: int, hi: int) -> bool:
+    """Names lo..hi-1 of the part strictly ascending (sorted, none twice)."""
+    cuts, names = part.name_offsets, part.names
+    chunk = [names[a:b] for a, b in zip(cuts[lo:hi], cuts[lo + 1 : hi + 1])]
+    return all(a < b for a, b in zip(chunk, chunk[1:]))
 
 
 def check_cover(parts: list[TarIndex]) -> None:
