@@ -162,7 +162,7 @@ def test_each_process_opens_the_archive_once(archives, monkeypatch):
 
 
 @pytest.mark.parametrize("split", ["train", "val"])
-def test_ranges_merged_equal_the_one_range_index(archives, split):
+def test_ranges_merged_equal_the_one_range_index(archives, tmp_path, split):
     result = archives("uneven")
     path, kit, patterns = result.archive_dir / FILES[split], devkit_of(result.archive_dir), T.Patterns.of(PATTERNS)
     whole = T.encode_index(build(result.archive_dir, split))
@@ -172,6 +172,12 @@ def test_ranges_merged_equal_the_one_range_index(archives, split):
         assert len(ranges) == min(units, len(outer)) and ranges[0][0] == 0 and ranges[-1][1] is None
         parts = [T.index_part(path, split, kit, patterns, first, stop) for first, stop in ranges]
         assert T.encode_index(T.merge_parts(parts[::-1], kit)) == whole, units
+    for k, part in enumerate(parts):  # units write their parts; the merge reads them back
+        T.write_index(tmp_path / f"part-{k}.bin", part)
+    back = [T.read_index(tmp_path / f"part-{k}.bin", split, kind="part") for k in range(len(parts))]
+    assert T.encode_index(T.merge_parts(back, kit)) == whole
+    with pytest.raises(T.IndexFileError, match="it is a part of .*, not the index of"):
+        T.read_index(tmp_path / "part-0.bin", split)
     parts = [T.index_part(path, split, kit, patterns, first, stop) for first, stop in T.plan_ranges(outer, 3)]
     with pytest.raises(LauncherError, match="do not cover the archive"):
         T.merge_parts([parts[0], parts[2]], kit)

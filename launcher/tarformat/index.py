@@ -18,8 +18,9 @@ matches its pattern in ASCII, once), in the class tars too; a member running pas
 is refused naming the archive, the class tar, the member and the offset.
 
 The file (little-endian): MAGIC, u64 length of a JSON header, the header, zero padding to 8, then
-offsets (u64), sizes (u32), targets (i32), name offsets (u32, count + 1), the names blob (zlib),
-zero padding to 8, and the sha256 of everything before it (32 bytes). The header holds the format
+offsets (u64), sizes (u32), targets (i32), one zlib stream of every name's length (u8: a member
+name has at most 255 bytes) followed by the names (UTF-8, one after another), zero padding to 8,
+and the sha256 of everything before it (32 bytes): ~20 bytes per image. The header holds the format
 version, the kind (`index`, or `part` with its span), the split, the archive's identity
 (launcher.index.archive_identity: size, mtime_ns, ctime_ns, inode, device, md5), the counts, and
 the sorted WNIDs with their class names. Stdlib only: the preparation side runs without torch.
@@ -28,6 +29,7 @@ the sorted WNIDs with their class names. Stdlib only: the preparation side runs 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -57,7 +59,7 @@ MAX_IMAGE_BYTES = 2**32 - 1  # sizes are u32; ILSVRC2012's largest image is ~15 
 MAX_NAME_BYTES = 255  # a member name (NAME_MAX): the names blob holds at most this per image
 MAX_INDEX_BYTES = 1 << 30  # the largest index file read (1.33 M images: ~32 MB)
 READ_CHUNK = 8 << 20  # the sequential (md5) walk reads this much at a time
-TYPECODES = {"offsets": "Q", "sizes": "I", "targets": "i", "name_offsets": "I"}
+TYPECODES = {"offsets": "Q", "sizes": "I", "targets": "i"}  # stored as they are; the names zlib-compressed
 
 
 class IndexFileError(LauncherError):
@@ -482,7 +484,8 @@ def index_archive(
 
 def encode_index(index: TarIndex) -> bytes:
     """The file's bytes (see the module's docstring)."""
-    names = zlib.compress(bytes(index.names), 6)
+    cuts = index.name_offsets
+    names = zlib.compress(bytes(b - a for a, b in zip(cuts, cuts[1:])) + bytes(index.names), 6)
     header = {
         "format": "launcher-tarindex",
         "version": VERSION,
@@ -567,7 +570,7 @@ def decode_index(data: memoryview, path: str) -> TarIndex:
     header = check_header(header, path)
     n, names_stored = header["count"], header["names_stored"]
     pos += head_len + (-head_len % 8)
-    sizes = {"offsets": 8 * n, "sizes": 4 * n, "targets": 4 * n, "name_offsets": 4 * (n + 1)}
+    sizes = {"offsets": 8 * n, "sizes": 4 * n, "targets": 4 * n}
     expected = pos + sum(sizes.values()) + names_stored + (-names_stored % 8)
     if expected != len(body):
         raise bad_index(path, f"its header describes {expected:,} bytes of arrays, the file holds {len(body):,}")
@@ -575,7 +578,9 @@ def decode_index(data: memoryview, path: str) -> TarIndex:
     for key, typecode in TYPECODES.items():
         arrays[key] = read_array(typecode, data[pos : pos + sizes[key]])
         pos += sizes[key]
-    names = inflate(bytes(data[pos : pos + names_stored]), header["names_bytes"], path)
+    lengths_and_names = inflate(bytes(data[pos : pos + names_stored]), n + header["names_bytes"], path)
+    arrays["name_offsets"] = array("I", itertools.accumulate(lengths_and_names[:n], initial=0))
+    names = lengths_and_names[n:]
     index = TarIndex(
         header["split"],
         header["archive"],
@@ -601,7 +606,7 @@ def read_array(typecode: str, raw: memoryview) -> array:
 
 
 def inflate(stored: bytes, size: int, path: str) -> bytes:
-    """The names blob: at most `size` bytes out (a zlib bomb stops there), exactly `size` expected."""
+    """The names section: at most `size` bytes out (a zlib bomb stops there), exactly `size` expected."""
     try:
         inflater = zlib.decompressobj()
         names = inflater.decompress(stored, size + 1)
@@ -668,8 +673,7 @@ def check_arrays(index: TarIndex, path: str) -> None:
             raise bad_index(path, f"image {bad} runs to byte {end:,} of a {size:,}-byte archive")
     if n and (min(index.targets) < 0 or max(index.targets) >= len(index.wnids)):
         raise bad_index(path, f"a target lies outside the {len(index.wnids)} classes")
-    offsets = index.name_offsets
-    if offsets[0] != 0 or offsets[-1] != len(index.names) or any(a > b for a, b in zip(offsets, offsets[1:])):
-        raise bad_index(path, "its name offsets do not walk the names in order")
+    if index.name_offsets[-1] != len(index.names):  # made from lengths (u8): they ascend by construction
+        raise bad_index(path, "its name lengths do not add up to its names")
     if index.kind == "index" and any(a > b for a, b in zip(index.targets, index.targets[1:])):
         raise bad_index(path, "its targets are not in class order")
