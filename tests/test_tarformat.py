@@ -29,6 +29,7 @@ from launcher.tarformat.overlay import OverlayError, read_overlay, replacement_p
 
 from archive_tools import copy_archives, members, rewrite_class, tar_bytes, write_tar
 from conftest import FILES, GROUND_TRUTH, META, dataset_overrides, launch, storage_overrides
+from hostile_files import BOMBS, deadline
 
 ATTRIBUTES = ("classes", "wnids", "class_to_idx", "wnid_to_idx", "samples", "targets", "imgs", "root", "split")
 PATTERNS = PatternsConfig()
@@ -246,6 +247,29 @@ def test_archive_truncated_after_load_names_the_member(archives, tmp_path):
         ArchiveChanged, match=rf"member {ours.index.path(last)} \(bytes [\d,]+ to [\d,]+\): the archive ends"
     ):
         ours.read_sample(last)
+
+
+@pytest.mark.parametrize("bomb", list(BOMBS))
+@pytest.mark.parametrize("crop", [True, False])
+def test_image_bombs_in_the_archive_refused_by_the_loaders_bounds(archives, tmp_path, bomb, crop):
+    """A pixel or scan bomb inside a class tar: the index holds its range (it decodes nothing); the
+    dataset refuses it under transform.max_pixels/max_scans, naming archive, member and bytes."""
+    archive_dir = copy_archives(archives("tiny"), tmp_path / "archives")
+    rewrite_class(archive_dir, 0, lambda images: tar_bytes([(images[0][0], BOMBS[bomb]()), *images[1:]]))
+    ours = tar_dataset(archive_dir, "train")
+    i = [p for p, _ in ours.samples].index(f"train/{ours.wnids[0]}/{members_of(archive_dir, 0)[0]}")
+    ours.transform = D.build_transforms({"output": "uint8"} if crop else {}, crop)
+    member = rf"{archive_dir / FILES['train']} member {ours.index.path(i)} \(bytes [\d,]+ to [\d,]+\): "
+    with deadline(20), pytest.raises(D.ImageRefused, match=member + "(the header declares|more than transform)"):
+        ours.__getitems__([i])
+    with deadline(20), pytest.raises(D.ImageRefused, match=member):
+        ours[i]
+
+
+def members_of(archive_dir: Path, k: int) -> list[str]:
+    name, data = members(archive_dir / FILES["train"])[k]
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return tar.getnames()
 
 
 # ---------------------------------------------------------------- hostile members
