@@ -172,18 +172,18 @@ def test_ranges_merged_equal_the_one_range_index(archives, tmp_path, split):
         ranges = T.plan_ranges(outer, units)
         assert len(ranges) == min(units, len(outer)) and ranges[0][0] == 0 and ranges[-1][1] is None
         parts = [T.index_part(path, split, kit, patterns, first, stop) for first, stop in ranges]
-        assert T.encode_index(T.merge_parts(parts[::-1], kit)) == whole, units
+        assert T.encode_index(T.merge_parts(parts[::-1], kit, patterns)) == whole, units
     for k, part in enumerate(parts):  # units write their parts; the merge reads them back
         T.write_index(tmp_path / f"part-{k}.bin", part)
     back = [T.read_index(tmp_path / f"part-{k}.bin", split, kind="part") for k in range(len(parts))]
-    assert T.encode_index(T.merge_parts(back, kit)) == whole
+    assert T.encode_index(T.merge_parts(back, kit, patterns)) == whole
     with pytest.raises(T.IndexFileError, match="it is a part of .*, not the index of"):
         T.read_index(tmp_path / "part-0.bin", split)
     parts = [T.index_part(path, split, kit, patterns, first, stop) for first, stop in T.plan_ranges(outer, 3)]
     with pytest.raises(LauncherError, match="do not cover the archive"):
-        T.merge_parts([parts[0], parts[2]], kit)
+        T.merge_parts([parts[0], parts[2]], kit, patterns)
     with pytest.raises(LauncherError, match="stop before the archive's end"):
-        T.merge_parts(parts[:2], kit)
+        T.merge_parts(parts[:2], kit, patterns)
 
 
 @pytest.mark.parametrize("split", ["train", "val"])
@@ -347,6 +347,28 @@ def test_hostile_val_member_refused(archives, tmp_path, name, message):
     where = rf"The archive {archive_dir / FILES['val']}(, header at offset [\d,]+)?: member '{name}'"
     with pytest.raises(LauncherError, match=rf"{where} {message}"):
         build(archive_dir, "val")
+
+
+def test_one_val_number_in_two_units_is_refused_at_merge(archives, tmp_path):
+    """Under a val pattern of variable width, `_01` and `_00000001` are one image number: within a
+    unit that is refused while walking, across units at the merge."""
+    archive_dir = copy_archives(archives("tiny"), tmp_path / "archives")
+    path = archive_dir / FILES["val"]
+    images = members(path)
+    images[-1] = ("ILSVRC2012_val_01.JPEG", images[-1][1])  # image 1 twice, the last image missing
+    write_tar(path, images)
+    kit = devkit_of(archive_dir)
+    wide = r"ILSVRC2012_val_([0-9]+)\.JPEG"
+    patterns = T.Patterns.of({**vars(PATTERNS), "val_image": wide})
+    both = r"members '.*' and '.*' are both val image 1; the val archive is not a valid ILSVRC2012 archive"
+    with pytest.raises(LauncherError, match=both):
+        T.index_archive(path, "val", kit, patterns)
+    with open(path, "rb") as f:  # launcher.index.index_val refuses the duplicate itself: list members by hand
+        outer = [[m.name, m.offset_data, m.size] for m in tarfile.open(fileobj=f).getmembers()]
+    ranges = T.plan_ranges(outer, 2)
+    parts = [T.index_part(path, "val", kit, patterns, first, stop) for first, stop in ranges]
+    with pytest.raises(LauncherError, match=both):
+        T.merge_parts(parts, kit, patterns)
 
 
 def test_range_end_inside_a_member_is_refused(archives):

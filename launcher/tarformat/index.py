@@ -4,7 +4,7 @@ For every image: where its bytes start in the OUTER file, how many there are, it
 its logical path (`train/<wnid>/<name>`, `val/<wnid>/<name>`: the path it has in a folder root).
 
     part = index_part(path, "train", devkit, patterns, first, stop)   # one unit: a range of class tars
-    index = merge_parts([part, ...], devkit)                           # torchvision's order
+    index = merge_parts([part, ...], devkit, patterns)                 # torchvision's order
     write_index(state_dir / "tarindex-train.bin", index)               # atomic, via launcher.safefs
     index = read_index(state_dir / "tarindex-train.bin", "train")      # bounded, checksummed
 
@@ -369,10 +369,11 @@ def plan_ranges(members: list, units: int) -> list[tuple[int, int | None]]:
     return ranges
 
 
-def merge_parts(parts: list[TarIndex], devkit: Devkit) -> TarIndex:
+def merge_parts(parts: list[TarIndex], devkit: Devkit, patterns: Patterns) -> TarIndex:
     """The index of a split from its units' parts: they must come from one unchanged archive and
     cover it, each range starting where the one before stopped; classes in sorted-WNID order,
-    names sorted within each (torchvision's ImageFolder order); counts checked against the devkit."""
+    names sorted within each (torchvision's ImageFolder order); counts checked against the devkit,
+    val image numbers once each across the parts, each image under its ground-truth class."""
     if not parts:
         raise ValueError("no parts to merge")
     parts = sorted(parts, key=lambda p: p.span[0])
@@ -397,7 +398,27 @@ def merge_parts(parts: list[TarIndex], devkit: Devkit) -> TarIndex:
                 raise LauncherError(f"{label}: member {name!r} appears twice; download the archive again.")
             merged.add(name, offset, size, target)
     check_counts(merged, devkit, label)
+    if merged.split == "val":
+        check_val_numbers(merged, devkit, patterns, label)
     return merged
+
+
+def check_val_numbers(index: TarIndex, devkit: Devkit, patterns: Patterns, label: str) -> None:
+    """Each val image number once (two names of one number in different units' ranges, e.g. under a
+    pattern of variable width, would leave another image out), each image in its labelled class."""
+    target_of = {w: i for i, w in enumerate(index.wnids)}
+    seen: dict[int, str] = {}
+    for i in range(len(index)):
+        name = index.name(i)
+        number = val_number(name, patterns, label, len(devkit.val_wnids))
+        if number in seen:
+            raise LauncherError(
+                f"{label}: members {seen[number]!r} and {name!r} are both val image {number}; the val "
+                "archive is not a valid ILSVRC2012 archive. Download it again."
+            )
+        seen[number] = name
+        if index.targets[i] != target_of[devkit.val_wnids[number - 1]]:
+            raise ValueError(f"val image {name} merged under another class than its label")
 
 
 def names_ascending(part: TarIndex, lo: int, hi: int) -> bool:
@@ -470,7 +491,7 @@ def index_archive(
     """The whole archive in one unit (one sequential read with `md5` or `expected_md5`), merged;
     a computed md5 other than `expected_md5` (dataset.archives.<key>.md5) is refused."""
     part = index_part(path, split, devkit, patterns, md5=md5 or expected_md5 is not None)
-    index = merge_parts([part], devkit)
+    index = merge_parts([part], devkit, patterns)
     actual = index.archive.get("md5")
     if expected_md5 is not None and actual != expected_md5.lower():
         raise LauncherError(
