@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 from launcher.config import PatternsConfig
-from launcher.devkit import Devkit
-from launcher.synth import tar_bytes, tar_info
+from launcher.datasets.imagenet.devkit import Devkit
+from launcher.datasets.imagenet.synth import tar_bytes, tar_info
 from launcher.tarformat import index as T
 
 

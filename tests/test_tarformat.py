@@ -19,10 +19,11 @@ import torchvision
 from PIL import Image
 
 from launcher import data as D
+from launcher.archive.index import index_train, index_val
 from launcher.config import PatternsConfig
-from launcher.devkit import parse_devkit
-from launcher.errors import LauncherError
-from launcher.index import index_train, index_val
+from launcher.core.errors import LauncherError
+from launcher.data.imageio import decode_image
+from launcher.datasets.imagenet.devkit import parse_devkit
 from launcher.tarformat import index as T
 from launcher.tarformat.dataset import ArchiveChanged, TarImageNet, load_tar_imagenet
 from launcher.tarformat.overlay import OverlayError, read_overlay, replacement_path, write_overlay
@@ -491,7 +492,7 @@ def test_overlay_replaces_the_odd_files(archives, tmp_path):
     assert sorted(ours.overlay) == sorted(odd) and len(odd) == 2
     for i, data in fixes.items():
         assert bytes(ours.read_sample(i)[0]) == data
-        assert torch.equal(ours[i][0], D.decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8)))
+        assert torch.equal(ours[i][0], decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8)))
     other = next(i for i in range(len(index)) if i not in odd)
     assert bytes(ours.read_sample(other)[0]) == bytes(plain.read_sample(other)[0])
     replacement_path(state, index, min(odd)).write_bytes(b"\xff\xd8 changed")

@@ -33,23 +33,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.datasets.vision import VisionDataset
 from torchvision.transforms import v2
 
-from launcher.data import (
-    LOADER_LIMITS,
-    ImageRefused,
-    Pipeline,
-    SampleList,
-    _jpeg,
-    apply_step,
-    crop_box,
-    decode_with_pil,
-    draw_uniform,
-    float32,
-    new_batch,
-    refused,
-    resize_into,
-)
-from launcher.errors import LauncherError
-from launcher.imagebounds import (
+from launcher.archive.index import IDENTITY_KEYS, stat_identity
+from launcher.check.imagebounds import (
     BadImage,
     Limits,
     Refused,
@@ -60,8 +45,20 @@ from launcher.imagebounds import (
     read_regular,
     too_many_scans,
 )
-from launcher.imageio import ImageReadMode, decode_image
-from launcher.index import IDENTITY_KEYS, stat_identity
+from launcher.core.errors import LauncherError
+from launcher.data import fastpath
+from launcher.data.decode import LOADER_LIMITS, ImageRefused, decode_with_pil, refused
+from launcher.data.fastpath import (
+    Pipeline,
+    apply_step,
+    crop_box,
+    draw_uniform,
+    float32,
+    new_batch,
+    resize_into,
+)
+from launcher.data.imageio import ImageReadMode, decode_image
+from launcher.data.samples import SampleList
 from launcher.tarformat.index import TarIndex, read_index
 from launcher.tarformat.overlay import read_overlay
 
@@ -100,7 +97,7 @@ def decode_crop(pipe: Pipeline, data: bytearray, label: str) -> torch.Tensor | N
     try:
         if not data.endswith(b"\xff\xd9"):  # cut short (or trailing bytes): let torchvision.io decide
             raise ValueError(label)
-        height, width = _jpeg.size(data)
+        height, width = fastpath._jpeg.size(data)
     except ValueError:  # not a JPEG libjpeg turns into RGB (PNG, CMYK, ...): the usual way
         return None
     try:
@@ -109,8 +106,8 @@ def decode_crop(pipe: Pipeline, data: bytearray, label: str) -> torch.Tensor | N
         raise refused(label, err) from None
     box = crop_box(pipe.transforms[1], height, width)
     try:
-        pixels = _jpeg.decode_crop(data, *box, pipe.limits.max_scans)
-    except _jpeg.LimitError:
+        pixels = fastpath._jpeg.decode_crop(data, *box, pipe.limits.max_scans)
+    except fastpath._jpeg.LimitError:
         raise refused(label, too_many_scans(pipe.limits, "libjpeg reached the next one")) from None
     except ValueError:  # broken past the header: let torchvision.io (or PIL) decide, same crop
         return v2.functional.crop_image(decode_bytes(data, label, pipe.limits), *box)

@@ -42,12 +42,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launcher import safefs
-from launcher.devkit import Devkit
-from launcher.errors import LauncherError
-from launcher.extract import archive_changed, check_member, image_pattern, safe_name
-from launcher.index import IDENTITY_KEYS, check_class_name, image_number, stat_identity
-from launcher.tarscan import BLOCK, Member, Window, scan, truncated
+from launcher.archive import safefs
+from launcher.archive.extract import archive_changed, check_member, image_pattern, safe_name
+from launcher.archive.index import IDENTITY_KEYS, check_class_name, image_number, stat_identity
+from launcher.archive.tarscan import BLOCK, Member, Window, scan, truncated
+from launcher.core.errors import LauncherError
+from launcher.datasets.imagenet.devkit import Devkit
 
 VERSION = 1
 MAGIC = b"LTARIDX\n"

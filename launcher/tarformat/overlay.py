@@ -17,10 +17,10 @@ import json
 import re
 from pathlib import Path
 
-from launcher import safefs
-from launcher.errors import LauncherError
-from launcher.index import IDENTITY_KEYS
-from launcher.layout import write_json
+from launcher.archive import safefs
+from launcher.archive.index import IDENTITY_KEYS
+from launcher.core.errors import LauncherError
+from launcher.core.layout import write_json
 from launcher.tarformat.index import TarIndex
 
 VERSION = 1
