@@ -28,6 +28,16 @@ DISTRIBUTION = PYPROJECT["project"]["name"]
 LIBS = DISTRIBUTION.replace("-", "_") + ".libs"
 
 
+def test_every_subpackage_is_in_the_wheel():
+    """pyproject.toml lists the packages by hand: a new folder under launcher/ must be listed, or the
+    wheel ships without it while an editable install hides the gap."""
+    on_disk = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "launcher").rglob("__init__.py")} - {
+        "launcher.conf"
+    }  # conf/ is mapped onto launcher.conf by package-dir
+    listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
+    assert on_disk <= listed, f"add to [tool.setuptools] packages in pyproject.toml: {sorted(on_disk - listed)}"
+
+
 def test_version_comes_from_the_distributions_metadata():
     result = cli("--version")
     assert result.returncode == 0, result.stderr

@@ -1,0 +1,114 @@
+"""Replacement images for samples of a tar index: the archive cannot be rewritten, so a fix that
+re-encodes an odd file (a PNG named .JPEG, a CMYK JPEG) writes the new bytes into the state folder
+and the loaders read them instead of the archive's range.
+
+    state_dir/overlay-<split>.json           {"version", "split", "archive", "count", "files"}
+    state_dir/overlay-<split>/<wnid>/<name>  the replacement of the sample with that logical path
+
+`files` maps a sample index (ASCII digits) to the replacement's size and sha256. The record names
+the archive identity and image count of the index it belongs to; one for another index is refused.
+Paths come from the index (the sample's WNID and name), never from the record. Stdlib only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+from launcher.archive import safefs
+from launcher.archive.index import IDENTITY_KEYS
+from launcher.core.errors import LauncherError
+from launcher.core.layout import write_json
+from launcher.tarformat.index import TarIndex
+
+VERSION = 1
+MAX_RECORD_BYTES = 16 << 20
+INDEX_KEY = re.compile(r"[0-9]{1,10}", re.ASCII)
+SHA256 = re.compile(r"[0-9a-f]{64}", re.ASCII)
+
+
+class OverlayError(LauncherError):
+    """An overlay record or file that does not belong to the index, or was altered."""
+
+
+def overlay_record(state_dir: str | Path, split: str) -> Path:
+    return Path(state_dir) / f"overlay-{split}.json"
+
+
+def overlay_folder(state_dir: str | Path, split: str) -> Path:
+    return Path(state_dir) / f"overlay-{split}"
+
+
+def replacement_path(state_dir: str | Path, index: TarIndex, i: int) -> Path:
+    """Where the replacement of sample i lives: overlay-<split>/<wnid>/<name>, from the index."""
+    return overlay_folder(state_dir, index.split) / index.wnids[index.targets[i]] / index.name(i)
+
+
+def write_overlay(state_dir: str | Path, index: TarIndex, replacements: dict[int, bytes], out=None) -> Path:
+    """Write the replacement files (each atomically, never through a link) and then the record
+    (atomically), adding to a record already there for the same index."""
+    files = read_overlay_record(state_dir, index)
+    for i, data in sorted(replacements.items()):
+        if type(i) is not int or not 0 <= i < len(index):
+            raise ValueError(f"sample {i!r} is not an index of the {len(index)} samples")
+        safefs.write_atomic(replacement_path(state_dir, index, i), bytes(data), out=out)
+        files[i] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    record = {
+        "version": VERSION,
+        "split": index.split,
+        "archive": {k: index.archive[k] for k in IDENTITY_KEYS},
+        "count": len(index),
+        "files": {str(i): entry for i, entry in sorted(files.items())},
+    }
+    path = overlay_record(state_dir, index.split)
+    write_json(path, record)
+    return path
+
+
+def read_overlay_record(state_dir: str | Path, index: TarIndex) -> dict[int, dict]:
+    """sample index -> {"size", "sha256"} of the overlay of `index` ({} when there is none)."""
+    path = overlay_record(state_dir, index.split)
+    raw = safefs.read(path, MAX_RECORD_BYTES)
+    if raw is None:
+        return {}
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or record.get("version") != VERSION or record.get("split") != index.split:
+        raise bad_overlay(path, "it is not an overlay record of this split")
+    archive = record.get("archive")
+    if not isinstance(archive, dict) or any(archive.get(k) != index.archive[k] for k in IDENTITY_KEYS):
+        raise bad_overlay(path, "it was written for another index of the archive")
+    if record.get("count") != len(index) or not isinstance(record.get("files"), dict):
+        raise bad_overlay(path, "its image count is not the index's")
+    files = {}
+    for key, entry in record["files"].items():
+        if not INDEX_KEY.fullmatch(key) or int(key) >= len(index):
+            raise bad_overlay(path, f"{key[:20]!r} is not a sample index below {len(index)}")
+        if not isinstance(entry, dict) or not valid_entry(entry):
+            raise bad_overlay(path, f"the entry of sample {key} is not a size and a sha256")
+        files[int(key)] = {"size": entry["size"], "sha256": entry["sha256"]}
+    return files
+
+
+def valid_entry(entry: dict) -> bool:
+    size, digest = entry.get("size"), entry.get("sha256")
+    return type(size) is int and size >= 0 and isinstance(digest, str) and bool(SHA256.fullmatch(digest))
+
+
+def read_overlay(state_dir: str | Path, index: TarIndex) -> dict[int, tuple[str, int, str]]:
+    """sample index -> (path of its replacement, size, sha256), for a loader."""
+    return {
+        i: (str(replacement_path(state_dir, index, i)), entry["size"], entry["sha256"])
+        for i, entry in read_overlay_record(state_dir, index).items()
+    }
+
+
+def bad_overlay(path: Path, why: str) -> OverlayError:
+    return OverlayError(
+        f"{path} does not belong to the tar index ({why}). Delete it and run `launcher verify verify.fix=true` "
+        "again to re-encode the odd files."
+    )
