@@ -12,6 +12,7 @@ import struct
 import subprocess
 import tarfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from PIL import Image
 
 from launcher import data as D
 from launcher.archive.index import index_train, index_val
-from launcher.config import PatternsConfig
+from launcher import compose_config
 from launcher.core.errors import LauncherError
 from launcher.data.imageio import decode_image
 from launcher.datasets.imagenet.devkit import parse_devkit
@@ -33,7 +34,7 @@ from conftest import FILES, GROUND_TRUTH, META, dataset_overrides, launch, stora
 from hostile_files import BOMBS, deadline
 
 ATTRIBUTES = ("classes", "wnids", "class_to_idx", "wnid_to_idx", "samples", "targets", "imgs", "root", "split")
-PATTERNS = PatternsConfig()
+PATTERNS = SimpleNamespace(**compose_config("prepare", ["dataset=synthetic"]).dataset.patterns)  # the YAML's
 
 
 @pytest.fixture(scope="module")
