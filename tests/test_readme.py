@@ -138,8 +138,8 @@ def schema_options(group: str) -> set[str] | None:
     """Every leaf option of a group's schema as Hydra validates it (nested dataclasses as a.b.c; the
     union over the subclasses of a base, as for cluster), or None for a group without a schema."""
     from dataclasses import fields as dataclass_fields
-    from typing import Any
     from dataclasses import is_dataclass
+    from typing import Any
 
     from hydra.core.config_store import ConfigStore
     from omegaconf import DictConfig, OmegaConf

@@ -19,13 +19,14 @@ import torch
 import torchvision
 from PIL import Image
 
+from launcher import compose_config
 from launcher import data as D
 from launcher.archive.index import index_train, index_val
-from launcher import compose_config
 from launcher.core.errors import LauncherError
 from launcher.data.imageio import decode_image
 from launcher.datasets.imagenet.devkit import parse_devkit
 from launcher.tarformat import index as T
+from launcher.tarformat import indexfile as F
 from launcher.tarformat.dataset import ArchiveChanged, TarImageNet, load_tar_imagenet
 from launcher.tarformat.overlay import OverlayError, read_overlay, replacement_path, write_overlay
 
@@ -65,7 +66,7 @@ def devkit_of(archive_dir: Path):
     )
 
 
-def build(archive_dir: Path, split: str, **kwargs) -> T.TarIndex:
+def build(archive_dir: Path, split: str, **kwargs) -> F.TarIndex:
     return T.index_archive(archive_dir / FILES[split], split, devkit_of(archive_dir), T.Patterns.of(PATTERNS), **kwargs)
 
 
@@ -168,19 +169,19 @@ def test_each_process_opens_the_archive_once(archives, monkeypatch):
 def test_ranges_merged_equal_the_one_range_index(archives, tmp_path, split):
     result = archives("uneven")
     path, kit, patterns = result.archive_dir / FILES[split], devkit_of(result.archive_dir), T.Patterns.of(PATTERNS)
-    whole = T.encode_index(build(result.archive_dir, split))
+    whole = F.encode_index(build(result.archive_dir, split))
     outer = outer_index(path, split, len(kit.val_wnids))
     for units in (1, 2, 3, 7, len(outer)):
         ranges = T.plan_ranges(outer, units)
         assert len(ranges) == min(units, len(outer)) and ranges[0][0] == 0 and ranges[-1][1] is None
         parts = [T.index_part(path, split, kit, patterns, first, stop) for first, stop in ranges]
-        assert T.encode_index(T.merge_parts(parts[::-1], kit, patterns)) == whole, units
+        assert F.encode_index(T.merge_parts(parts[::-1], kit, patterns)) == whole, units
     for k, part in enumerate(parts):  # units write their parts; the merge reads them back
-        T.write_index(tmp_path / f"part-{k}.bin", part)
-    back = [T.read_index(tmp_path / f"part-{k}.bin", split, kind="part") for k in range(len(parts))]
-    assert T.encode_index(T.merge_parts(back, kit, patterns)) == whole
-    with pytest.raises(T.IndexFileError, match="it is a part of .*, not the index of"):
-        T.read_index(tmp_path / "part-0.bin", split)
+        F.write_index(tmp_path / f"part-{k}.bin", part)
+    back = [F.read_index(tmp_path / f"part-{k}.bin", split, kind="part") for k in range(len(parts))]
+    assert F.encode_index(T.merge_parts(back, kit, patterns)) == whole
+    with pytest.raises(F.IndexFileError, match="it is a part of .*, not the index of"):
+        F.read_index(tmp_path / "part-0.bin", split)
     parts = [T.index_part(path, split, kit, patterns, first, stop) for first, stop in T.plan_ranges(outer, 3)]
     with pytest.raises(LauncherError, match="do not cover the archive"):
         T.merge_parts([parts[0], parts[2]], kit, patterns)
@@ -193,9 +194,9 @@ def test_md5_in_the_same_read_equals_hashlibs(archives, split):
     result = archives("small")
     index = build(result.archive_dir, split, md5=True)
     assert index.archive["md5"] == hashlib.md5((result.archive_dir / FILES[split]).read_bytes()).hexdigest()
-    assert T.encode_index(build(result.archive_dir, split)) != T.encode_index(index)  # only the md5 differs
+    assert F.encode_index(build(result.archive_dir, split)) != F.encode_index(index)  # only the md5 differs
     index.archive["md5"] = None
-    assert T.encode_index(build(result.archive_dir, split)) == T.encode_index(index)
+    assert F.encode_index(build(result.archive_dir, split)) == F.encode_index(index)
     key = rf"\(dataset.archives.{split}.md5\)"
     mismatch = rf"md5 mismatch for .*{FILES[split]}: expected 0{{32}} {key}, got [0-9a-f]{{32}}\."
     with pytest.raises(LauncherError, match=mismatch):
@@ -388,20 +389,20 @@ def test_range_end_inside_a_member_is_refused(archives):
 
 @pytest.fixture(scope="module")
 def index_bytes(archives) -> bytes:
-    return T.encode_index(build(archives("small").archive_dir, "train"))
+    return F.encode_index(build(archives("small").archive_dir, "train"))
 
 
 def test_index_file_round_trip(archives, tmp_path, index_bytes):
     index = build(archives("small").archive_dir, "train")
     path = tmp_path / "state" / "tarindex-train.bin"
-    assert T.write_index(path, index) == len(index_bytes) == path.stat().st_size
-    back = T.read_index(path, "train")
-    assert T.encode_index(back) == index_bytes
+    assert F.write_index(path, index) == len(index_bytes) == path.stat().st_size
+    back = F.read_index(path, "train")
+    assert F.encode_index(back) == index_bytes
     assert [back.path(i) for i in range(len(back))] == [index.path(i) for i in range(len(index))]
-    with pytest.raises(T.IndexFileError, match="it is a index of train, not the index of val"):
-        T.read_index(path, "val")
-    with pytest.raises(T.IndexFileError, match=f"There is no tar index at {tmp_path / 'none.bin'}"):
-        T.read_index(tmp_path / "none.bin")
+    with pytest.raises(F.IndexFileError, match="it is a index of train, not the index of val"):
+        F.read_index(path, "val")
+    with pytest.raises(F.IndexFileError, match=f"There is no tar index at {tmp_path / 'none.bin'}"):
+        F.read_index(tmp_path / "none.bin")
 
 
 def test_damaged_index_file_refused(tmp_path, index_bytes):
@@ -416,9 +417,9 @@ def test_damaged_index_file_refused(tmp_path, index_bytes):
     for data in variants:
         path.write_bytes(data)
         with pytest.raises(
-            T.IndexFileError, match=rf"{path} is not a whole launcher tar index \(.*\): it was truncated"
+            F.IndexFileError, match=rf"{path} is not a whole launcher tar index \(.*\): it was truncated"
         ):
-            T.read_index(path, "train")
+            F.read_index(path, "train")
 
 
 def resigned(data: bytes, header_change=None, body_change=None) -> bytes:
@@ -431,7 +432,7 @@ def resigned(data: bytes, header_change=None, body_change=None) -> bytes:
     if header_change:
         header_change(header)
     head = json.dumps(header).encode()
-    body = T.MAGIC + struct.pack("<Q", len(head)) + head + bytes(-len(head) % 8) + rest
+    body = F.MAGIC + struct.pack("<Q", len(head)) + head + bytes(-len(head) % 8) + rest
     if body_change:
         body = body_change(bytearray(body))
     return bytes(body) + hashlib.sha256(bytes(body)).digest()
@@ -454,18 +455,18 @@ def test_hostile_index_file_refused_without_allocating(tmp_path, index_bytes, he
     path = tmp_path / "tarindex-train.bin"
     path.write_bytes(resigned(index_bytes, header_change, body_change))
     if message is None:
-        assert T.encode_index(T.read_index(path)) == index_bytes
+        assert F.encode_index(F.read_index(path)) == index_bytes
         return
-    with pytest.raises(T.IndexFileError, match=message):
-        T.read_index(path)
+    with pytest.raises(F.IndexFileError, match=message):
+        F.read_index(path)
 
 
 def test_targets_past_the_classes_refused(archives, tmp_path):
     index = build(archives("small").archive_dir, "train")
     index.targets[-1] = len(index.wnids)
-    T.write_index(tmp_path / "i.bin", index)
-    with pytest.raises(T.IndexFileError, match="a target lies outside the 10 classes"):
-        T.read_index(tmp_path / "i.bin")
+    F.write_index(tmp_path / "i.bin", index)
+    with pytest.raises(F.IndexFileError, match="a target lies outside the 10 classes"):
+        F.read_index(tmp_path / "i.bin")
 
 
 # ---------------------------------------------------------------- the overlay
@@ -485,7 +486,7 @@ def test_overlay_replaces_the_odd_files(archives, tmp_path):
         buf = io.BytesIO()
         Image.open(io.BytesIO(bytes(plain.read_sample(i)[0]))).convert("RGB").save(buf, "JPEG", quality=95)
         fixes[i] = buf.getvalue()
-    T.write_index(state / "tarindex-train.bin", index)
+    F.write_index(state / "tarindex-train.bin", index)
     write_overlay(state, index, fixes)
     ours = load_tar_imagenet(
         state / "tarindex-train.bin", result.archive_dir / FILES["train"], "train", state_dir=state

@@ -59,7 +59,7 @@ from launcher.data.fastpath import (
 )
 from launcher.data.imageio import ImageReadMode, decode_image
 from launcher.data.samples import SampleList
-from launcher.tarformat.index import TarIndex, read_index
+from launcher.tarformat.indexfile import TarIndex, read_index
 from launcher.tarformat.overlay import read_overlay
 
 

@@ -21,7 +21,7 @@ from launcher.archive import safefs
 from launcher.archive.index import IDENTITY_KEYS
 from launcher.core.errors import LauncherError
 from launcher.core.layout import write_json
-from launcher.tarformat.index import TarIndex
+from launcher.tarformat.indexfile import TarIndex
 
 VERSION = 1
 MAX_RECORD_BYTES = 16 << 20
