@@ -305,3 +305,26 @@ def test_a_hostile_list_line_is_refused_and_nothing_is_recorded_complete(tmp_pat
     assert not (root / ".launcher" / "complete-train.json").exists()
     assert not (root / ".launcher" / "complete-val.json").exists()
     assert not root.exists() or {p.name for p in root.iterdir()} <= {".launcher"}
+
+
+def test_status_after_prepare_shows_every_unit_complete(tmp_path, capsys):
+    """`launcher status dataset=places365_synthetic` after prepare: each split whole with its image
+    count, the file-list archive's md5 unit among the complete ones; a failed label-archive md5 is
+    one of each split's failure notes. verify is still refused in one line (exit 4)."""
+    from launcher.core.completion import unit_of_split
+
+    from conftest import launch
+
+    archive_dir, root = tmp_path / "archives", tmp_path / "root"
+    overrides = [*synth_then_prepare(archive_dir, classes=3), f"storage.root={root}", "cluster=debug"]
+    assert launch("prepare", [*overrides, "prepare.train_shards=2"]) == 0
+    capsys.readouterr()
+    assert launch("status", [*overrides, "status.units=true"]) == 0
+    out = capsys.readouterr().out
+    # train: its md5, two shards, finalize; val: its md5, one shard, finalize
+    assert "train   4/4 complete; 9 images" in out and "val     3/3 complete; 6 images" in out, out
+    units = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.startswith(("md5-", "meta"))}
+    assert units == {"meta": "complete", "md5-filelist": "complete", "md5-train": "complete", "md5-val": "complete"}
+    assert unit_of_split("md5-filelist", "val") and not unit_of_split("md5-train", "val")
+    assert launch("verify", overrides) == 4
+    assert "not built yet" in capsys.readouterr().err

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 # the torchvision class that reads a prepared root (and the tests' oracle)
 TORCHVISION_CLASS = "torchvision.datasets.Places365"
 # the pipeline commands this adapter is wired for (launcher.cli refuses the others in one line)
-PIPELINE = ("prepare",)
+PIPELINE = ("prepare", "status")
 # the dataset choice synth's archives are prepared with (md5s and counts from the archives)
 SYNTHETIC_CHOICE = "places365_synthetic"
 
