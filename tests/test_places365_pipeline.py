@@ -185,3 +185,146 @@ def test_a_split_folder_that_is_not_one_plain_name_is_refused_in_one_line(folder
         check_folder("val", folder)
     assert "\n" not in str(err.value)
     assert check_folder("val", "val_large") == "val_large"
+
+
+# ---------------------------------------------------------------- launcher prepare, end to end
+
+
+def synth_then_prepare(archive_dir: Path, classes: int = 5) -> list[str]:
+    """`launcher synth dataset=places365 storage.archive_dir=...` as a user runs it, and the overrides
+    of the prepare command it prints (dataset=places365_synthetic, the archive folder, the md5s)."""
+    synth = ["dataset=places365", f"storage.archive_dir={archive_dir}", f"synth.classes={classes}"]
+    result = cli("synth", *synth, "synth.train_max=3", "synth.val_per_class=2", "synth.seed=11", cwd=archive_dir.parent)
+    assert result.returncode == 0, result.stderr
+    command = shlex.split(result.stdout.strip().splitlines()[-1])
+    assert command[:3] == ["launcher", "prepare", "dataset=places365_synthetic"], command
+    return command[2:]
+
+
+def md5s_of(archive_dir: Path) -> dict[str, str]:
+    """The md5s torchvision's Places365 checks: the three archives' and the three label files'."""
+    import hashlib
+    import tarfile
+
+    layout, md5 = adapter_of("places365").layout_of(dataset("places365")), {}
+    for key in ("filelist", "train", "val"):
+        md5[key] = hashlib.md5((archive_dir / getattr(layout, key)).read_bytes()).hexdigest()
+    with tarfile.open(archive_dir / layout.filelist) as tar:
+        for key, name in zip(("categories", "train_list", "val_list"), layout.lists.names()):
+            md5[key] = hashlib.md5(tar.extractfile(name).read()).hexdigest()
+    return md5
+
+
+def torchvision_root(archive_dir: Path, dest: Path, monkeypatch):
+    """torchvision's own extraction of the archives (its download path over them in place): the oracle."""
+    import shutil
+    from types import SimpleNamespace
+
+    from test_places365 import patch_torchvision_md5s
+
+    Places365 = patch_torchvision_md5s(monkeypatch, SimpleNamespace(md5=md5s_of(archive_dir)))
+    dest.mkdir()
+    for path in archive_dir.iterdir():
+        shutil.copy(path, dest / path.name)
+    for split in ("train-standard", "val"):
+        Places365(str(dest), split=split, download=True)
+    return Places365
+
+
+def prepared(root: Path) -> dict[str, bytes]:
+    """The files of a prepared root, launcher's own state left out."""
+    from test_places365 import files_under
+
+    return {rel: data for rel, data in files_under(root).items() if not rel.startswith(".launcher")}
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("cluster", ["debug", "local"])
+def test_launcher_prepare_writes_the_root_places365_reads(tmp_path, monkeypatch, capsys, cluster):
+    """synth -> the printed prepare (cluster=debug in one unit per split; cluster=local in several
+    shards) -> the root torchvision's Places365 reads exactly as it reads its own extraction of the
+    same archives: same files and bytes, classes, class_to_idx, imgs, targets. A second prepare is
+    already complete."""
+    import os
+
+    from test_places365 import folders_under
+
+    from conftest import launch
+
+    archive_dir, root = tmp_path / "archives", tmp_path / "root"
+    overrides = [*synth_then_prepare(archive_dir), f"storage.root={root}", f"cluster={cluster}"]
+    if cluster == "local":
+        overrides += ["prepare.train_shards=4", "prepare.val_shards=3"]
+    assert launch("prepare", overrides) == 0
+    capsys.readouterr()
+    records = {p.name for p in (root / ".launcher" / "units").iterdir() if p.suffix == ".json"}
+    shards = {"debug": (1, 1), "local": (4, 3)}[cluster]
+    assert (sum(r.startswith("train-") for r in records), sum(r.startswith("val-") for r in records)) == shards
+    assert {"meta.json", "md5-filelist.json", "md5-train.json", "md5-val.json"} <= records
+
+    Places365 = torchvision_root(archive_dir, tmp_path / "A", monkeypatch)
+    archives = {p.name for p in archive_dir.iterdir()}
+    theirs_files = {rel: data for rel, data in prepared(tmp_path / "A").items() if rel not in archives}
+    assert prepared(root) == theirs_files
+    assert {f for f in folders_under(root) if not f.startswith(".launcher")} == folders_under(tmp_path / "A")
+    for split in ("train-standard", "val"):
+        theirs, ours = Places365(str(tmp_path / "A"), split=split), Places365(str(root), split=split)
+        assert (ours.classes, ours.class_to_idx, ours.targets) == (theirs.classes, theirs.class_to_idx, theirs.targets)
+        assert ours.imgs == [(p.replace(str(tmp_path / "A"), str(root), 1), t) for p, t in theirs.imgs]
+        assert len(ours.imgs) == {"train-standard": 15, "val": 10}[split]
+        assert all(os.path.isfile(p) for p, _ in ours.imgs)
+
+    assert launch("prepare", overrides) == 0
+    again = capsys.readouterr().out
+    assert again.startswith(f"already complete in {root}: nothing to do."), again
+
+
+@pytest.mark.parametrize(
+    "member, line",
+    [
+        ("places365_train_standard.txt", "/a/../../etc/passwd 0"),
+        ("places365_val.txt", "../Places365_val_00000001.jpg 0"),
+        ("categories_places365.txt", "/a/airfield\x1b[2J 0"),
+    ],
+)
+def test_a_hostile_list_line_is_refused_and_nothing_is_recorded_complete(tmp_path, capsys, member, line):
+    """A hostile line in a file list: prepare exits non-zero with one line naming the member and the
+    line; no image or label file is written, no split recorded complete."""
+    from test_places365 import replace_line, rewrite_list
+
+    from conftest import launch
+
+    archive_dir, root = tmp_path / "archives", tmp_path / "root"
+    overrides = synth_then_prepare(archive_dir)
+    rewrite_list(archive_dir, member, replace_line(1, line))
+    # the file-list archive's md5 left unchecked: the line, not the md5, is what refuses it
+    kept = [o for o in overrides if not o.startswith("dataset.archives.filelist.md5=")]
+    assert launch("prepare", [*kept, f"storage.root={root}", "cluster=debug"]) != 0
+    errors = [e for e in capsys.readouterr().err.splitlines() if e.startswith("launcher prepare: error:")]
+    assert len(errors) == 1 and f"member {member}: line 1: expected" in errors[0], errors
+    assert not (root / ".launcher" / "complete-train.json").exists()
+    assert not (root / ".launcher" / "complete-val.json").exists()
+    assert not root.exists() or {p.name for p in root.iterdir()} <= {".launcher"}
+
+
+def test_status_after_prepare_shows_every_unit_complete(tmp_path, capsys):
+    """`launcher status dataset=places365_synthetic` after prepare: each split whole with its image
+    count, the file-list archive's md5 unit among the complete ones; a failed label-archive md5 is
+    one of each split's failure notes. verify is still refused in one line (exit 4)."""
+    from launcher.core.completion import unit_of_split
+
+    from conftest import launch
+
+    archive_dir, root = tmp_path / "archives", tmp_path / "root"
+    overrides = [*synth_then_prepare(archive_dir, classes=3), f"storage.root={root}", "cluster=debug"]
+    assert launch("prepare", [*overrides, "prepare.train_shards=2"]) == 0
+    capsys.readouterr()
+    assert launch("status", [*overrides, "status.units=true"]) == 0
+    out = capsys.readouterr().out
+    # train: its md5, two shards, finalize; val: its md5, one shard, finalize
+    assert "train   4/4 complete; 9 images" in out and "val     3/3 complete; 6 images" in out, out
+    units = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.startswith(("md5-", "meta"))}
+    assert units == {"meta": "complete", "md5-filelist": "complete", "md5-train": "complete", "md5-val": "complete"}
+    assert unit_of_split("md5-filelist", "val") and not unit_of_split("md5-train", "val")
+    assert launch("verify", overrides) == 4
+    assert "not built yet" in capsys.readouterr().err

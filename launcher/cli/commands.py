@@ -147,13 +147,13 @@ def run_command(cfg: DictConfig) -> int:
 
 
 def pipeline_missing(cfg: DictConfig, command: str) -> int | None:
-    """A dataset whose adapter does not yet read its labels for the sharded pipeline (Places365: synth
-    only, so far): say so in one line (exit 4) instead of failing half-way."""
+    """A command the dataset's adapter is not wired for yet (its PIPELINE names those it is: Places365
+    prepare only, so far): say so in one line (exit 4) instead of failing half-way."""
     from launcher.datasets import adapter_of
 
-    if hasattr(adapter_of(cfg.dataset.adapter), "read_labels"):
+    if command in getattr(adapter_of(cfg.dataset.adapter), "PIPELINE", ()):
         return None
-    return not_built(f"{command} dataset={cfg.dataset.name}", "issue 17: its labels are not read by the pipeline")
+    return not_built(f"{command} dataset={cfg.dataset.name}", f"issue 17: its adapter does not support {command} yet")
 
 
 def cmd_prepare(cfg: DictConfig) -> int:

@@ -38,9 +38,13 @@ def plain(node) -> dict:
 
 
 def layout_of(cfg: DictConfig):
+    """The root's layout, each split's images in the folder dataset.splits.<split>.folder names."""
     from launcher.core.layout import Layout
+    from launcher.sources import check_folder
 
-    return Layout.of(cfg.storage.root, cfg.storage.state_dir)
+    splits = (cfg.get("dataset") or {}).get("splits") or {}
+    folders = {split: check_folder(split, source.folder) for split, source in splits.items()}
+    return Layout.of(cfg.storage.root, cfg.storage.state_dir, folders)
 
 
 def output_of(cfg: DictConfig, fsync: bool = False):
@@ -68,16 +72,18 @@ def prepare_request(cfg: DictConfig):
         archive_dir=Path(cfg.storage.archive_dir).absolute(),
         archives={k: (a.file, a.md5) for k, a in d.archives.items()},
         expected=plain(d.expected),
-        devkit_meta=d.labels.members.meta,
-        devkit_ground_truth=d.labels.members.ground_truth,
+        devkit_meta=d.labels.members.get("meta"),
+        devkit_ground_truth=d.labels.members.get("ground_truth"),
         devkit_max_bytes=d.labels.max_bytes,
-        train_class_pattern=d.patterns.train_class,
+        train_class_pattern=d.patterns.get("train_class"),
         train_image_pattern=d.patterns.train_image,
         val_image_pattern=d.patterns.val_image,
-        wnid_pattern=d.patterns.wnid,
-        ilsvrc_id_pattern=d.patterns.ilsvrc_id,
+        wnid_pattern=d.patterns.get("wnid"),
+        ilsvrc_id_pattern=d.patterns.get("ilsvrc_id"),
         splits=list(cfg.split.splits),
         adapter=d.adapter,
+        labels_key=d.labels.archive,
+        labels=plain(d.labels),
         sources={k: {**plain(v), "shape": str(v.shape)} for k, v in d.splits.items()},
         patterns=dict(d.patterns),
         train_shards=o.train_shards,

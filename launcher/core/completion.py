@@ -14,6 +14,8 @@ import json
 import os
 from pathlib import Path
 
+from launcher.core.layout import SPLITS
+
 # the most bytes of a failure note read (an error message)
 NOTE_BYTES = 8192
 # the most failure notes read for one message
@@ -37,9 +39,11 @@ def is_complete(folder: Path, split: str) -> bool:
 
 
 def unit_of_split(unit_id: str, split: str) -> bool:
-    """The units a split's completion needs: meta, the md5s of the devkit and its archive, its shards
-    and its finalize unit."""
-    return unit_id in ("meta", "md5-devkit", f"md5-{split}", f"finalize-{split}") or unit_id.startswith(f"{split}-")
+    """The units a split's completion needs: meta, the md5s of the label archive (ImageNet's devkit,
+    Places365's file lists) and of its own archive (not another split's), its shards and its finalize unit."""
+    others = {f"md5-{s}" for s in SPLITS if s != split}
+    md5 = unit_id.startswith("md5-") and unit_id not in others
+    return unit_id in ("meta", f"finalize-{split}") or md5 or unit_id.startswith(f"{split}-")
 
 
 def failure_notes(folder: Path, split: str) -> list[str]:

@@ -33,10 +33,13 @@ ROOT_ID_FILE = ".launcher-root.json"
 class Layout:
     root: Path
     state_dir: Path
+    # (split, root folder) pairs from dataset.splits.<split>.folder; a split not named is root/<split>
+    folders: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def of(cls, root: str | Path, state_dir: str | Path) -> Layout:
-        layout = cls(Path(root).absolute(), Path(state_dir).absolute())
+    def of(cls, root: str | Path, state_dir: str | Path, folders: dict[str, str] | None = None) -> Layout:
+        pairs = tuple(sorted((folders or {}).items()))
+        layout = cls(Path(root).absolute(), Path(state_dir).absolute(), pairs)
         safedir.trust(layout.root, layout.state_dir)  # below them, nothing is followed
         return layout
 
@@ -45,7 +48,8 @@ class Layout:
         return self.root / "meta.bin"
 
     def split_dir(self, split: str) -> Path:
-        return self.root / split
+        """The root folder a split's images go to (the dataset's torchvision class reads it)."""
+        return self.root / dict(self.folders).get(split, split)
 
     @property
     def partial_dir(self) -> Path:

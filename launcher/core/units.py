@@ -27,7 +27,8 @@ from launcher.core.progress import human_bytes
 log = logging.getLogger("launcher.units")
 
 KINDS = {
-    "meta": "launcher.archive.extract:write_meta",
+    # the root's label files, by the dataset's adapter (unit args carry `adapter`)
+    "meta": "launcher.datasets:write_meta",
     "md5": "launcher.archive.extract:check_md5",
     # a split's extraction, by its archive's shape (unit args carry `shape`)
     "train": "launcher.sources:extract",

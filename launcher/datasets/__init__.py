@@ -27,3 +27,9 @@ def adapter_of(name: str) -> ModuleType:
     if name not in ADAPTERS:
         raise ConfigError(f"dataset.adapter={name!r} is not a dataset adapter; valid adapters: {', '.join(ADAPTERS)}.")
     return importlib.import_module(ADAPTERS[name])
+
+
+def write_meta(adapter: str, outputs: list[str], **args) -> dict:
+    """The meta unit: the label files of the prepared root (`outputs`), written by the adapter's
+    `write_meta` (looked up when the unit runs, so a job imports only its dataset's adapter)."""
+    return adapter_of(adapter).write_meta(**args)

@@ -12,7 +12,7 @@ from launcher.archive import safefs
 from launcher.archive.index import archive_identity, same_identity
 from launcher.core.errors import LauncherError
 from launcher.core.layout import SPLITS, read_json, read_root_id
-from launcher.core.manifest import build_manifest, write_manifest
+from launcher.core.manifest import write_manifest
 from launcher.core.units import Unit
 
 if TYPE_CHECKING:
@@ -25,13 +25,14 @@ from launcher.sources import shape_module
 
 
 def split_identity(identity: dict, split: str) -> dict:
-    """What a split's complete record is tied to: the devkit's and the archive's contents, which
-    root, and which archive files (unchanged) its units read."""
+    """What a split's complete record is tied to: the labels' and the archive's contents, which
+    root, and which archive files (unchanged) its units read: the label archive and the split's
+    (identity["archives"] is keyed by the label archive's key and by split)."""
     return {
         "devkit": identity["devkit"],
         split: identity[split],
         "root": identity["root"],
-        "archives": {k: identity["archives"][k] for k in ("devkit", split)},
+        "archives": {k: v for k, v in identity["archives"].items() if k == split or k not in SPLITS},
     }
 
 
@@ -45,7 +46,7 @@ def same_split_identity(a: dict | None, b: dict, keys: tuple[str, ...]) -> bool:
 
 
 def finalize_unit(req: PrepareRequest, split: str, units: list[Unit], identity: dict) -> Unit:
-    keys = {"devkit", req.source(split)["archive"]}
+    keys = {req.labels_key, req.source(split)["archive"]}
     needs = [u for u in units if u.kind in (split, "meta") or (u.kind == "md5" and u.args["key"] in keys)]
     layout = req.layout
     uid = f"finalize-{split}"
@@ -65,6 +66,7 @@ def finalize_unit(req: PrepareRequest, split: str, units: list[Unit], identity: 
             "identity": split_identity(identity, split),
             "root": str(layout.root),
             "partial": partial_folders(req, split),
+            "folder": req.source(split)["folder"],
         },
     )
 
@@ -80,6 +82,7 @@ def finalize_split(
     partial: list[str] | None = None,
     shape: str = "class_tars",
     adapter: str = "imagenet",
+    folder: str | None = None,
 ) -> dict:
     """Finalize unit: every unit of the split complete, from the archives and root of the plan ->
     counts checked -> manifest -> empty root/.partial folders removed. Its completion record (written
@@ -93,21 +96,22 @@ def finalize_split(
     check_sources(split, done, identity, Path(root))
     kit = read_devkit_record(Path(devkit))
     files = [f for d in done if d["kind"] == split for f in shape_module(shape).files_of(d)]
-    adapter_of(adapter).check_covered(split, files, kit)
+    labels = adapter_of(adapter)
+    labels.check_covered(split, files, kit)
     if expected is not None and len(files) != expected:
         raise LauncherError(f"{split} holds {len(files)} images, dataset.expected.{split} is {expected}")
-    if lost := missing_folders(Path(root) / split, {f[0] for f in files}):
-        raise LauncherError(
-            f"{split} is not complete: {Path(root) / split} lacks {', '.join(lost[:5])}. Run prepare again."
-        )
-    write_manifest(Path(manifest), build_manifest(split, files, kit["wnid_to_classes"]))
+    images = Path(root) / (folder or split)
+    if lost := missing_folders(images, {f[0] for f in files if f[0]}):
+        raise LauncherError(f"{split} is not complete: {images} lacks {', '.join(lost[:5])}. Run prepare again.")
+    made = labels.manifest(split, files, kit)
+    write_manifest(Path(manifest), made)
     if root is not None:
         remove_empty_partial(Path(root), partial or [])
     return {
         "split": split,
         "images": len(files),
         "bytes": sum(f[2] for f in files),
-        "classes": len(kit["wnid_to_classes"]),
+        "classes": len(made["wnids"]),
         "manifest": manifest,
         "identity": identity,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -138,12 +142,15 @@ def check_sources(split: str, done: list[dict], identity: dict, root: Path) -> N
 
 
 def missing_folders(folder: Path, wnids: set[str]) -> list[str]:
-    """Class folders that are not in `folder` (one listing, no walk)."""
+    """Class folders that are not in `folder` (one listing, no walk); a nested class path
+    (`a/apartment_building/outdoor`) is looked up itself, without following a link."""
     try:
         present = set(os.listdir(folder))
     except OSError:
         present = set()
-    return sorted(wnids - present)
+    flat = {w for w in wnids if "/" not in w}
+    nested = [w for w in wnids if "/" in w and not (w.split("/")[0] in present and safefs.exists(folder / w))]
+    return sorted((flat - present) | set(nested))
 
 
 def remove_empty_partial(root: Path, folders: list[str]) -> None:

@@ -22,8 +22,11 @@ if TYPE_CHECKING:
 from launcher.prepare.request import PrepareRequest
 
 
-def conflicts(layout: Layout, split: str, old: dict | None, new: dict, devkit: Devkit) -> list[str]:
-    """Members that changed between two indexes of a split and whose output the root holds already."""
+def conflicts(
+    layout: Layout, split: str, old: dict | None, new: dict, devkit: Devkit, listed: bool = False
+) -> list[str]:
+    """Members that changed between two indexes of a split and whose output the root holds already
+    (a listed split's rows name their path below the split folder)."""
     if old is None:
         return []
     before = {m[0]: m for m in old["members"]}
@@ -33,6 +36,8 @@ def conflicts(layout: Layout, split: str, old: dict | None, new: dict, devkit: D
     )
 
     def output(name: str) -> Path:
+        if listed:
+            return layout.split_dir(split) / name
         if split == "train":
             return layout.split_dir("train") / name.removesuffix(".tar")
         number = (after.get(name) or before[name])[3]

@@ -40,21 +40,20 @@ from launcher.sources import check_folder, shape_module
 def plan_units(
     req: PrepareRequest, devkit: Devkit, indexes: dict, parallelism: int, identity: dict, min_bytes: int
 ) -> Plan:
-    layout = req.layout
-    units = [
-        Unit(
-            "meta",
-            "meta",
-            req.archive("devkit").stat().st_size,
-            str(layout.unit_record("meta")),
-            {"devkit": str(layout.devkit_file), "meta_bin": str(layout.meta_bin)},
-        )
-    ]
+    units = [meta_unit(req, identity)]
     units += md5_units(req, identity)
     for split in req.splits:
         units += split_units(req, split, indexes[split]["members"], parallelism, identity, min_bytes)
     finalize = {split: finalize_unit(req, split, units, identity) for split in req.splits}
-    return Plan(units, finalize, devkit, identity)
+    return Plan(units, finalize, devkit, identity, req.labels_key)
+
+
+def meta_unit(req: PrepareRequest, identity: dict) -> Unit:
+    """The unit that writes the root's label files (ImageNet's meta.bin, Places365's lists): its
+    arguments are the adapter's, `outputs` the files it leaves in the root."""
+    layout = req.layout
+    args = {"adapter": req.adapter, **adapter_of(req.adapter).meta_args(req, identity)}
+    return Unit("meta", "meta", req.labels_archive().stat().st_size, str(layout.unit_record("meta")), args)
 
 
 def md5_units(req: PrepareRequest, identity: dict) -> list[Unit]:
@@ -139,12 +138,12 @@ def already_complete(req: PrepareRequest) -> list[dict] | None:
     read-only, so a rerun on a complete root writes nothing."""
     layout = req.layout
     devkit = read_json(layout.devkit_file)
-    if not same_archive(devkit, req.archive("devkit")):
+    if not same_archive(devkit, req.labels_archive()):
         return None
     root = root_identity(layout.root)
     if root is None:
         return None
-    identity = {"devkit": devkit["fingerprint"], "root": root, "archives": {"devkit": devkit["archive"]}}
+    identity = {"devkit": devkit["fingerprint"], "root": root, "archives": {req.labels_key: devkit["archive"]}}
     for split in req.splits:
         index = read_json(layout.index_file(split))
         if not same_archive(index, req.split_archive(split)):
@@ -152,7 +151,7 @@ def already_complete(req: PrepareRequest) -> list[dict] | None:
         identity[split] = index["fingerprint"]
         identity["archives"][split] = index["archive"]
     done = [split_complete(layout, split, identity) for split in req.splits]
-    if not all(done) or not tree_intact(layout, req.splits, devkit["devkit"]):
+    if not all(done) or not tree_intact(req, devkit["devkit"]):
         return None
     for key in md5_keys(req):
         record = read_json(layout.unit_record(f"md5-{key}")) or {}
@@ -163,12 +162,15 @@ def already_complete(req: PrepareRequest) -> list[dict] | None:
     return done
 
 
-def tree_intact(layout: Layout, splits: list[str], kit: dict) -> bool:
-    """meta.bin, each split folder and every class folder the devkit names are there."""
-    if not safefs.is_file(layout.meta_bin):
+def tree_intact(req: PrepareRequest, kit: dict) -> bool:
+    """The root's label files, each split folder and every class folder the labels name are there."""
+    adapter, layout = adapter_of(req.adapter), req.layout
+    if not all(safefs.is_file(p) for p in adapter.meta_args(req, {})["outputs"]):
         return False
-    wanted = {"train": set(kit["wnid_to_classes"]), "val": set(kit["val_wnids"])}
-    return all(layout.split_dir(s).is_dir() and not missing_folders(layout.split_dir(s), wanted[s]) for s in splits)
+    return all(
+        layout.split_dir(s).is_dir() and not missing_folders(layout.split_dir(s), adapter.folders_of(kit, s))
+        for s in req.splits
+    )
 
 
 def md5_keys(req: PrepareRequest) -> list[str]:
@@ -189,10 +191,13 @@ def make_plan(req: PrepareRequest, parallelism: int, min_bytes: int = 0) -> Plan
     indexes = {split: new for split, (new, _) in loaded.items()}
     adapter.check_labels(req, devkit, indexes)
     kit_archive = (read_json(req.layout.devkit_file) or {}).get("archive")  # none cached in a dry run
-    kit_archive = kit_archive or archive_identity(req.archive("devkit"), req.archives["devkit"][1])
-    archives = {"devkit": kit_archive, **{s: indexes[s]["archive"] for s in indexes}}
+    kit_archive = kit_archive or archive_identity(req.labels_archive(), req.archives[req.labels_key][1])
+    archives = {req.labels_key: kit_archive, **{s: indexes[s]["archive"] for s in indexes}}
     identity = {"devkit": devkit_fp, **{s: indexes[s]["fingerprint"] for s in indexes}, "archives": archives}
-    clashes = {s: conflicts(req.layout, s, old, indexes[s], devkit) for s, (_, old) in loaded.items()}
+    clashes = {
+        s: conflicts(req.layout, s, old, indexes[s], devkit, bool(req.source(s).get("listed_by")))
+        for s, (_, old) in loaded.items()
+    }
     guard_identity(req, identity, clashes)
     identity["root"] = root_of_plan(req)
     if not req.dry_run:
@@ -224,9 +229,8 @@ def drop_stale_records(layout: Layout, p: Plan) -> None:
         if done is None or record_holds(layout, u, done, p.identity):
             continue
         safefs.remove(u.record)
-        stale_splits.update(
-            SPLITS if u.kind == "meta" or u.args.get("key") == "devkit" else [u.args.get("key", u.kind)]
-        )
+        labels = u.kind == "meta" or u.args.get("key") == p.labels_key
+        stale_splits.update(SPLITS if labels else [u.args.get("key", u.kind)])
     for split, fin in p.finalize.items():
         done = read_json(Path(fin.record))
         held = same_split_identity(done.get("identity"), fin.args["identity"], root_keys(layout)) if done else True
@@ -238,7 +242,7 @@ def drop_stale_records(layout: Layout, p: Plan) -> None:
 def record_holds(layout: Layout, u: Unit, done: dict, identity: dict) -> bool:
     """A unit's record still describes what the root holds (a few stats, no walk)."""
     if u.kind == "meta":
-        return safefs.is_file(layout.meta_bin)
+        return all(safefs.is_file(p) for p in u.args["outputs"])
     if u.kind == "md5":
         return True  # forget_stale_md5 checked it against the archive's identity
     if (
@@ -255,7 +259,7 @@ def print_plan(req: PrepareRequest, p: Plan) -> None:
     rows = []
     for u in [*p.units, *p.finalize.values()]:
         where = {
-            "meta": req.layout.meta_bin,
+            "meta": ", ".join(u.args["outputs"]) if u.kind == "meta" else "",
             **{split: req.layout.split_dir(split) for split in req.splits},
             "md5": "(check only)",
             "finalize": req.layout.manifest_file(u.args.get("split", "")),

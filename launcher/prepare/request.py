@@ -23,15 +23,16 @@ class PrepareRequest:
     archives: dict[str, tuple[str, str | None]]
     # train/val/classes -> expected count or None
     expected: dict[str, int | None]
-    devkit_meta: str
-    devkit_ground_truth: str
+    # dataset.labels.members.meta and .ground_truth (ImageNet's devkit; None for other datasets)
+    devkit_meta: str | None
+    devkit_ground_truth: str | None
     devkit_max_bytes: int
-    train_class_pattern: str
+    train_class_pattern: str | None
     train_image_pattern: str
     val_image_pattern: str
-    # dataset.patterns.wnid and .ilsvrc_id: what a WNID and an ILSVRC2012_ID must match (ASCII)
-    wnid_pattern: str
-    ilsvrc_id_pattern: str
+    # dataset.patterns.wnid and .ilsvrc_id: what a WNID and an ILSVRC2012_ID must match (ASCII; ImageNet's)
+    wnid_pattern: str | None
+    ilsvrc_id_pattern: str | None
     splits: list[str]
     train_shards: int | None = None
     val_shards: int | None = None
@@ -52,9 +53,17 @@ class PrepareRequest:
     storage: str = "local"
     # the resolved config of the run (for the ledger); the dataset choice and values (for the identity)
     config: dict = field(default_factory=dict)
+    # dataset.labels.archive: the key of the archive the labels are read from
+    labels_key: str = "devkit"
+    # dataset.labels: the label archive, its members and bounds (the adapter reads what it needs)
+    labels: dict = field(default_factory=dict)
 
     def archive(self, key: str) -> Path:
         return self.archive_dir / self.archives[key][0]
+
+    def labels_archive(self) -> Path:
+        """The archive the adapter reads the labels from (ImageNet's devkit, Places365's file lists)."""
+        return self.archive(self.labels_key)
 
     def source(self, split: str) -> dict:
         """dataset.splits.<split>: the shape, archive key and root folder of a split."""
@@ -65,7 +74,7 @@ class PrepareRequest:
 
     def archive_keys(self) -> list[str]:
         """The label archive, then the archives of the splits asked for, in dataset.archives' order."""
-        wanted = {"devkit", *(self.source(s)["archive"] for s in self.splits)}
+        wanted = {self.labels_key, *(self.source(s)["archive"] for s in self.splits)}
         return [k for k in self.archives if k in wanted]
 
 
@@ -75,3 +84,5 @@ class Plan:
     finalize: dict[str, Unit]
     devkit: Devkit
     identity: dict
+    # the key of the label archive (its md5 unit runs with the common units)
+    labels_key: str = "devkit"

@@ -53,9 +53,9 @@ def print_summary(req: PrepareRequest, units: list[Unit], before: set[str], wall
     print(f"wall time {wall:.1f}s; root {req.layout.root}")
 
 
-def common_units(units: list[Unit]) -> list[Unit]:
-    """What both splits need first: meta.bin and the devkit's md5."""
-    return [u for u in units if u.kind == "meta" or (u.kind == "md5" and u.args["key"] == "devkit")]
+def common_units(units: list[Unit], labels_key: str = "devkit") -> list[Unit]:
+    """What both splits need first: the root's label files and the label archive's md5."""
+    return [u for u in units if u.kind == "meta" or (u.kind == "md5" and u.args["key"] == labels_key)]
 
 
 def split_units(units: list[Unit], split: str) -> list[Unit]:
@@ -68,7 +68,7 @@ def work_of(p: Plan, folder: Path) -> engine.Work:
     the common units and the split's succeeded (a job on SLURM when this run does not wait, else here)."""
     from launcher.core import engine
 
-    steps = [engine.Step("prepare-common", common_units(p.units))]
+    steps = [engine.Step("prepare-common", common_units(p.units, p.labels_key))]
     finals = []
     for split, fin in p.finalize.items():
         steps.append(engine.Step(f"prepare-{split}", split_units(p.units, split)))

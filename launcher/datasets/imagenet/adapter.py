@@ -20,12 +20,14 @@ if TYPE_CHECKING:
 
 # the torchvision class that reads a prepared root (and the tests' oracle)
 TORCHVISION_CLASS = "torchvision.datasets.ImageNet"
+# the pipeline commands this adapter is wired for (launcher.cli refuses the others in one line)
+PIPELINE = ("prepare", "verify", "status", "stage", "bench")
 
 
 def read_labels(req: PrepareRequest) -> tuple[Devkit, str]:
     """The devkit parsed (meta.mat and the ground truth, every name checked), cached in state_dir while
     the devkit file is unchanged; and its fingerprint."""
-    path = req.archive("devkit")
+    path = req.labels_archive()
     cached = read_json(req.layout.devkit_file)
     if same_archive(cached, path):
         return Devkit.from_json(cached["devkit"]), cached["fingerprint"]
@@ -40,7 +42,7 @@ def read_labels(req: PrepareRequest) -> tuple[Devkit, str]:
     )
     data = devkit.to_json()
     fp = digest(data)
-    ident = archive_identity(path, req.archives["devkit"][1])
+    ident = archive_identity(path, req.archives[req.labels_key][1])
     if not req.dry_run:  # a dry run keeps what it read in memory
         write_json(req.layout.devkit_file, {"archive": ident, "fingerprint": fp, "devkit": data})
     return devkit, fp
@@ -97,6 +99,31 @@ def check_covered(split: str, files: list, kit: dict) -> None:
             raise LauncherError(f"train is missing classes {sorted(set(kit['wnid_to_classes']) - classes)[:5]}")
     elif len(files) != len(kit["val_wnids"]):
         raise LauncherError(f"val holds {len(files)} images, the ground truth {len(kit['val_wnids'])}")
+
+
+def meta_args(req: PrepareRequest, identity: dict) -> dict:
+    """The meta unit's arguments: the cached devkit in, root/meta.bin out (`outputs`: what it leaves)."""
+    meta_bin = str(req.layout.meta_bin)
+    return {"devkit": str(req.layout.devkit_file), "meta_bin": meta_bin, "outputs": [meta_bin]}
+
+
+def write_meta(devkit: str, meta_bin: str) -> dict:
+    """The meta unit: root/meta.bin from the cached devkit, as torchvision writes it."""
+    from launcher.archive.extract import write_meta as write_meta_bin
+
+    return write_meta_bin(devkit, meta_bin)
+
+
+def folders_of(kit: dict, split: str) -> set[str]:
+    """The class folders a prepared split holds: one per devkit class (train), per labelled class (val)."""
+    return set(kit["wnid_to_classes"] if split == "train" else kit["val_wnids"])
+
+
+def manifest(split: str, files: list, kit: dict) -> dict:
+    """The split's manifest: every file under its WNID folder, targets in sorted-WNID order."""
+    from launcher.core.manifest import build_manifest
+
+    return build_manifest(split, files, kit["wnid_to_classes"])
 
 
 def synthesize(archive_dir: Path, options: dict, dataset: dict, overrides: list[str]) -> list[str]:
