@@ -273,7 +273,7 @@ def cmd_bench(cfg: DictConfig) -> int:
         raise LauncherError(f"bench.split={cfg.bench.split!r} is not train or val")
     use_root_dataset(cfg)
     request = bench_request(cfg)
-    require_root(request.config["storage"]["root"])
+    require_root(request.config["storage"]["root"], request.split, cfg.dataset.adapter)
     warn_batch_larger_than_split(cfg)
     return run_bench(request, cluster_of(cfg))
 

@@ -153,11 +153,13 @@ def verify_request(cfg: DictConfig):
 
 
 def loader_config(cfg: DictConfig) -> dict:
-    """storage (absolute paths), transform and loader as plain values, for launcher.data in a job."""
+    """storage (absolute paths), transform, loader and the dataset's adapter as plain values, for
+    launcher.data in a job."""
     storage = plain(cfg.storage)
     for key in ("root", "state_dir"):
         storage[key] = str(Path(storage[key]).absolute())
-    return {"storage": storage, "transform": plain(cfg.transform), "loader": plain(cfg.loader)}
+    dataset = {"adapter": cfg.dataset.adapter}
+    return {"storage": storage, "transform": plain(cfg.transform), "loader": plain(cfg.loader), "dataset": dataset}
 
 
 def bench_table(cfg: DictConfig) -> Path:

@@ -328,13 +328,15 @@ class TransformConfig:
 
 def _loader_dataset() -> dict[str, Any]:
     return {
-        "_target_": "launcher.data.load_imagenet",
+        "_target_": "launcher.data.load_dataset",
         # relative (loader.dataset -> loader -> the node holding storage): works at the root and
         # nested, e.g. under a training repo's `data:`
         "root": "${...storage.root}",
         "state_dir": "${...storage.state_dir}",
         "use_manifest": "${..use_manifest}",
         "allow_incomplete": "${..allow_incomplete}",
+        # the dataset adapter that reads the root (its torchvision class); none: ImageNet
+        "adapter": "${oc.select:...dataset.adapter,null}",
     }
 
 

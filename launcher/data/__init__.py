@@ -6,7 +6,9 @@
         set_epoch(train, epoch)                 # optional: without it each pass takes the next epoch
         for images, targets in train: ...
 
-- `build_dataset(cfg, split)`: an `ImageNet`, a subclass of `torchvision.datasets.ImageNet` with the
+- `build_dataset(cfg, split)`: the dataset `cfg.dataset.adapter`'s `load_split` builds, a subclass of
+  its torchvision class with the same attributes; for ImageNet (also a config without a dataset
+  node) an `ImageNet`, a subclass of `torchvision.datasets.ImageNet` with the
   same `classes, wnids, class_to_idx, wnid_to_idx, samples, targets, imgs`. With the prepare manifest
   (`state_dir/manifest-<split>.json`) it is built from that file alone (no directory walk); without
   it torchvision's own scan runs. It never extracts archives. Images are decoded by
@@ -34,11 +36,20 @@ Config nodes may be DictConfig, dataclasses or plain dicts; this module imports 
 
 The modules, each one concern: nodes (config nodes -> values), decode (one file, bounded),
 fastpath (crop-only decode, resize into the batch, copy-free collate), transforms, samples (the
-manifest as cached columns), dataset (`ImageNet`), loader (ranks, samplers, DataLoader). Every name
+manifest as cached columns), dataset (`FastBatches`, `ImageNet`, the manifest lookup every adapter's
+`load_split` uses, `load_dataset`), loader (ranks, samplers, DataLoader). Every name
 below is importable from launcher.data, as it was when this was one module.
 """
 
-from launcher.data.dataset import ImageNet, build_dataset, load_imagenet, require_prepared
+from launcher.data.dataset import (
+    FastBatches,
+    ImageNet,
+    build_dataset,
+    load_dataset,
+    load_imagenet,
+    require_prepared,
+    split_manifest,
+)
 from launcher.data.decode import LOADER_LIMITS, ImageRefused, decode_file, decode_with_pil, read_image, refused
 from launcher.data.fastpath import (
     NATIVE_UINT8_BILINEAR,
@@ -134,6 +145,9 @@ __all__ = [
     "Columns",
     "SampleList",
     "load_imagenet",
+    "load_dataset",
+    "split_manifest",
+    "FastBatches",
     "build_dataset",
     "rank_and_world",
     "DIGITS",

@@ -25,8 +25,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launcher.core.errors import LauncherError
-
 COLUMNS = [
     "time",
     "overrides",
@@ -397,9 +395,9 @@ def render_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def require_root(root: str) -> None:
-    if not (Path(root) / "meta.bin").exists():
-        raise LauncherError(
-            f"{root} is not a prepared ImageNet root (no meta.bin). Run `launcher prepare "
-            f"storage.root={root}` first, or point storage.root at a prepared root."
-        )
+def require_root(root: str, split: str, adapter: str) -> None:
+    """The root holds `split` as the dataset's adapter reads it (its `require_prepared`: a few stats),
+    or one line saying to run prepare."""
+    from launcher.datasets import adapter_of
+
+    adapter_of(adapter).require_prepared(root, split)

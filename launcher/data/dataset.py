@@ -1,5 +1,6 @@
-"""The dataset of a prepared root: `ImageNet`, a torchvision.datasets.ImageNet built from the manifest,
-whose batches go through the fast path."""
+"""The dataset of a prepared root: `load_dataset` asks the dataset's adapter (`load_split`) for it;
+`ImageNet`, a torchvision.datasets.ImageNet built from the manifest; `FastBatches`, what sends any
+such dataset's batches through the fast path; `split_manifest`, the manifest lookup they share."""
 
 from __future__ import annotations
 
@@ -21,7 +22,40 @@ from launcher.data.samples import Columns, SampleList, manifest_for
 from launcher.data.transforms import build_transforms
 
 
-class ImageNet(torchvision.datasets.ImageNet):
+class FastBatches:
+    """What a dataset class adds to its torchvision class so that its batches go through the fast
+    path: `__getitems__` over `self.samples` ((path, target) per index)."""
+
+    def __getitems__(self, indices: Sequence[int]) -> list:
+        """A batch for the DataLoader: with our Pipeline, every image is written straight into one
+        (shared-memory, in a worker) batch tensor; `collate` hands that tensor on without a copy."""
+        transform = self.transform
+        if not isinstance(transform, Pipeline) or self.target_transform is not None:
+            return [self[i] for i in indices]
+        out, batch = [], None
+        if transform.writes_crop and self.loader is decode_file:  # every image comes out crop-sized
+            batch = new_batch(len(indices), (3, *transform.transforms[1].size), transform.output)
+            for k, i in enumerate(indices):
+                path, target = self.samples[i]
+                slot = batch[k]
+                transform.write_file(path, slot)
+                out.append((slot, target))
+            return out
+        for k, i in enumerate(indices):
+            path, target = self.samples[i]
+            image = transform.head_of_file(path) if self.loader is decode_file else transform.head(self.loader(path))
+            if k == 0:
+                batch = new_batch(len(indices), image.shape, transform.output)
+            if batch is not None and image.shape == batch.shape[1:]:
+                transform.write(image, batch[k])  # while the image is still in the cache
+                out.append((batch[k], target))
+            else:  # sizes differ (no crop): each sample on its own, the usual collate
+                batch = None
+                out.append((transform.finish(image), target))
+        return out
+
+
+class ImageNet(FastBatches, torchvision.datasets.ImageNet):
     """torchvision.datasets.ImageNet with the same attributes, built from the prepare manifest when one
     is given (no directory walk), decoding with torchvision.io; never extracts archives."""
 
@@ -62,34 +96,6 @@ class ImageNet(torchvision.datasets.ImageNet):
         self.classes = [tuple(names) for names in classes]
         self.class_to_idx = {cls: idx for idx, clss in enumerate(self.classes) for cls in clss}
 
-    def __getitems__(self, indices: Sequence[int]) -> list:
-        """A batch for the DataLoader: with our Pipeline, every image is written straight into one
-        (shared-memory, in a worker) batch tensor; `collate` hands that tensor on without a copy."""
-        transform = self.transform
-        if not isinstance(transform, Pipeline) or self.target_transform is not None:
-            return [self[i] for i in indices]
-        out, batch = [], None
-        if transform.writes_crop and self.loader is decode_file:  # every image comes out crop-sized
-            batch = new_batch(len(indices), (3, *transform.transforms[1].size), transform.output)
-            for k, i in enumerate(indices):
-                path, target = self.samples[i]
-                slot = batch[k]
-                transform.write_file(path, slot)
-                out.append((slot, target))
-            return out
-        for k, i in enumerate(indices):
-            path, target = self.samples[i]
-            image = transform.head_of_file(path) if self.loader is decode_file else transform.head(self.loader(path))
-            if k == 0:
-                batch = new_batch(len(indices), image.shape, transform.output)
-            if batch is not None and image.shape == batch.shape[1:]:
-                transform.write(image, batch[k])  # while the image is still in the cache
-                out.append((batch[k], target))
-            else:  # sizes differ (no crop): each sample on its own, the usual collate
-                batch = None
-                out.append((transform.finish(image), target))
-        return out
-
 
 def require_prepared(root: str | Path, split: str) -> None:
     """meta.bin and root/<split> are there (two stats), or the error says to run prepare."""
@@ -117,9 +123,24 @@ def load_imagenet(
     """An ImageNet split from the manifest in `state_dir` (default root/.launcher; the root's own
     root/.launcher is looked in as well) or, without one, torchvision's scan, said once on stderr.
     A root whose records say prepare did not finish the split is refused unless `allow_incomplete`.
-    `hydra.utils.instantiate(cfg.loader.dataset, split=..., transform=...)`."""
+    `hydra.utils.instantiate(cfg.loader.dataset, split=..., transform=...)` on an ImageNet root."""
+    manifest = split_manifest(root, split, state_dir, use_manifest, allow_incomplete, require_prepared)
+    return ImageNet(root, split, transform=transform, target_transform=target_transform, manifest=manifest)
+
+
+def split_manifest(
+    root: str | Path,
+    split: str,
+    state_dir: str | Path | None,
+    use_manifest: bool,
+    allow_incomplete: bool,
+    require: Callable[[str | Path, str], None],
+) -> Columns | dict | None:
+    """The prepare manifest of `split` (None without one, or with use_manifest=false: the dataset's
+    torchvision class reads the root itself), after `require(root, split)` says the root holds the
+    split and the records say prepare finished it (or `allow_incomplete`)."""
     if reason := completion.incomplete_reason(root, state_dir, split):
-        require_prepared(root, split)  # a split never prepared: say that first
+        require(root, split)  # a split never prepared: say that first
         if not allow_incomplete:
             raise LauncherError(
                 f"{Path(os.path.expanduser(root)) / split} is not whole: {reason}. Fix the cause and run "
@@ -127,23 +148,49 @@ def load_imagenet(
                 "the images that are there anyway."
             )
         say_once(f"launcher.data: loading {split} of {root} although {reason} (loader.allow_incomplete=true)")
-    manifest = None
-    if use_manifest:
-        folders = completion.state_folders(root, state_dir)
-        manifest = next((m for f in folders if (m := manifest_for(f, split)) is not None), None)
-        if manifest is None:
-            say_once(
-                f"launcher.data: no prepare manifest of {split} in {' or '.join(map(str, folders))}: listing "
-                f"{Path(os.path.expanduser(root)) / split} with torchvision's directory scan instead (slow on a "
-                f"parallel file system). Point storage.state_dir at the folder holding manifest-{split}.json, "
-                "or set loader.use_manifest=false to scan without this note."
-            )
-    return ImageNet(root, split, transform=transform, target_transform=target_transform, manifest=manifest)
+    if not use_manifest:
+        return None
+    folders = completion.state_folders(root, state_dir)
+    manifest = next((m for f in folders if (m := manifest_for(f, split)) is not None), None)
+    if manifest is None:
+        say_once(
+            f"launcher.data: no prepare manifest of {split} in {' or '.join(map(str, folders))}: reading "
+            f"{Path(os.path.expanduser(root))} as torchvision does instead (for ImageFolder-style roots a "
+            f"directory scan, slow on a parallel file system). Point storage.state_dir at the folder holding "
+            f"manifest-{split}.json, or set loader.use_manifest=false to do so without this note."
+        )
+    return manifest
 
 
-def build_dataset(cfg: Any, split: str, transform: Callable | None | str = "config") -> ImageNet:
-    """The `split` of the root in cfg.storage, with the split's transform from cfg.transform
-    (or `transform` when given; None for raw uint8 tensors)."""
+def load_dataset(
+    root: str | Path,
+    split: str,
+    state_dir: str | Path | None = None,
+    use_manifest: bool = True,
+    transform: Callable | None = None,
+    target_transform: Callable | None = None,
+    allow_incomplete: bool = False,
+    adapter: str | None = None,
+) -> Any:
+    """The `split` of a prepared root as its dataset adapter loads it (`load_split`, a subclass of the
+    adapter's torchvision class); `adapter` None: launcher.datasets.DEFAULT_ADAPTER.
+    `hydra.utils.instantiate(cfg.loader.dataset, split=..., transform=...)`."""
+    from launcher.datasets import DEFAULT_ADAPTER, adapter_of
+
+    load_split = adapter_of(adapter or DEFAULT_ADAPTER).load_split
+    return load_split(root, split, state_dir, use_manifest, transform, target_transform, allow_incomplete)
+
+
+def adapter_name(cfg: Any) -> str | None:
+    """cfg.dataset.adapter, or None for a config without a dataset node (plain dicts)."""
+    dataset = section(cfg, "dataset")
+    return None if dataset is None else as_dict(dataset).get("adapter")
+
+
+def build_dataset(cfg: Any, split: str, transform: Callable | None | str = "config") -> Any:
+    """The `split` of the root in cfg.storage, read as cfg.dataset.adapter says (ImageNet without a
+    dataset node), with the split's transform from cfg.transform (or `transform` when given; None for
+    raw uint8 tensors)."""
     storage = as_dict(section(cfg, "storage"))
     if "root" not in storage:
         raise LauncherError("the config has no storage.root: compose the storage group (storage=...)")
@@ -151,11 +198,12 @@ def build_dataset(cfg: Any, split: str, transform: Callable | None | str = "conf
     if isinstance(transform, str):
         node = section(cfg, "transform")
         transform = build_transforms(node, split == "train") if node is not None else None
-    return load_imagenet(
+    return load_dataset(
         storage["root"],
         split,
         storage.get("state_dir"),
         loader["use_manifest"],
         transform,
         allow_incomplete=bool(loader["allow_incomplete"]),
+        adapter=adapter_name(cfg),
     )

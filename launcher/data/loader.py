@@ -192,8 +192,8 @@ def build_loader(cfg: Any, split: str, dataset: Any = None) -> DataLoader:
 def loader_from_options(dataset: Any, train: bool | None = None, **node: Any) -> DataLoader:
     """`hydra.utils.instantiate(cfg.loader, dataset={"split": "train", "transform": tf})`; train
     defaults to the dataset's split being train."""
-    if train is None:
-        train = getattr(dataset, "split", "train") == "train"
+    if train is None:  # torchvision's train splits: "train", "train-standard", ...
+        train = str(getattr(dataset, "split", "train")).startswith("train")
     return make_loader(dataset, train, node)
 
 

@@ -4,7 +4,8 @@ A dataset is one folder here (its adapter module `launcher.datasets.<name>.adapt
 file (`conf/dataset/<name>.yaml`: archive names, md5s, counts, patterns, label members, and for each
 split the archive shape, archive and root folder). The adapter supplies what no YAML can: reading
 its labels, the counts they announce, checking the indexes against them, the label/meta files of the
-prepared root, the torchvision class its root is read by, and its synthetic archives. Generic code
+prepared root, the torchvision class its root is read by (and the loader's subclass of it, `load_split`), and its
+synthetic archives. Generic code
 asks `adapter_of(name)`; it never names a dataset.
 """
 
@@ -20,6 +21,8 @@ ADAPTERS = {
     "imagenet": "launcher.datasets.imagenet.adapter",
     "places365": "launcher.datasets.places365.adapter",
 }
+# the adapter of a loader config with no dataset node (plain dicts written before dataset choices)
+DEFAULT_ADAPTER = "imagenet"
 
 
 def adapter_of(name: str) -> ModuleType:

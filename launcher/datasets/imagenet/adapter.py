@@ -146,3 +146,20 @@ def synthesize(archive_dir: Path, options: dict, dataset: dict, overrides: list[
         f"  {key:6} {p.name}  {p.stat().st_size:,} bytes  md5 {result.md5[key]}" for key, p in result.files.items()
     ]
     return [*lines, "prepare them (md5s checked) with:\n  " + result.prepare_command(overrides)]
+
+
+# ---------------------------------------------------------------- the loaders' hooks (launcher.data)
+
+
+def load_split(root, split, state_dir, use_manifest, transform, target_transform, allow_incomplete):
+    """launcher.data.load_dataset: the split as launcher.data.ImageNet (a torchvision.datasets.ImageNet)."""
+    from launcher.data.dataset import load_imagenet
+
+    return load_imagenet(root, split, state_dir, use_manifest, transform, target_transform, allow_incomplete)
+
+
+def require_prepared(root, split) -> None:
+    """The root holds `split` as torchvision's ImageNet reads it (meta.bin, root/<split>), or one line."""
+    from launcher.data.dataset import require_prepared as require
+
+    require(root, split)
