@@ -243,3 +243,23 @@ def write_meta(labels: str, root: str, root_id: str, out: Output) -> dict:
     labels_of_kit(kit, labels)
     sizes = write_root_files(root, {name: kit["files"][name].encode("ascii") for name in kit["files"]}, out)
     return {"bytes": sum(sizes.values()), "files": sizes, "seconds": time.perf_counter() - t0}
+
+
+# ---------------------------------------------------------------- the loaders' hooks (launcher.data)
+
+# bench works too (kept here, at the end, so that the other commands' additions to PIPELINE merge apart)
+PIPELINE = (*PIPELINE, "bench")
+
+
+def load_split(root, split, state_dir, use_manifest, transform, target_transform, allow_incomplete):
+    """launcher.data.load_dataset: the split as a torchvision.datasets.Places365 built from the manifest."""
+    from launcher.datasets.places365.loading import load_places365
+
+    return load_places365(root, split, state_dir, use_manifest, transform, target_transform, allow_incomplete)
+
+
+def require_prepared(root, split) -> None:
+    """The root holds `split` as torchvision's Places365 reads it (label files, images folder), or one line."""
+    from launcher.datasets.places365.loading import require_prepared as require
+
+    require(root, split)
