@@ -79,6 +79,33 @@ def test_manifest_dataset_equals_torchvision_and_walks_no_directory(root, oracle
     assert (root / ".launcher" / "manifest-train.columns").exists()
 
 
+def test_the_lists_line_order_is_the_sample_order(tmp_path, monkeypatch):
+    """torchvision keeps the file lists' line order: lists written in reverse give samples in reverse,
+    ours as theirs (the manifest follows the list, not the sorted files)."""
+    from types import SimpleNamespace
+
+    from test_places365 import patch_torchvision_md5s, rewrite_list
+    from test_places365_pipeline import md5s_of, synth_then_prepare
+
+    archive_dir, root = tmp_path / "archives", tmp_path / "root"
+    archive_dir.mkdir()
+    overrides = synth_then_prepare(archive_dir)
+
+    def reverse(data: bytes) -> bytes:
+        return ("\n".join(reversed(data.decode().splitlines())) + "\n").encode()
+
+    for member in ("places365_train_standard.txt", "places365_val.txt"):
+        rewrite_list(archive_dir, member, reverse)
+    kept = [o for o in overrides if not o.startswith("dataset.archives.filelist.md5=")]
+    assert launch("prepare", [*kept, f"storage.root={root}", "cluster=debug"]) == 0
+    oracle = patch_torchvision_md5s(monkeypatch, SimpleNamespace(md5=md5s_of(archive_dir)))
+    for split in ("train", "val"):
+        theirs = oracle(str(root), split=SPLITS[split])
+        ours = D.build_dataset(config(root), split)
+        assert ours.imgs == theirs.imgs and ours.targets == theirs.targets
+        assert [p for p, _ in theirs.imgs] != sorted(p for p, _ in theirs.imgs)  # the reverse of sorted
+
+
 def test_without_manifest_torchvision_reads_the_lists(root, oracle):
     ours = D.build_dataset(config(root, "loader.use_manifest=false"), "val")
     assert ours.imgs == oracle(str(root), split="val").imgs

@@ -199,19 +199,21 @@ def folders_of(kit: dict, split: str) -> set[str]:
 
 
 def manifest(split: str, files: list, kit: dict) -> dict:
-    """The split's manifest: paths below its images folder, targets the list's labels (the class
-    index, torchvision's class_to_idx), the classes the categories file's, in index order."""
+    """The split's manifest: paths below its images folder in the list's line order (torchvision's
+    Places365 keeps that order), targets the list's labels (the class index, torchvision's
+    class_to_idx), the classes the categories file's, in index order."""
     labels = labels_of_kit(kit)
     listed = by_role(labels)[split].relpaths()
-    rows = sorted((f"{folder}/{name}" if folder else name, size) for folder, name, size in files)
+    sizes = {f"{folder}/{name}" if folder else name: size for folder, name, size in files}
+    paths = [rel for rel in listed if rel in sizes]  # check_covered: every listed file is there
     return {
         "version": MANIFEST_VERSION,
         "split": split,
         "wnids": [name.lstrip("/") for name in labels.categories.names],
         "classes": [[name] for name in labels.categories.names],
-        "paths": [rel for rel, _ in rows],
-        "targets": [listed[rel] for rel, _ in rows],
-        "sizes": [size for _, size in rows],
+        "paths": paths,
+        "targets": [listed[rel] for rel in paths],
+        "sizes": [sizes[rel] for rel in paths],
     }
 
 
