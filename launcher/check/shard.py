@@ -155,7 +155,18 @@ def _train_extra(name: str, wnid: str, anyone: re.Pattern | None, listed: bool) 
 
 
 def _check_class_args(args) -> dict:
-    return check_class(*args)
+    check, rest = args[0], args[1:]
+    return check(*rest)
+
+
+def checker_of(spec: dict) -> Callable:
+    """The check of a shard's items: ImageNet's check_class, or the one of the dataset's verify rules
+    the shard's input names (spec["rules"]: a dataset.adapter, looked up among the adapters)."""
+    if not spec.get("rules"):
+        return check_class
+    from launcher.datasets import adapter_of
+
+    return adapter_of(spec["rules"]).verify_rules().check_class
 
 
 def verify_shard(root: str, split: str, input: str, level: str, fix: bool = False, processes: int = 1) -> dict:
@@ -172,12 +183,14 @@ def verify_shard(root: str, split: str, input: str, level: str, fix: bool = Fals
     ctx["quality"] = spec.get("quality", 95)
     ctx["state_dir"], ctx["run"] = spec.get("state_dir"), spec.get("run", "")
     ctx["limits"] = spec.get("limits", {})
-    jobs = [(root, split, cls, level, ctx) for cls in spec["classes"]]
+    ctx["extra"] = spec.get("extra", {})
+    check = checker_of(spec)
+    jobs = [(check, root, split, cls, level, ctx) for cls in spec["classes"]]
     if processes > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(min(processes, len(jobs))) as pool:
             results = list(pool.map(_check_class_args, jobs, chunksize=max(1, len(jobs) // (4 * processes))))
     else:
-        results = [check_class(*job) for job in jobs]
+        results = [_check_class_args(job) for job in jobs]
     return {
         "split": split,
         "level": level,

@@ -146,3 +146,18 @@ def synthesize(archive_dir: Path, options: dict, dataset: dict, overrides: list[
         f"  {key:6} {p.name}  {p.stat().st_size:,} bytes  md5 {result.md5[key]}" for key, p in result.files.items()
     ]
     return [*lines, "prepare them (md5s checked) with:\n  " + result.prepare_command(overrides)]
+
+
+# ---------------------------------------------------------------- verify
+
+
+def verify_rules():
+    """The module of this dataset's verify rules (plan_root), imported when verify runs."""
+    from launcher.datasets.imagenet import checks
+
+    return checks
+
+
+def root_files(dataset: dict) -> list[str]:
+    """The label files of a prepared root, beside the split folders (what stage copies with them)."""
+    return ["meta.bin"]
