@@ -148,7 +148,7 @@ def run_command(cfg: DictConfig) -> int:
 
 def pipeline_missing(cfg: DictConfig, command: str) -> int | None:
     """A command the dataset's adapter is not wired for yet (its PIPELINE names those it is: Places365
-    prepare only, so far): say so in one line (exit 4) instead of failing half-way."""
+    has no bench yet): say so in one line (exit 4) instead of failing half-way."""
     from launcher.datasets import adapter_of
 
     if command in getattr(adapter_of(cfg.dataset.adapter), "PIPELINE", ()):
@@ -236,18 +236,21 @@ def stage_job(cfg: DictConfig) -> tuple:
     import functools
 
     from launcher import stage
+    from launcher.datasets import adapter_of
 
     o = cfg.stage
     source = Path(o.source).absolute()
-    keys = ["devkit", *cfg.split.splits]
+    keys = [cfg.dataset.labels.archive, *cfg.split.splits]
     names = [cfg.dataset.archives[k].file for k in keys]
     mode = o.mode
+    top_files = adapter_of(cfg.dataset.adapter).root_files(plain(cfg.dataset))
     if mode == "auto":
-        mode = "archives" if not (source / "meta.bin").exists() and (source / names[0]).exists() else "root"
+        mode = "archives" if not (source / top_files[0]).exists() and (source / names[0]).exists() else "root"
     root, state_dir = Path(cfg.storage.root).absolute(), Path(cfg.storage.state_dir).absolute()
     if mode == "root":
-        args = (source, root, list(cfg.split.splits), o.source_state_dir, state_dir, None, o.reuse, o.threads, o.wait_s)
-        return stage.stage_root, args
+        splits, folders = list(cfg.split.splits), dict(layout_of(cfg).folders)
+        args = (source, root, splits, o.source_state_dir, state_dir, None, o.reuse, o.threads, o.wait_s)
+        return stage.stage_root, (*args, top_files, folders)
     if mode == "archives":
         from launcher.config.schema import DebugClusterConfig
         from launcher.core.backends import backend_of

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 # the torchvision class that reads a prepared root (and the tests' oracle)
 TORCHVISION_CLASS = "torchvision.datasets.Places365"
 # the pipeline commands this adapter is wired for (launcher.cli refuses the others in one line)
-PIPELINE = ("prepare", "status")
+PIPELINE = ("prepare", "verify", "status", "stage")
 # the dataset choice synth's archives are prepared with (md5s and counts from the archives)
 SYNTHETIC_CHOICE = "places365_synthetic"
 
@@ -243,3 +243,19 @@ def write_meta(labels: str, root: str, root_id: str, out: Output) -> dict:
     labels_of_kit(kit, labels)
     sizes = write_root_files(root, {name: kit["files"][name].encode("ascii") for name in kit["files"]}, out)
     return {"bytes": sum(sizes.values()), "files": sizes, "seconds": time.perf_counter() - t0}
+
+
+# ---------------------------------------------------------------- verify
+
+
+def verify_rules():
+    """The module of this dataset's verify rules (plan_root, check_class), imported when verify runs."""
+    from launcher.datasets.places365 import checks
+
+    return checks
+
+
+def root_files(dataset: dict) -> list[str]:
+    """The label files of a prepared root, beside the split folders (what stage copies with them)."""
+    members = dataset["labels"]["members"]
+    return [members["categories"], members["train"], members["val"]]
