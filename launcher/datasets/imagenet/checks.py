@@ -1,18 +1,21 @@
 """ImageNet's rules for `launcher verify` (launcher.check asks them through the adapter's
 verify_rules()): the expected classes from the devkit (or meta.bin), meta.bin checked, the top level
-and the split folders looked at here, and shards of WNID class folders, each checked file by file by
-launcher.check.shard.check_class."""
+and the split folders looked at here, and shards of WNID class folders, each checked file by file by check_class (names,
+labels, counts; the images by launcher.check.shard.check_images)."""
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 from launcher.check.plan import RootPlan, RootPlanning, shard_id, shard_unit
 from launcher.check.request import VerifyRequest
-from launcher.check.structure import check_structure, check_top, list_split, read_state_manifest
+from launcher.check.shard import check_images
+from launcher.check.structure import read_state_manifest
 from launcher.core import completion, plan
-from launcher.core.layout import write_json
+from launcher.core.layout import ROOT_ID_FILE, SPLITS, write_json
 from launcher.core.units import Unit
 from launcher.datasets.imagenet.meta import check_meta, expected_layout
 
@@ -85,7 +88,8 @@ def plan_split(
             }
             for j in group
         ]
-        units.append(shard_unit(req, split, uid, classes, sum(weights[j] for j in group), run_dir, processes))
+        size = sum(weights[j] for j in group)
+        units.append(shard_unit(req, split, uid, classes, size, run_dir, processes, {"rules": req.adapter}))
     return units
 
 
@@ -160,3 +164,175 @@ def _announced(exp: dict, split: str) -> int | None:
     if split == "val" and exp.get("val_wnids") is not None:
         return len(exp["val_wnids"])
     return None
+
+
+# ---------------------------------------------------------------- the top level and split folders
+
+
+def check_top(req: VerifyRequest, findings: list, notes: list) -> None:
+    """The root's top level: no leftovers of an interrupted prepare; anything unknown is noted."""
+    root, layout = req.layout.root, req.layout
+    known = {"meta.bin", *SPLITS, ".partial", ROOT_ID_FILE, *(name for name, _ in req.archives.values())}
+    try:
+        state_top = layout.state_dir.relative_to(root).parts[0]
+    except ValueError:
+        state_top = None
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.name == state_top or entry.name in known:
+            continue
+        if entry.name.endswith(".part"):
+            findings.append([entry.name, "structure", "temporary file of an interrupted prepare; delete it"])
+        else:
+            notes.append([entry.name, "top-level", "not part of a torchvision ImageNet root (torchvision ignores it)"])
+    if layout.partial_dir.is_dir():
+        for dirpath, _, names in os.walk(layout.partial_dir):
+            for name in sorted(names):
+                rel = os.path.relpath(os.path.join(dirpath, name), root)
+                why = (
+                    f"leftover of an interrupted prepare: run `launcher prepare` again, or delete {layout.partial_dir}"
+                )
+                findings.append([rel, "structure", why])
+
+
+def list_split(root: Path, split: str, findings: list) -> list[str] | None:
+    """Class folder names of root/<split> (sorted); files there are findings; None if it is missing."""
+    folder = root / split
+    if not folder.is_dir():
+        findings.append(
+            [split, "structure", f"missing: {folder} is not a folder. Run `launcher prepare split={split}`"]
+        )
+        return None
+    classes = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.is_dir():
+            classes.append(entry.name)
+        elif entry.name.endswith(".part"):
+            findings.append(
+                [f"{split}/{entry.name}", "structure", "temporary file of an interrupted prepare; delete it"]
+            )
+        else:
+            findings.append(
+                [f"{split}/{entry.name}", "structure", "stray file where only class folders belong; move it out"]
+            )
+    return classes
+
+
+def check_structure(split: str, present: list[str], classes: list[str], counts: dict, source: str, findings: list):
+    """Exactly the expected class folders: missing and extra ones are findings; returns the ones to check."""
+    want, have = set(classes), set(present)
+    for wnid in sorted(want - have):
+        n = f" ({counts[wnid]} images expected)" if counts.get(wnid) else ""
+        why = f"class folder missing{n}; restore it from the archives (`launcher prepare split={split}`, new root)"
+        findings.append([f"{split}/{wnid}", "structure", why])
+    for name in sorted(have - want):
+        why = f"folder of no class in {source}: ImageFolder makes it a class and shifts the classes after it"
+        findings.append([f"{split}/{name}", "structure", f"{why}; move it out"])
+    return sorted(want & have)
+
+
+# ---------------------------------------------------------------- a shard's class folder
+
+# the real val images' names (the dataset's fact, used to name a missing val image)
+VAL_NAME = "ILSVRC2012_val_{:08d}.JPEG"
+
+
+def check_class(root: str, split: str, cls: dict, level: str, ctx: dict) -> dict:
+    """Every entry of root/<split>/<wnid>: names, labels, counts, and each image at `level`.
+
+    cls: {"wnid", "count": devkit count or None, "files": [[name, size], ...] from the manifest or None}
+    ctx: {"pattern": image name regex template, "val_wnids": list or None, "val_numbers": wnid -> its
+          val image numbers, "fix": bool, "quality": int, "limits": Limits' fields}
+    """
+    wnid = cls["wnid"]
+    rel, folder = f"{split}/{wnid}", os.path.join(root, split, wnid)
+    failures, notes, fixed = [], [], []
+    out = {"wnid": wnid, "images": 0, "checked": 0, "bytes": 0, "failures": failures, "notes": notes, "fixed": fixed}
+
+    def fail(name: str | None, check: str, reason: str) -> None:
+        failures.append([f"{rel}/{name}" if name else rel, check, reason])
+
+    try:
+        entries = sorted((e.name, e.is_dir()) for e in os.scandir(folder))
+    except OSError as err:
+        fail(None, "structure", f"cannot list the class folder: {err.strerror or err}")
+        return out
+    manifest = {name: size for name, size in cls["files"]} if cls.get("files") is not None else None
+    accepted, seen = accept_entries(entries, split, wnid, manifest, ctx, fail)
+    report_missing(split, cls, accepted, seen, manifest, ctx, fail)
+    out["images"] = len(accepted)
+    check_images(folder, rel, accepted, level, manifest, ctx, out, fail)
+    return out
+
+
+def accept_entries(
+    entries: list[tuple[str, bool]], split: str, wnid: str, manifest: dict | None, ctx: dict, fail: Callable
+) -> tuple[list[str], set[int]]:
+    """The image names of a class folder that belong there (and the val numbers among them); every
+    other entry is a failure: a folder, a temporary, a stray or misplaced file."""
+    val_wnids = ctx.get("val_wnids")
+    own = re.compile(ctx["pattern"].replace("{wnid}", re.escape(wnid)), re.ASCII)
+    anyone = re.compile(ctx["pattern"].replace("{wnid}", "(.+?)"), re.ASCII) if split == "train" else None
+    accepted: list[str] = []
+    seen: set[int] = set()
+    for name, is_dir in entries:
+        if is_dir:
+            fail(name, "structure", f"a folder in a class folder: ImageFolder reads its images as {wnid}; move it out")
+        elif name.endswith(".part"):
+            fail(name, "structure", "temporary file of an interrupted prepare or verify.fix; delete it")
+        elif split == "train":
+            if (name in manifest) if manifest is not None else own.fullmatch(name):
+                accepted.append(name)
+            else:
+                fail(name, "structure", _train_extra(name, wnid, anyone, manifest is not None))
+        elif not (match := own.fullmatch(name)):
+            fail(name, "structure", "stray file: not an ILSVRC2012 val image name; move it out")
+        elif (number := _val_number(name, int(match.group(1)), wnid, val_wnids, manifest, fail)) is not None:
+            accepted.append(name)
+            seen.add(number)
+    return accepted, seen
+
+
+def _val_number(
+    name: str, number: int, wnid: str, val_wnids: list | None, manifest: dict | None, fail: Callable
+) -> int | None:
+    """The number of val image `name` when its label puts it in `wnid` (and the manifest lists it);
+    else None, the failure said."""
+    truth = val_wnids[number - 1] if val_wnids and 1 <= number <= len(val_wnids) else None
+    if val_wnids and truth is None:
+        fail(name, "structure", f"val image {number} has no label: the ground truth has {len(val_wnids)}")
+    elif truth is not None and truth != wnid:
+        why = f"in the wrong class folder: the ground truth puts val image {number} in {truth}"
+        fail(name, "structure", f"{why}; move it to val/{truth}/")
+    elif manifest is not None and name not in manifest:
+        fail(name, "structure", "extra file: not in the manifest of val; move it out")
+    else:
+        return number
+    return None
+
+
+def report_missing(
+    split: str, cls: dict, accepted: list[str], seen: set[int], manifest: dict | None, ctx: dict, fail: Callable
+) -> None:
+    """What should be in the class folder and is not: the manifest's files, the ground truth's val
+    images, the devkit's count of train images."""
+    wnid = cls["wnid"]
+    if manifest is not None:  # what should be here and is not
+        present = set(accepted)
+        for name, size in cls["files"]:
+            if name not in present:
+                fail(name, "exists", f"missing: listed in the manifest ({size} bytes)")
+    elif split == "val":
+        for number in ctx.get("val_numbers", {}).get(wnid, []):
+            if number not in seen:
+                fail(VAL_NAME.format(number), "exists", "missing: the ground truth puts this val image here")
+    if split == "train" and cls.get("count") is not None and len(accepted) != cls["count"]:
+        fail(None, "structure", f"holds {len(accepted)} images, the devkit's num_train_images says {cls['count']}")
+
+
+def _train_extra(name: str, wnid: str, anyone: re.Pattern | None, listed: bool) -> str:
+    match = anyone.fullmatch(name) if anyone else None
+    if match and match.group(1) != wnid:
+        return f"in the wrong class folder: the name says class {match.group(1)}; move it to train/{match.group(1)}/"
+    if listed:
+        return "extra file: not in the manifest of train; move it out"
+    return f"stray file: not a train image name of class {wnid}; move it out"
