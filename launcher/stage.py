@@ -105,13 +105,15 @@ def source_identity(source: Path, state_dir: Path, splits: Iterable[str]) -> dic
     return ident
 
 
-def split_files(source: Path, state_dir: Path, split: str) -> list[tuple[str, int | None]]:
-    """(path relative to the root, size or None) of every image of a split: from the manifest when
-    there is one, else a walk of the source folder."""
+def split_files(source: Path, state_dir: Path, split: str, folder: str | None = None) -> list[tuple[str, int | None]]:
+    """(path relative to the root, size or None) of every image of a split (in the root folder
+    `folder`, default the split's name): from the manifest when there is one, else a walk of the
+    source folder."""
+    folder = folder or split
     manifest = read_json(state_dir / f"manifest-{split}.json")
     if manifest and manifest.get("split") == split:
-        return [(f"{split}/{p}", s) for p, s in zip(manifest["paths"], manifest["sizes"])]
-    base = source / split
+        return [(f"{folder}/{p}", s) for p, s in zip(manifest["paths"], manifest["sizes"])]
+    base = source / folder
     out = []
     for folder, _, names in os.walk(base):
         rel = Path(folder).relative_to(source)
@@ -119,8 +121,11 @@ def split_files(source: Path, state_dir: Path, split: str) -> list[tuple[str, in
     return sorted(out)
 
 
-def check_source(source: Path, splits: Iterable[str]) -> None:
-    missing = [str(p) for p in [source / "meta.bin", *(source / s for s in splits)] if not p.exists()]
+def check_source(source: Path, splits: Iterable[str], top_files: Iterable[str] = ("meta.bin",), folders=None) -> None:
+    """The source holds the root's label files and each split's folder."""
+    folders = folders or {}
+    wanted = [source / name for name in top_files] + [source / folders.get(s, s) for s in splits]
+    missing = [str(p) for p in wanted if not p.exists()]
     if missing:
         raise LauncherError(
             f"{source} is not a prepared root ({', '.join(missing)} missing). Point stage.source at a "
@@ -160,6 +165,18 @@ def copy_files(source: Path, dest: Path, files: list[tuple[str, int | None]], th
 # ---------------------------------------------------------------- staging
 
 
+@dataclass(frozen=True)
+class RootTree:
+    """What a prepared root holds besides launcher's state: its label files at the top (the
+    adapter's root_files) and each split's folder (dataset.splits.<split>.folder)."""
+
+    top_files: tuple[str, ...] | list[str] = ("meta.bin",)
+    folders: dict[str, str] = field(default_factory=dict)
+
+    def folder(self, split: str) -> str:
+        return self.folders.get(split, split)
+
+
 def stage_root(
     source: str | Path,
     dest: str | Path,
@@ -170,8 +187,11 @@ def stage_root(
     reuse: bool = True,
     threads: int = 8,
     wait_s: float = 3600.0,
+    top_files: Iterable[str] = ("meta.bin",),
+    folders: dict[str, str] | None = None,
 ) -> StageResult:
-    """Make `dest` a complete copy of the prepared root `source` (meta.bin, the splits, the manifests)
+    """Make `dest` a complete copy of the prepared root `source` (its label files `top_files`, each
+    split's folder, `folders`: split -> its root folder, default the split's name; the manifests)
     once per node: local rank 0 copies, the other local ranks wait. Returns what this rank did."""
     source, dest = Path(source).absolute(), Path(dest).absolute()
     splits = list(splits)
@@ -179,13 +199,15 @@ def stage_root(
     dst_state = Path(dest_state_dir).absolute() if dest_state_dir else dest / ".launcher"
     rank = local_rank_from_env() if local_rank is None else local_rank
     safedir.trust(dest, dst_state)  # below them, nothing is followed
-    check_source(source, splits)
+    top_files, folders = list(top_files), dict(folders or {})
+    check_source(source, splits, top_files, folders)
     ident = source_identity(source, src_state, splits)
     started = time.time()
     lock = dest.parent / f".{dest.name}.stage.lock"
 
     def copy() -> StageResult:
-        return copy_root(source, dest, splits, src_state, dst_state, ident, threads, rank)
+        tree = RootTree(top_files, folders)
+        return copy_root(source, dest, splits, src_state, dst_state, ident, threads, rank, tree)
 
     return once_per_node(lock, dst_state / MARKER, ident, rank, reuse, wait_s, started, dest, copy)
 
@@ -231,17 +253,20 @@ def copy_root(
     ident: dict,
     threads: int,
     rank: int,
+    tree: RootTree | None = None,
 ) -> StageResult:
+    tree = tree or RootTree()
     t0 = time.time()
     marker = dst_state / MARKER
     before = read_json(marker)
     if before and before.get("identity") != ident:  # another source (or re-prepared): start over
         for split in splits:
-            safefs.remove_tree(dest / split)  # a link there is removed itself, never followed
+            safefs.remove_tree(dest / tree.folder(split))  # a link there is removed itself, never followed
     write_json(marker, {"state": "copying", "identity": ident, "host": socket.gethostname(), "started_at": t0})
     with safedir.Dir.of(dest, create=True) as top:
-        top.copy_from(source / "meta.bin", "meta.bin")
-    files = [f for split in splits for f in split_files(source, src_state, split)]
+        for name in tree.top_files:
+            top.copy_from(source / name, name)
+    files = [f for split in splits for f in split_files(source, src_state, split, tree.folder(split))]
     copied, nbytes = copy_files(source, dest, files, threads)
     for name in STATE_FILES:
         for split in splits:

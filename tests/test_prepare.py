@@ -349,7 +349,8 @@ def test_preparing_into_a_folder_of_other_things_warns(archives, tmp_path, capsy
     (root / "photos").mkdir()
     assert prepare(archives("tiny"), root, "prepare.dry_run=true") == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: storage.root")]
-    assert len(warnings) == 1 and "photos, thesis.tex" in warnings[0] and "not an ImageNet root" in warnings[0]
+    assert len(warnings) == 1 and "photos, thesis.tex" in warnings[0], warnings
+    assert "not a root of torchvision.datasets.ImageNet: prepare adds meta.bin, train/, val/" in warnings[0]
     empty = tmp_path / "empty"
     empty.mkdir()
     assert prepare(archives("tiny"), empty, "prepare.dry_run=true") == 0

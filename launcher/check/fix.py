@@ -92,7 +92,7 @@ def apply_fixes(desc: dict, fixed: list[dict]) -> list[str]:
     the split's complete record (so a later `exists` check or finalize agree with the disk), then
     log each fix's outcome in state_dir/verify-fixes.jsonl after its intent."""
     state = Path(desc["state_dir"])
-    updated = update_sizes(state, {f["path"]: f["new_size"] for f in fixed if f["ok"]})
+    updated = update_sizes(state, {f["path"]: f["new_size"] for f in fixed if f["ok"]}, desc.get("folders"))
     for f in fixed:
         line = {"run": desc["run"], "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "state": "applied", **f}
         append_line(state / FIXES, line, fsync=True)

@@ -28,9 +28,18 @@ def md5_bytes(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
-def split_of(path: str) -> str:
+def split_of(path: str, folders: dict[str, str] | None = None) -> str:
+    """The split a root-relative path is in: its first folder, a split's name or (`folders`: split ->
+    its root folder, dataset.splits.<split>.folder) the folder of one; "-" for anything else."""
     head = path.split("/", 1)[0]
-    return head if head in SPLITS else "-"
+    by_folder = {folder: split for split, folder in (folders or {}).items()}
+    return by_folder.get(head, head if head in SPLITS else "-")
+
+
+def split_path(path: str, folders: dict[str, str] | None = None) -> str:
+    """A root-relative path as the manifest of its split names it (`<split>/<path below its folder>`)."""
+    split = split_of(path, folders)
+    return f"{split}/{path.split('/', 1)[1]}" if split != "-" and "/" in path else path
 
 
 def keep_original(state: Path, rel: str, data: bytes) -> Path:
@@ -45,9 +54,11 @@ def keep_original(state: Path, rel: str, data: bytes) -> Path:
     return kept
 
 
-def update_sizes(state: Path, new_size: dict[str, int]) -> list[str]:
-    """Set the sizes of `new_size`'s files (split/wnid/name) in the manifests, unit records and
-    complete records; running it again changes nothing (a crash half-way is finished by a rerun)."""
+def update_sizes(state: Path, new_size: dict[str, int], folders: dict[str, str] | None = None) -> list[str]:
+    """Set the sizes of `new_size`'s files (root-relative; `folders`: split -> its root folder) in the
+    manifests, unit records and complete records; running it again changes nothing (a crash half-way
+    is finished by a rerun)."""
+    new_size = {split_path(p, folders): n for p, n in new_size.items()}
     updated = []
     for split in sorted({split_of(p) for p in new_size} & set(SPLITS)):
         mpath = state / f"manifest-{split}.json"
@@ -125,7 +136,7 @@ def remove_fix_temporary(root: Path, rel: str) -> None:
         folder.unlink_entry(f".{name}.fix.part")
 
 
-def reconcile_fixes(root: Path, state: Path) -> list[str]:
+def reconcile_fixes(root: Path, state: Path, folders: dict[str, str] | None = None) -> list[str]:
     """Finish what an interrupted verify.fix started: an intent whose replacement happened (the
     file has the new md5) gets the manifest and records updated; one whose replacement did not
     happen (the old md5) is closed as not applied; anything else is reported with the kept copy."""
@@ -141,7 +152,7 @@ def reconcile_fixes(root: Path, state: Path) -> list[str]:
         digest = md5_bytes(data) if data is not None else None
         if digest == intent.get("md5_after"):
             outcome = "applied"
-            update_sizes(state, {intent["path"]: intent["new_size"]})
+            update_sizes(state, {intent["path"]: intent["new_size"]}, folders)
         elif digest == intent.get("md5_before"):
             outcome = "not-applied"
         else:

@@ -29,6 +29,7 @@ FAILURE_HINTS = {
     "takes every count from the devkit)",
     "md5": "archives: download them again",
     "devkit": "devkit: download ILSVRC2012_devkit_t12.tar.gz again",
+    "labels": "label files: extract the ones named above again from the label archive (its command is in the finding)",
     "shard": "a shard did not finish: see its job log, then run verify again",
     "fix": "re-encoded files that fail: restore them from the archives (their old md5 is in the report)",
 }
@@ -132,7 +133,7 @@ def _note(n: list) -> dict:
 def checks_summary(failures: list, notes: list, counts: dict, md5: dict, desc: dict) -> dict:
     """check -> split -> {checked, failed, notes}: the rows of the summary table."""
     level = desc["level"]
-    out: dict[str, dict] = {"meta": {"-": {"checked": 1, "failed": 0, "notes": 0}}}
+    out: dict[str, dict] = {desc.get("labels_check", "meta"): {"-": {"checked": 1, "failed": 0, "notes": 0}}}
     for split, c in counts.items():
         out.setdefault("structure", {})[split] = {"checked": c["classes"], "failed": 0, "notes": 0}
         out.setdefault(f"files ({level})", {})[split] = {"checked": c["checked"], "failed": 0, "notes": 0}
@@ -144,10 +145,11 @@ def checks_summary(failures: list, notes: list, counts: dict, md5: dict, desc: d
         if f["check"] == "md5":
             continue
         check = f"files ({level})" if f["check"] in file_checks else f["check"]
-        row = out.setdefault(check, {}).setdefault(split_of(f["path"]), {"checked": 0, "failed": 0, "notes": 0})
+        where = split_of(f["path"], desc.get("folders"))
+        row = out.setdefault(check, {}).setdefault(where, {"checked": 0, "failed": 0, "notes": 0})
         row["failed"] += 1
     for n in notes:
-        where = split_of(n["path"])
+        where = split_of(n["path"], desc.get("folders"))
         check = f"files ({level})" if where != "-" else ("md5" if n["kind"] == "md5" else "structure")
         row = out.setdefault(check, {}).setdefault(where, {"checked": 0, "failed": 0, "notes": 0})
         row["notes"] += 1

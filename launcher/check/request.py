@@ -23,15 +23,23 @@ class VerifyRequest:
     archives: dict[str, tuple[str, str | None]]
     # train/val/classes -> expected count or None
     expected: dict[str, int | None]
-    devkit_meta: str
-    devkit_ground_truth: str
+    # dataset.labels.members.meta and .ground_truth (a devkit's; None for a dataset without one)
+    devkit_meta: str | None
+    devkit_ground_truth: str | None
     devkit_max_bytes: int
     train_image_pattern: str
     val_image_pattern: str
-    # dataset.patterns.wnid and .ilsvrc_id: what a WNID and an ILSVRC2012_ID must match (ASCII)
-    wnid_pattern: str
-    ilsvrc_id_pattern: str
+    # dataset.patterns.wnid and .ilsvrc_id: what a WNID and an ILSVRC2012_ID must match (ASCII; None
+    # for a dataset without them)
+    wnid_pattern: str | None
+    ilsvrc_id_pattern: str | None
     splits: list[str]
+    # dataset.adapter (its verify_rules() plan the dataset's checks), dataset.labels.archive (the
+    # archive key of its labels), dataset.labels and dataset.patterns as plain values
+    adapter: str
+    labels_key: str
+    labels: dict
+    patterns: dict
     level: str = "header"
     fix: bool = False
     fix_quality: int = 95
@@ -67,9 +75,12 @@ def check_request(req: VerifyRequest) -> None:
     if bad:
         raise LauncherError(f"split.splits has {', '.join(bad)}; valid splits: {', '.join(SPLITS)}.")
     if not req.layout.root.is_dir():
+        from launcher.datasets import adapter_of
+
+        reader = adapter_of(req.adapter).TORCHVISION_CLASS
         raise LauncherError(
-            f"The root {req.layout.root} is not a folder. Point storage.root at a torchvision ImageNet "
-            "root (meta.bin, train/, val/), or prepare one with `launcher prepare`."
+            f"The root {req.layout.root} is not a folder. Point storage.root at a root {reader} reads, "
+            "or prepare one with `launcher prepare`."
         )
     try:
         with safedir.Dir.of(req.layout.state_dir, create=True) as state:

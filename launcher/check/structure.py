@@ -1,5 +1,5 @@
-"""verify's look at a root's top level and split folders, and its bounded reads of the state files
-(manifest, cached devkit.json)."""
+"""verify's bounded reads of the state files (manifest, cached label files); a dataset's look at its
+root's top level and split folders is in its verify rules (launcher/datasets/<name>/checks.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import os
 from pathlib import Path
 
 from launcher.check.imagebounds import Limits, Refused, open_regular, read_fd
-from launcher.check.request import VerifyRequest
-from launcher.core.layout import ROOT_ID_FILE, SPLITS
 from launcher.core.manifest import VERSION as MANIFEST_VERSION
 
 # the largest state file (manifest, cached devkit.json) verify reads; ImageNet's train manifest is ~60 MB
@@ -57,64 +55,3 @@ def read_state_manifest(path: Path, findings: list) -> dict | None:
         findings.append([str(path), "structure", why])
         return None
     return manifest
-
-
-def check_top(req: VerifyRequest, findings: list, notes: list) -> None:
-    """The root's top level: no leftovers of an interrupted prepare; anything unknown is noted."""
-    root, layout = req.layout.root, req.layout
-    known = {"meta.bin", *SPLITS, ".partial", ROOT_ID_FILE, *(name for name, _ in req.archives.values())}
-    try:
-        state_top = layout.state_dir.relative_to(root).parts[0]
-    except ValueError:
-        state_top = None
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if entry.name == state_top or entry.name in known:
-            continue
-        if entry.name.endswith(".part"):
-            findings.append([entry.name, "structure", "temporary file of an interrupted prepare; delete it"])
-        else:
-            notes.append([entry.name, "top-level", "not part of a torchvision ImageNet root (torchvision ignores it)"])
-    if layout.partial_dir.is_dir():
-        for dirpath, _, names in os.walk(layout.partial_dir):
-            for name in sorted(names):
-                rel = os.path.relpath(os.path.join(dirpath, name), root)
-                why = (
-                    f"leftover of an interrupted prepare: run `launcher prepare` again, or delete {layout.partial_dir}"
-                )
-                findings.append([rel, "structure", why])
-
-
-def list_split(root: Path, split: str, findings: list) -> list[str] | None:
-    """Class folder names of root/<split> (sorted); files there are findings; None if it is missing."""
-    folder = root / split
-    if not folder.is_dir():
-        findings.append(
-            [split, "structure", f"missing: {folder} is not a folder. Run `launcher prepare split={split}`"]
-        )
-        return None
-    classes = []
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.is_dir():
-            classes.append(entry.name)
-        elif entry.name.endswith(".part"):
-            findings.append(
-                [f"{split}/{entry.name}", "structure", "temporary file of an interrupted prepare; delete it"]
-            )
-        else:
-            findings.append(
-                [f"{split}/{entry.name}", "structure", "stray file where only class folders belong; move it out"]
-            )
-    return classes
-
-
-def check_structure(split: str, present: list[str], classes: list[str], counts: dict, source: str, findings: list):
-    """Exactly the expected class folders: missing and extra ones are findings; returns the ones to check."""
-    want, have = set(classes), set(present)
-    for wnid in sorted(want - have):
-        n = f" ({counts[wnid]} images expected)" if counts.get(wnid) else ""
-        why = f"class folder missing{n}; restore it from the archives (`launcher prepare split={split}`, new root)"
-        findings.append([f"{split}/{wnid}", "structure", why])
-    for name in sorted(have - want):
-        why = f"folder of no class in {source}: ImageFolder makes it a class and shifts the classes after it"
-        findings.append([f"{split}/{name}", "structure", f"{why}; move it out"])
-    return sorted(want & have)

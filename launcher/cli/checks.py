@@ -171,10 +171,12 @@ def shown(value) -> str:
 
 
 def dataset_differences(chosen: dict, stored: dict) -> list[str]:
-    """The facts (archive names and md5s, expected counts, devkit members, name patterns) on which two
-    dataset configs disagree; an md5 left null on either side does not count."""
+    """The facts (adapter, archive names and md5s, expected counts, label members, split sources, name
+    patterns) on which two dataset configs disagree; an md5 left null on either side does not count."""
     out = []
-    for group in ("archives", "expected", "devkit", "patterns"):
+    if chosen.get("adapter") != stored.get("adapter"):
+        out.append(f"dataset.adapter is {shown(chosen.get('adapter'))} here, {shown(stored.get('adapter'))} there")
+    for group in ("archives", "expected", "labels", "splits", "patterns"):
         a, b = chosen.get(group) or {}, stored.get(group) or {}
         for key in sorted(set(a) | set(b)):
             x, y = a.get(key), b.get(key)
@@ -199,16 +201,18 @@ def DatasetMismatch(message: str):
     return err
 
 
-def use_root_dataset(cfg: DictConfig) -> None:
-    """verify/status/bench on a prepared root: without `dataset=<choice>` on the command line, take
-    the dataset config the root was prepared with (dataset.* overrides still apply on top); with a
-    choice that disagrees with it, stop with a message naming both configs."""
+def use_root_dataset(cfg: DictConfig, layout=None) -> None:
+    """verify/status/bench on a prepared root (stage: on its source, `layout`): without
+    `dataset=<choice>` on the command line, take the dataset config the root was prepared with
+    (dataset.* overrides still apply on top); with a choice that disagrees with it, stop with a
+    message naming both configs."""
     from omegaconf import OmegaConf
 
     from launcher.prepare.guards import root_dataset
 
+    layout = layout or layout_of(cfg)
     overrides = hydra_overrides()
-    stored = root_dataset(layout_of(cfg)) if overrides is not None else None
+    stored = root_dataset(layout) if overrides is not None else None
     if stored is None:
         return
     keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
@@ -216,7 +220,7 @@ def use_root_dataset(cfg: DictConfig) -> None:
         if diff := dataset_differences(plain(cfg.dataset), stored):
             raise DatasetMismatch(
                 f"dataset={cfg.dataset.name} disagrees with dataset={stored.get('name')}, the one "
-                f"{layout_of(cfg).root} was prepared with ({'; '.join(diff[:3])}). Leave dataset=... out to "
+                f"{layout.root} was prepared with ({'; '.join(diff[:3])}). Leave dataset=... out to "
                 f"use the root's, or pass dataset={stored.get('name')}."
             )
         return

@@ -147,13 +147,19 @@ def run_command(cfg: DictConfig) -> int:
 
 
 def pipeline_missing(cfg: DictConfig, command: str) -> int | None:
-    """A command the dataset's adapter is not wired for yet (its PIPELINE names those it is: Places365
-    prepare only, so far): say so in one line (exit 4) instead of failing half-way."""
+    """A command the dataset's adapter is not wired for (its PIPELINE names those it is; both
+    adapters here support every command, a new one may start with prepare): one line, exit 4,
+    instead of failing half-way."""
     from launcher.datasets import adapter_of
 
-    if command in getattr(adapter_of(cfg.dataset.adapter), "PIPELINE", ()):
+    supported = getattr(adapter_of(cfg.dataset.adapter), "PIPELINE", ())
+    if command in supported:
         return None
-    return not_built(f"{command} dataset={cfg.dataset.name}", f"issue 17: its adapter does not support {command} yet")
+    return not_built(
+        f"{command} dataset={cfg.dataset.name}",
+        f"the {cfg.dataset.adapter} adapter supports {', '.join(supported) or 'no command'}; "
+        f"add {command!r} to PIPELINE in launcher/datasets/{cfg.dataset.adapter}/adapter.py once it works",
+    )
 
 
 def cmd_prepare(cfg: DictConfig) -> int:
@@ -175,11 +181,11 @@ def cmd_synth(cfg: DictConfig) -> int:
 
 
 def cmd_verify(cfg: DictConfig) -> int:
-    if (missing := pipeline_missing(cfg, "verify")) is not None:
-        return missing
     from launcher.check.verify import run_verify
 
     use_root_dataset(cfg)
+    if (missing := pipeline_missing(cfg, "verify")) is not None:
+        return missing
     if cfg.verify.report == "-":
         return verify_to_stdout(cfg)
     return run_verify(verify_request(cfg), cluster_of(cfg))
@@ -222,13 +228,22 @@ def verify_to_stdout(cfg: DictConfig) -> int:
 
 
 def cmd_status(cfg: DictConfig) -> int:
-    if (missing := pipeline_missing(cfg, "status")) is not None:
-        return missing
     from launcher.core.status import show_status
 
     use_root_dataset(cfg)
+    if (missing := pipeline_missing(cfg, "status")) is not None:
+        return missing
     o = cfg.status
     return show_status(layout_of(cfg), o.tail, units=o.units, as_json=o.json)
+
+
+def use_source_dataset(cfg: DictConfig) -> None:
+    """stage from a prepared root: without `dataset=<choice>`, the dataset the source was prepared with."""
+    from launcher.core.layout import Layout
+
+    source = Path(cfg.stage.source).absolute() if cfg.stage.source else None
+    if source is not None and source.is_dir():
+        use_root_dataset(cfg, Layout.of(source, cfg.stage.source_state_dir or source / ".launcher"))
 
 
 def stage_job(cfg: DictConfig) -> tuple:
@@ -236,18 +251,22 @@ def stage_job(cfg: DictConfig) -> tuple:
     import functools
 
     from launcher import stage
+    from launcher.datasets import adapter_of
 
     o = cfg.stage
     source = Path(o.source).absolute()
-    keys = ["devkit", *cfg.split.splits]
+    keys = [cfg.dataset.labels.archive, *cfg.split.splits]
     names = [cfg.dataset.archives[k].file for k in keys]
     mode = o.mode
+    top_files = adapter_of(cfg.dataset.adapter).root_files(plain(cfg.dataset))
     if mode == "auto":
-        mode = "archives" if not (source / "meta.bin").exists() and (source / names[0]).exists() else "root"
+        mode = "archives" if not (source / top_files[0]).exists() and (source / names[0]).exists() else "root"
     root, state_dir = Path(cfg.storage.root).absolute(), Path(cfg.storage.state_dir).absolute()
     if mode == "root":
-        args = (source, root, list(cfg.split.splits), o.source_state_dir, state_dir, None, o.reuse, o.threads, o.wait_s)
-        return stage.stage_root, args
+        splits, folders = list(cfg.split.splits), dict(layout_of(cfg).folders)
+        stage.check_source(source, splits, top_files, folders)  # here, in one line, before a job is queued
+        args = (source, root, splits, o.source_state_dir, state_dir, None, o.reuse, o.threads, o.wait_s)
+        return stage.stage_root, (*args, top_files, folders)
     if mode == "archives":
         from launcher.config.schema import DebugClusterConfig
         from launcher.core.backends import backend_of
@@ -263,8 +282,6 @@ def stage_job(cfg: DictConfig) -> tuple:
 
 
 def cmd_bench(cfg: DictConfig) -> int:
-    if (missing := pipeline_missing(cfg, "bench")) is not None:
-        return missing
     from launcher.data.bench import require_root, run_bench
 
     if cfg.bench.split not in ("train", "val"):
@@ -272,6 +289,8 @@ def cmd_bench(cfg: DictConfig) -> int:
 
         raise LauncherError(f"bench.split={cfg.bench.split!r} is not train or val")
     use_root_dataset(cfg)
+    if (missing := pipeline_missing(cfg, "bench")) is not None:
+        return missing
     request = bench_request(cfg)
     require_root(request.config["storage"]["root"], request.split, cfg.dataset.adapter)
     warn_batch_larger_than_split(cfg)
@@ -298,11 +317,12 @@ def warn_batch_larger_than_split(cfg: DictConfig) -> None:
 
 
 def cmd_stage(cfg: DictConfig) -> int:
-    if (missing := pipeline_missing(cfg, "stage")) is not None:
-        return missing
     """Stage on every node of the job (cluster=debug: in this process, e.g. under srun)."""
     from launcher.core import dispatch
 
+    use_source_dataset(cfg)
+    if (missing := pipeline_missing(cfg, "stage")) is not None:
+        return missing
     fn, args = stage_job(cfg)
     cluster = cluster_of(cfg)
     folder = Path(cfg.storage.log_dir).absolute() / time.strftime("stage-%Y%m%d-%H%M%S")

@@ -116,8 +116,8 @@ def synth_spec(options):
     return SynthSpec(**{k: v for k, v in plain(options).items() if k != "overwrite"})
 
 
-def not_built(name: str, issue: str) -> int:
-    print(f"launcher {name}: not built yet ({issue}); nothing was done.", file=sys.stderr)
+def not_built(name: str, why: str) -> int:
+    print(f"launcher {name}: not built yet ({why}); nothing was done.", file=sys.stderr)
     return 4
 
 
@@ -131,14 +131,18 @@ def verify_request(cfg: DictConfig):
         archive_dir=Path(cfg.storage.archive_dir).absolute(),
         archives={k: (a.file, a.md5) for k, a in d.archives.items()},
         expected=plain(d.expected),
-        devkit_meta=d.labels.members.meta,
-        devkit_ground_truth=d.labels.members.ground_truth,
+        devkit_meta=d.labels.members.get("meta"),
+        devkit_ground_truth=d.labels.members.get("ground_truth"),
         devkit_max_bytes=d.labels.max_bytes,
         train_image_pattern=d.patterns.train_image,
         val_image_pattern=d.patterns.val_image,
-        wnid_pattern=d.patterns.wnid,
-        ilsvrc_id_pattern=d.patterns.ilsvrc_id,
+        wnid_pattern=d.patterns.get("wnid"),
+        ilsvrc_id_pattern=d.patterns.get("ilsvrc_id"),
         splits=list(cfg.split.splits),
+        adapter=d.adapter,
+        labels_key=d.labels.archive,
+        labels=plain(d.labels),
+        patterns=plain(d.patterns),
         level=o.level,
         fix=o.fix,
         fix_quality=o.fix_quality,

@@ -58,7 +58,8 @@ def warn_unchecked_md5(req: PrepareRequest) -> None:
 SHARED_STORAGE = ("lustre", "nfs")
 
 
-OURS = {"meta.bin", "train", "val", ".partial", ".launcher"}
+# what prepare keeps in a root beside the dataset's label files and split folders
+OURS = {".partial", ".launcher"}
 
 
 def warn_probable_mistakes(req: PrepareRequest, backend: dispatch.Backend) -> None:
@@ -82,19 +83,25 @@ def login_node_warning(req: PrepareRequest, backend: dispatch.Backend) -> str | 
 
 
 def foreign_folder_warning(req: PrepareRequest) -> str | None:
-    """storage.root holds things that are neither an ImageNet root's, ours, nor the archives."""
+    """storage.root holds things that are neither the dataset's root files, ours, nor the archives."""
+    from launcher.datasets import adapter_of
+
     root = req.layout.root
     if not root.is_dir() or (req.layout.state_dir / "identity.json").exists():
         return None
+    adapter = adapter_of(req.adapter)
+    added = [*adapter.root_files({"labels": req.labels}), *(f"{s['folder']}/" for s in req.sources.values())]
+    ours = OURS | {name.rstrip("/") for name in added}
     archives = {name for name, _ in req.archives.values()}
     try:
-        names = sorted(e.name for e in os.scandir(root) if e.name not in OURS | archives)
+        names = sorted(e.name for e in os.scandir(root) if e.name not in ours | archives)
     except OSError:
         return None
-    if not names or OURS & set(os.listdir(root)) - {".launcher"}:
+    if not names or ours & set(os.listdir(root)) - {".launcher"}:
         return None  # empty, or a root of its own (the identity guard decides about it)
     shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
     return (
-        f"storage.root={root} is not empty ({shown}) and is not an ImageNet root: prepare adds meta.bin, "
-        "train/ and val/ beside what is there. Point storage.root at a new folder if that is not what you want."
+        f"storage.root={root} is not empty ({shown}) and is not a root of {adapter.TORCHVISION_CLASS}: prepare "
+        f"adds {', '.join(added)} beside what is there. Point storage.root at a new folder if that is not "
+        "what you want."
     )

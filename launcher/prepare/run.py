@@ -117,7 +117,7 @@ def finish_interrupted_fixes(layout: Layout) -> None:
     except (FileNotFoundError, NotADirectoryError):  # no state folder (yet): nothing to finish
         return
     with Lock(layout.lock_file, f"prepare of {layout.root}"):
-        for message in reconcile_fixes(layout.root, layout.state_dir):
+        for message in reconcile_fixes(layout.root, layout.state_dir, dict(layout.folders)):
             print(f"warning: {message}", file=sys.stderr)
 
 

@@ -163,3 +163,18 @@ def require_prepared(root, split) -> None:
     from launcher.data.dataset import require_prepared as require
 
     require(root, split)
+
+
+# ---------------------------------------------------------------- verify
+
+
+def verify_rules():
+    """The module of this dataset's verify rules (plan_root), imported when verify runs."""
+    from launcher.datasets.imagenet import checks
+
+    return checks
+
+
+def root_files(dataset: dict) -> list[str]:
+    """The label files of a prepared root, beside the split folders (what stage copies with them)."""
+    return ["meta.bin"]

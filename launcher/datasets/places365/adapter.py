@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 # the torchvision class that reads a prepared root (and the tests' oracle)
 TORCHVISION_CLASS = "torchvision.datasets.Places365"
 # the pipeline commands this adapter is wired for (launcher.cli refuses the others in one line)
-PIPELINE = ("prepare", "status")
+PIPELINE = ("prepare", "verify", "status", "stage", "bench")
 # the dataset choice synth's archives are prepared with (md5s and counts from the archives)
 SYNTHETIC_CHOICE = "places365_synthetic"
 
@@ -249,9 +249,6 @@ def write_meta(labels: str, root: str, root_id: str, out: Output) -> dict:
 
 # ---------------------------------------------------------------- the loaders' hooks (launcher.data)
 
-# bench works too (kept here, at the end, so that the other commands' additions to PIPELINE merge apart)
-PIPELINE = (*PIPELINE, "bench")
-
 
 def load_split(root, split, state_dir, use_manifest, transform, target_transform, allow_incomplete):
     """launcher.data.load_dataset: the split as a torchvision.datasets.Places365 built from the manifest."""
@@ -265,3 +262,19 @@ def require_prepared(root, split) -> None:
     from launcher.datasets.places365.loading import require_prepared as require
 
     require(root, split)
+
+
+# ---------------------------------------------------------------- verify
+
+
+def verify_rules():
+    """The module of this dataset's verify rules (plan_root, check_class), imported when verify runs."""
+    from launcher.datasets.places365 import checks
+
+    return checks
+
+
+def root_files(dataset: dict) -> list[str]:
+    """The label files of a prepared root, beside the split folders (what stage copies with them)."""
+    members = dataset["labels"]["members"]
+    return [members["categories"], members["train"], members["val"]]
