@@ -8,6 +8,8 @@ from __future__ import annotations
 import ast
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,43 @@ def test_generic_code_never_names_the_second_dataset():
         if re.search(r"places365|categories_|data_large|val_large", value, re.I)
     ]
     assert not found, "\n".join(found)
+
+
+def test_the_default_root_is_named_after_the_dataset_and_the_printed_status_finds_it(tmp_path):
+    """With the default storage (./data), Places365 goes to data/places365 beside data/imagenet, and the
+    `follow progress with:` line prepare prints, pasted, shows that root (it names the dataset choice)."""
+    import os
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "LAUNCHER_DATA"}
+    empty = cli("synth", *SYNTH["places365"], cwd=tmp_path, env={"LAUNCHER_DATA": ""})
+    assert empty.returncode == 2 and "LAUNCHER_DATA" in empty.stderr and len(empty.stderr.splitlines()) == 1
+    made = subprocess.run([sys.executable, "-m", "launcher", "synth", *SYNTH["places365"]], **run_in(tmp_path, env))
+    assert made.returncode == 0, made.stderr
+    printed = shlex.split(made.stdout.strip().splitlines()[-1])
+    run = subprocess.run(
+        [sys.executable, "-m", "launcher", *printed[1:], "cluster=local", "wait=false"], **run_in(tmp_path, env)
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    follow = next(line for line in run.stdout.splitlines() if line.startswith("follow progress with: "))
+    pasted = shlex.split(follow.removeprefix("follow progress with: "))
+    assert pasted[:2] == ["launcher", "status"] and "dataset=places365_synthetic" in pasted, pasted
+    deadline = time.time() + 120
+    while True:
+        status = subprocess.run([sys.executable, "-m", "launcher", *pasted[1:]], **run_in(tmp_path, env))
+        if not re.search(r"running|queued", status.stdout) or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert f"root {tmp_path / 'data' / 'places365'} (dataset=places365_synthetic)" in status.stdout, status.stdout
+    assert not (tmp_path / "data" / "imagenet").exists()
+    # the finalize units of a run that did not wait are left behind: status says so and how to finish
+    assert "not submitted and nothing left running: finalize-train, finalize-val" in status.stdout, status.stdout
+    finish = shlex.split(status.stdout.split("finish with:\n", 1)[1].splitlines()[0])
+    assert subprocess.run([sys.executable, "-m", "launcher", *finish[1:]], **run_in(tmp_path, env)).returncode == 0
+    done = subprocess.run([sys.executable, "-m", "launcher", *pasted[1:]], **run_in(tmp_path, env))
+    assert "train   4/4 complete" in done.stdout and "not submitted" not in done.stdout, done.stdout
+
+
+def run_in(cwd: Path, env: dict) -> dict:
+    return {"cwd": cwd, "env": env, "capture_output": True, "text": True, "timeout": 300}

@@ -123,10 +123,25 @@ FORBIDDEN_MODE_BITS = {
 def check_config(cfg: DictConfig) -> None:
     """Values the schema's types admit but the work cannot use: refused before anything runs (exit 2)."""
     check_counts(cfg)
+    check_base(cfg)
     for key, (forbidden, words) in FORBIDDEN_MODE_BITS.items():
         check_mode(f"storage.{key}", cfg.storage[key], forbidden, words)
     if "root" in cfg.storage and "state_dir" in cfg.storage:
         check_state_dir(Path(cfg.storage.root).absolute(), Path(cfg.storage.state_dir).absolute())
+
+
+def check_base(cfg: DictConfig) -> None:
+    """An empty storage.base (LAUNCHER_DATA set to an empty string) would put every folder at the top of
+    the file system (/archives, /imagenet): refused."""
+    from omegaconf import OmegaConf
+
+    from launcher.core.errors import ConfigError
+
+    if "storage" in cfg and OmegaConf.select(cfg, "storage.base", default=None) == "":
+        raise ConfigError(
+            "storage.base is empty (is LAUNCHER_DATA set to an empty string?): unset LAUNCHER_DATA, set it "
+            "to a folder, or pass storage.base=<folder>"
+        )
 
 
 def check_counts(cfg: DictConfig) -> None:

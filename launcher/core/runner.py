@@ -199,8 +199,10 @@ def command_line(command: str, argv: list[str]) -> str:
 
 
 def status_args(argv: list[str]) -> list[str]:
-    """The overrides of a run that `launcher status` accepts: where the root and its state are."""
-    return [a for a in argv if a.lstrip("+~").split("=", 1)[0].split(".", 1)[0] == "storage"]
+    """The overrides of a run that `launcher status` needs: where the root and its state are, and the
+    dataset choice (the default storage.root is named after the dataset's adapter)."""
+    keys = [a.lstrip("+~").split("=", 1)[0] for a in argv]
+    return [a for a, key in zip(argv, keys) if key.split(".", 1)[0] == "storage" or key == "dataset"]
 
 
 def rerun_args(argv: list[str]) -> list[str]:

@@ -287,7 +287,21 @@ def print_command(command: str, entry: dict, statuses, parts, units: bool, tail_
         print("\n" + stopped_text(stopped))
     if failed or stopped:
         print(f"\nafter fixing the cause, resubmit what is missing with:\n  {resubmit_line(command, entry)}")
+    elif left_behind(statuses):
+        names = ", ".join(s.unit for s in left_behind(statuses)[:8])
+        print(
+            f"\nnot submitted and nothing left running: {names}. They run when the launcher waits for the jobs "
+            f"they follow (a run with wait=false on cluster={entry['executor']} leaves them); finish with:\n"
+            f"  {resubmit_line(command, entry)}"
+        )
     return bool(failed)
+
+
+def left_behind(statuses: list[UnitStatus]) -> list[UnitStatus]:
+    """Units never submitted while no unit runs or waits in a queue: nothing will run them."""
+    if any(s.state in ("running", "queued") for s in statuses):
+        return []
+    return [s for s in statuses if s.state == "not submitted"]
 
 
 def status_json(layout: Layout, summaries: dict, tail_lines: int) -> dict:
