@@ -91,6 +91,13 @@ class StageMode(StrEnum):
     archives = "archives"
 
 
+class StorageFormat(StrEnum):
+    """storage.format: how the prepared images are kept."""
+
+    folder = "folder"
+    tar = "tar"
+
+
 @dataclass
 class StorageConfig:
     # which storage this describes: local, lustre, nfs, scratch
@@ -113,6 +120,8 @@ class StorageConfig:
     dir_mode: str = "0755"
     # Lustre stripe count for the output folders (`lfs setstripe -c N`); null = leave as is
     stripe_count: int | None = None
+    # folder: extract into the torchvision root; tar: index the original archives and train from them
+    format: StorageFormat = StorageFormat.folder
 
 
 @dataclass
