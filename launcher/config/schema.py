@@ -346,6 +346,10 @@ def _loader_dataset() -> dict[str, Any]:
         "allow_incomplete": "${..allow_incomplete}",
         # the dataset adapter that reads the root (its torchvision class); none: ImageNet
         "adapter": "${oc.select:...dataset.adapter,null}",
+        # folder: read the prepared root; tar: read the original archives through prepare's tar index
+        "storage_format": "${oc.select:...storage.format,folder}",
+        # where the archives are (storage.format=tar reads its images from them)
+        "archive_dir": "${oc.select:...storage.archive_dir,null}",
     }
 
 
