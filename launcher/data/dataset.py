@@ -185,7 +185,9 @@ def load_dataset(
     module = adapter_of(name)
     if str(storage_format) == "tar":
         if not hasattr(module, "load_tar_split"):
-            raise ConfigError(f"storage.format=tar: the {name} adapter has no load_tar_split; use storage.format=folder")
+            raise ConfigError(
+                f"storage.format=tar: the {name} adapter has no load_tar_split; use storage.format=folder"
+            )
         return module.load_tar_split(root, split, state_dir, archive_dir, transform, target_transform)
     if str(storage_format) != "folder":
         raise ConfigError(f"storage.format={storage_format!r} is not one of folder, tar")

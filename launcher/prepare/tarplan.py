@@ -18,7 +18,7 @@ from pathlib import Path
 
 from launcher.archive import safefs
 from launcher.archive.index import archive_identity, same_archive, same_identity
-from launcher.core.errors import ConfigError, LauncherError
+from launcher.core.errors import ConfigError
 from launcher.core.layout import Layout, read_json
 from launcher.core.units import Unit
 from launcher.datasets import ADAPTERS, adapter_of
@@ -151,7 +151,7 @@ def drop_stale_tar_records(layout: Layout, p: Plan) -> None:
     """Records that no longer describe the state folder are forgotten, so their units run again: a
     split's complete record of other archives or whose index file is gone; a tarindex record of
     another file or range, or whose part is gone while its split still needs merging."""
-    for split, fin in p.finalize.items():
+    for fin in p.finalize.values():
         done = read_json(Path(fin.record))
         if done and (not same_tar_identity(done.get("identity"), fin.args["identity"]) or not index_there(fin)):
             safefs.remove(fin.record)
@@ -161,9 +161,8 @@ def drop_stale_tar_records(layout: Layout, p: Plan) -> None:
             continue
         merged = read_json(Path(p.finalize[u.args["split"]].record)) is not None
         same_work = done.get("span", [None])[0] == u.args["first"] and done.get("md5") == u.args["md5"]
-        if not same_identity(done.get("archive"), u.args["identity"]) or not same_work:
-            safefs.remove(u.record)
-        elif not merged and not safefs.is_file(u.args["part"]):
+        part_lost = not merged and not safefs.is_file(u.args["part"])
+        if not same_identity(done.get("archive"), u.args["identity"]) or not same_work or part_lost:
             safefs.remove(u.record)
 
 
@@ -223,4 +222,3 @@ def check_root_format(req: PrepareRequest, wanted: str) -> None:
                 f"with storage.format={had}: run with storage.format={had}, or prepare storage.format={wanted} "
                 "into another storage.root (or storage.state_dir)."
             )
-
