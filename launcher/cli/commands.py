@@ -162,6 +162,25 @@ def pipeline_missing(cfg: DictConfig, command: str) -> int | None:
     )
 
 
+# what each command that does not read a storage.format=tar state folder yet would need
+TAR_NOT_BUILT = {
+    "verify": "it checks the files of a folder root; the tar index is checked when prepare builds it",
+    "stage": "it copies a folder root; copy the archives and state_dir instead",
+    "bench": "it reads a folder root; time build_loader with storage.format=tar in Python instead",
+}
+
+
+def tar_format_missing(cfg: DictConfig, command: str) -> int | None:
+    """A command not built for storage.format=tar: one line, exit 4, before anything is read or queued."""
+    if str(cfg.storage.get("format") or "folder") != "tar":
+        return None
+    print(
+        f"launcher {command}: not built yet for storage.format=tar ({TAR_NOT_BUILT[command]}); nothing was done.",
+        file=sys.stderr,
+    )
+    return 4
+
+
 def cmd_prepare(cfg: DictConfig) -> int:
     if (missing := pipeline_missing(cfg, "prepare")) is not None:
         return missing
@@ -183,6 +202,8 @@ def cmd_synth(cfg: DictConfig) -> int:
 def cmd_verify(cfg: DictConfig) -> int:
     from launcher.check.verify import run_verify
 
+    if (missing := tar_format_missing(cfg, "verify")) is not None:
+        return missing
     use_root_dataset(cfg)
     if (missing := pipeline_missing(cfg, "verify")) is not None:
         return missing
@@ -288,6 +309,8 @@ def cmd_bench(cfg: DictConfig) -> int:
         from launcher.core.errors import LauncherError
 
         raise LauncherError(f"bench.split={cfg.bench.split!r} is not train or val")
+    if (missing := tar_format_missing(cfg, "bench")) is not None:
+        return missing
     use_root_dataset(cfg)
     if (missing := pipeline_missing(cfg, "bench")) is not None:
         return missing
@@ -320,6 +343,8 @@ def cmd_stage(cfg: DictConfig) -> int:
     """Stage on every node of the job (cluster=debug: in this process, e.g. under srun)."""
     from launcher.core import dispatch
 
+    if (missing := tar_format_missing(cfg, "stage")) is not None:
+        return missing
     use_source_dataset(cfg)
     if (missing := pipeline_missing(cfg, "stage")) is not None:
         return missing

@@ -97,6 +97,7 @@ def prepare_request(cfg: DictConfig):
         argv=task_overrides(),
         storage=cfg.storage.name,
         config=run_config(cfg),
+        storage_format=str(cfg.storage.format),
     )
 
 

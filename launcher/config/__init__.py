@@ -42,6 +42,7 @@ from launcher.config.schema import (
     SplitSourceConfig,
     StageMode,
     StorageConfig,
+    StorageFormat,
     TransformConfig,
 )
 
@@ -54,6 +55,7 @@ __all__ = [
     "Policy",
     "StageMode",
     "StorageConfig",
+    "StorageFormat",
     "ArchiveConfig",
     "ExpectedConfig",
     "LabelsConfig",

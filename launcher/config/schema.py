@@ -91,6 +91,13 @@ class StageMode(StrEnum):
     archives = "archives"
 
 
+class StorageFormat(StrEnum):
+    """storage.format: how the prepared images are kept."""
+
+    folder = "folder"
+    tar = "tar"
+
+
 @dataclass
 class StorageConfig:
     # which storage this describes: local, lustre, nfs, scratch
@@ -113,6 +120,8 @@ class StorageConfig:
     dir_mode: str = "0755"
     # Lustre stripe count for the output folders (`lfs setstripe -c N`); null = leave as is
     stripe_count: int | None = None
+    # folder: extract into the torchvision root; tar: index the original archives and train from them
+    format: StorageFormat = StorageFormat.folder
 
 
 @dataclass
@@ -337,6 +346,10 @@ def _loader_dataset() -> dict[str, Any]:
         "allow_incomplete": "${..allow_incomplete}",
         # the dataset adapter that reads the root (its torchvision class); none: ImageNet
         "adapter": "${oc.select:...dataset.adapter,null}",
+        # folder: read the prepared root; tar: read the original archives through prepare's tar index
+        "storage_format": "${oc.select:...storage.format,folder}",
+        # where the archives are (storage.format=tar reads its images from them)
+        "archive_dir": "${oc.select:...storage.archive_dir,null}",
     }
 
 

@@ -7,6 +7,7 @@ state_dir (default root/.launcher)/
   devkit.json, index-train.json, index-val.json            what the archives hold
   units/<unit>.json                                        one completion record per unit
   complete-<split>.json, manifest-<split>.json             written when a split is whole
+  tarindex-<split>.bin, tarparts/                          storage.format=tar: the split's tar index (and its parts)
   ledger.jsonl, logs/, runs/, prepare.lock                 submissions, job logs, runs, the lock
 """
 

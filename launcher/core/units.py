@@ -34,6 +34,9 @@ KINDS = {
     "train": "launcher.sources:extract",
     "val": "launcher.sources:extract",
     "finalize": "launcher.prepare.finalize:finalize_split",
+    # storage.format=tar: a byte range of a split's archive indexed; the parts merged into its tar index
+    "tarindex": "launcher.prepare.tarunits:index_range",
+    "tarfinal": "launcher.prepare.tarunits:finalize_tar_split",
     "verify": "launcher.check.shard:verify_shard",
     "verify-md5": "launcher.check.shard:verify_md5",
     "verify-report": "launcher.check.report:write_report",

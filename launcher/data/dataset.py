@@ -14,7 +14,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.datasets.vision import VisionDataset
 
 from launcher.core import completion
-from launcher.core.errors import LauncherError
+from launcher.core.errors import ConfigError, LauncherError
 from launcher.data.decode import decode_file
 from launcher.data.fastpath import Pipeline, new_batch
 from launcher.data.nodes import LOADER_DEFAULTS, SPLITS, as_dict, options, say_once, section
@@ -171,14 +171,27 @@ def load_dataset(
     target_transform: Callable | None = None,
     allow_incomplete: bool = False,
     adapter: str | None = None,
+    storage_format: str = "folder",
+    archive_dir: str | Path | None = None,
 ) -> Any:
     """The `split` of a prepared root as its dataset adapter loads it (`load_split`, a subclass of the
-    adapter's torchvision class); `adapter` None: launcher.datasets.DEFAULT_ADAPTER.
+    adapter's torchvision class); `adapter` None: launcher.datasets.DEFAULT_ADAPTER. With
+    storage_format="tar", the adapter's `load_tar_split` reads the images from the original archives
+    in `archive_dir` through prepare's tar index (use_manifest and allow_incomplete do not apply).
     `hydra.utils.instantiate(cfg.loader.dataset, split=..., transform=...)`."""
     from launcher.datasets import DEFAULT_ADAPTER, adapter_of
 
-    load_split = adapter_of(adapter or DEFAULT_ADAPTER).load_split
-    return load_split(root, split, state_dir, use_manifest, transform, target_transform, allow_incomplete)
+    name = adapter or DEFAULT_ADAPTER
+    module = adapter_of(name)
+    if str(storage_format) == "tar":
+        if not hasattr(module, "load_tar_split"):
+            raise ConfigError(
+                f"storage.format=tar: the {name} adapter has no load_tar_split; use storage.format=folder"
+            )
+        return module.load_tar_split(root, split, state_dir, archive_dir, transform, target_transform)
+    if str(storage_format) != "folder":
+        raise ConfigError(f"storage.format={storage_format!r} is not one of folder, tar")
+    return module.load_split(root, split, state_dir, use_manifest, transform, target_transform, allow_incomplete)
 
 
 def adapter_name(cfg: Any) -> str | None:
@@ -206,4 +219,6 @@ def build_dataset(cfg: Any, split: str, transform: Callable | None | str = "conf
         transform,
         allow_incomplete=bool(loader["allow_incomplete"]),
         adapter=adapter_name(cfg),
+        storage_format=str(storage.get("format") or "folder"),
+        archive_dir=storage.get("archive_dir"),
     )

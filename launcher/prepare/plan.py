@@ -263,6 +263,8 @@ def print_plan(req: PrepareRequest, p: Plan) -> None:
             **{split: req.layout.split_dir(split) for split in req.splits},
             "md5": "(check only)",
             "finalize": req.layout.manifest_file(u.args.get("split", "")),
+            "tarindex": u.args.get("part", ""),
+            "tarfinal": u.args.get("index", ""),
         }[u.kind]
         rows.append([u.id, u.kind, human_bytes(u.size), "done" if is_complete(u) else "to do", where])
     print(table(["unit", "kind", "reads", "state", "writes into"], rows, "llrll"))

@@ -57,6 +57,8 @@ class PrepareRequest:
     labels_key: str = "devkit"
     # dataset.labels: the label archive, its members and bounds (the adapter reads what it needs)
     labels: dict = field(default_factory=dict)
+    # storage.format: folder (extract into the root) or tar (index the archives in place)
+    storage_format: str = "folder"
 
     def archive(self, key: str) -> Path:
         return self.archive_dir / self.archives[key][0]

@@ -24,6 +24,7 @@ from launcher.core.units import Unit, is_complete
 if TYPE_CHECKING:
     from launcher.core import dispatch, engine
 
+from launcher.prepare import tarplan
 from launcher.prepare.checks import check_archives, check_writable, warn_probable_mistakes, warn_unchecked_md5
 from launcher.prepare.plan import already_complete, make_output_dirs, make_plan, print_complete, print_plan
 from launcher.prepare.request import Plan, PrepareRequest
@@ -31,7 +32,7 @@ from launcher.prepare.request import Plan, PrepareRequest
 
 def summary_rows(units: list[Unit], before: set[str]) -> list[list]:
     rows = []
-    for kind in ("meta", "md5", "train", "val", "finalize"):
+    for kind in ("meta", "md5", "train", "val", "tarindex", "finalize", "tarfinal"):
         of_kind = [u for u in units if u.kind == kind]
         if not of_kind:
             continue
@@ -42,7 +43,7 @@ def summary_rows(units: list[Unit], before: set[str]) -> list[list]:
         images = sum(r.get("images", 0) for r in done + skipped)
         nbytes = sum(r.get("bytes", 0) for r in done)
         secs = sum(r.get("wall_s", 0) for r in done)
-        rate = f"{human_bytes(nbytes / secs)}/s" if secs > 0 and kind in ("train", "val", "md5") else ""
+        rate = f"{human_bytes(nbytes / secs)}/s" if secs > 0 and kind in ("train", "val", "md5", "tarindex") else ""
         rows.append([kind, len(done), len(skipped), failed, images, human_bytes(nbytes), f"{secs:.2f}", rate])
     return rows
 
@@ -59,8 +60,9 @@ def common_units(units: list[Unit], labels_key: str = "devkit") -> list[Unit]:
 
 
 def split_units(units: list[Unit], split: str) -> list[Unit]:
-    """A split's own units: its shards and its archive's md5."""
-    return [u for u in units if u.kind == split or (u.kind == "md5" and u.args["key"] == split)]
+    """A split's own units: its shards (or, storage.format=tar, its index ranges) and its archive's md5."""
+    own = {"md5": "key", "tarindex": "split"}  # the argument naming the split of these kinds
+    return [u for u in units if u.kind == split or (u.kind in own and u.args[own[u.kind]] == split)]
 
 
 def work_of(p: Plan, folder: Path) -> engine.Work:
@@ -77,12 +79,26 @@ def work_of(p: Plan, folder: Path) -> engine.Work:
     return engine.Work("prepare", units, steps, finals, folder, resumable=True)
 
 
+def plan_of(req: PrepareRequest, backend: dispatch.Backend) -> Plan:
+    """The plan of storage.format: tar indexes the archives in place, folder extracts them."""
+    if req.storage_format == tarplan.FORMAT:
+        return tarplan.make_tar_plan(req, backend.parallelism)
+    return make_plan(req, backend.parallelism, backend.min_unit_bytes(plan.MIN_SHARD_BYTES))
+
+
+def complete_records(req: PrepareRequest) -> list[dict] | None:
+    """Every split's complete record when the root (or, for tar, the state folder) is whole for this format."""
+    if req.storage_format == tarplan.FORMAT:
+        return tarplan.tar_already_complete(req)
+    return already_complete(req)
+
+
 def run_dry(req: PrepareRequest, backend: dispatch.Backend) -> int:
     """prepare.dry_run=true: the plan and what would be submitted, from what is on disk (devkit and
     indexes read into memory when not cached); creates no folder, record, index, lock or ledger line."""
     from launcher.core import engine
 
-    p = make_plan(req, backend.parallelism, backend.min_unit_bytes(plan.MIN_SHARD_BYTES))
+    p = plan_of(req, backend)
     print_plan(req, p)
     graph = engine.job_graph(backend, "prepare", work_of(p, req.log_dir or Path(".")))
     print(f"\ndry run: nothing was written; a real run would submit to cluster={backend.executor}:")
@@ -124,12 +140,15 @@ def finish_interrupted_fixes(layout: Layout) -> None:
 def run_prepare(req: PrepareRequest, backend: dispatch.Backend) -> int:
     """The prepare command: returns the exit code (0 only when every split is complete)."""
     t0 = time.time()
+    if req.storage_format == tarplan.FORMAT:
+        tarplan.check_tar_request(req)
     check_archives(req)
+    tarplan.check_root_format(req, req.storage_format)
     warn_probable_mistakes(req, backend)
     if req.dry_run:
         return run_dry(req, backend)
     finish_interrupted_fixes(req.layout)
-    if done := already_complete(req):
+    if done := complete_records(req):
         print_complete(req, done)
         return 0
     from launcher.core import engine, runner  # submitit: not needed when everything is complete
@@ -138,9 +157,10 @@ def run_prepare(req: PrepareRequest, backend: dispatch.Backend) -> int:
     check_writable(req.layout, replace=req.force)
 
     def build() -> engine.Work:
-        p = make_plan(req, backend.parallelism, backend.min_unit_bytes(plan.MIN_SHARD_BYTES))
+        p = plan_of(req, backend)
         warn_unchecked_md5(req)
-        make_output_dirs(req)
+        if req.storage_format != tarplan.FORMAT:  # tar: nothing under the root but meta.bin
+            make_output_dirs(req)
         work = work_of(p, req.log_dir / time.strftime("prepare-%Y%m%d-%H%M%S"))
         work.announce = announce(req.argv)
         return work

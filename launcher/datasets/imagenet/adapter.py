@@ -158,6 +158,25 @@ def load_split(root, split, state_dir, use_manifest, transform, target_transform
     return load_imagenet(root, split, state_dir, use_manifest, transform, target_transform, allow_incomplete)
 
 
+def load_tar_split(root, split, state_dir, archive_dir, transform, target_transform):
+    """launcher.data.load_dataset with storage.format=tar: the split as a TarImageNet (a
+    torchvision.datasets.ImageNet) reading each image's bytes from the original archive through
+    prepare's state_dir/tarindex-<split>.bin; the archive is the index's file name in `archive_dir`
+    (None: where prepare read it) and must be that file, unchanged."""
+    from launcher.tarformat.dataset import TarImageNet
+    from launcher.tarformat.indexfile import read_index
+    from launcher.tarformat.overlay import read_overlay
+
+    state = Path(state_dir if state_dir is not None else Path(root) / ".launcher")
+    index_path = state / f"tarindex-{split}.bin"
+    index = read_index(index_path, split)
+    archive = Path(index.archive["path"])
+    if archive_dir is not None:
+        archive = Path(archive_dir) / archive.name
+    overlay = read_overlay(state, index)
+    return TarImageNet(index, archive, root, transform, target_transform, overlay, index_label=str(index_path))
+
+
 def require_prepared(root, split) -> None:
     """The root holds `split` as torchvision's ImageNet reads it (meta.bin, root/<split>), or one line."""
     from launcher.data.dataset import require_prepared as require

@@ -1,0 +1,222 @@
+"""`launcher prepare storage.format=tar` and the loaders over it: the archives indexed in place (no
+image file, no split folder under the root), read back by build_dataset/build_loader as
+torchvision's ImageNet reads a folder root prepared from the same archives; the refusals in one line."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from launcher import compose_config
+from launcher import data as D
+from launcher.core.errors import LauncherError
+from launcher.data import nodes
+from launcher.tarformat.dataset import ArchiveChanged, TarImageNet
+
+from archive_tools import copy_archives
+from conftest import FILES, dataset_overrides, launch, storage_overrides
+
+TAR = "storage.format=tar"
+RANK_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_ID")
+RANK_KEYS += ("SLURM_STEP_NUM_TASKS",)
+
+
+def tar_overrides(archive_dir: Path, root: Path, result, *more: str) -> list[str]:
+    return [*storage_overrides(archive_dir, root), *dataset_overrides(result), TAR, *more]
+
+
+@pytest.fixture(scope="module")
+def prepared(archives, tmp_path_factory):
+    """(archives, folder root, tar root) of the small shape: prepared once each, format=folder and tar."""
+    result = archives("small")
+    base = tmp_path_factory.mktemp("tarprepare")
+    folder, tar = base / "folder", base / "tar"
+    assert launch("prepare", [*storage_overrides(result.archive_dir, folder), *dataset_overrides(result)]) == 0
+    assert launch("prepare", [*tar_overrides(result.archive_dir, tar, result), "cluster=debug"]) == 0
+    return result, folder, tar
+
+
+@pytest.fixture
+def no_ranks(monkeypatch):
+    for key in RANK_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(nodes, "SAID", set(), raising=False)
+    return monkeypatch
+
+
+def loader_config(result, root: Path, *more: str):
+    return compose_config("bench", [*tar_overrides(result.archive_dir, root, result), *more])
+
+
+# ---------------------------------------------------------------- prepare
+
+
+@pytest.mark.parametrize("cluster", ["debug", "local"])
+def test_prepare_tar_writes_meta_bin_and_state_only(archives, tmp_path, capsys, cluster):
+    result = archives("tiny")
+    root = tmp_path / "root"
+    overrides = [*tar_overrides(result.archive_dir, root, result), f"cluster={cluster}"]
+    assert launch("prepare", overrides) == 0
+    assert sorted(os.listdir(root)) == [".launcher", "meta.bin"]
+    state = root / ".launcher"
+    for split in ("train", "val"):
+        assert (state / f"tarindex-{split}.bin").is_file() and (state / f"complete-{split}.json").is_file()
+    assert not (state / "tarparts").exists() or os.listdir(state / "tarparts") == []
+    capsys.readouterr()
+    assert launch("prepare", overrides) == 0
+    assert "already complete" in capsys.readouterr().out
+    assert launch("status", overrides) == 0
+    out = capsys.readouterr().out
+    assert "train   2/2 complete" in out and "val     2/2 complete" in out and "FAILED" not in out
+
+
+def test_ranges_without_md5_give_the_same_index(archives, tmp_path):
+    """No md5 set: several range units per split (prepare.train_shards), merged into the same index
+    file as one whole-archive unit with its md5 makes."""
+    result = archives("uneven")
+    whole, ranged = tmp_path / "whole", tmp_path / "ranged"
+    assert launch("prepare", [*tar_overrides(result.archive_dir, whole, result), "cluster=debug"]) == 0
+    nulls = [f"dataset.archives.{k}.md5=null" for k in ("devkit", "train", "val")]
+    more = ["cluster=debug", "prepare.train_shards=4", "prepare.val_shards=3", *nulls]
+    assert launch("prepare", [*tar_overrides(result.archive_dir, ranged, result), *more]) == 0
+    units = sorted(p.name for p in (ranged / ".launcher" / "units").glob("*-index-*.json"))
+    assert len([u for u in units if u.startswith("train-")]) == 4 and len(units) == 7
+    for split in ("train", "val"):
+        mine, theirs = [D.build_dataset(loader_config(result, r), split) for r in (ranged, whole)]
+        assert list(mine.index.offsets) == list(theirs.index.offsets) and mine.targets == theirs.targets
+
+
+def test_wrong_md5_fails_the_split_and_names_the_option(archives, tmp_path, capsys):
+    result = archives("tiny")
+    root = tmp_path / "root"
+    bad = "dataset.archives.val.md5=" + "0" * 32
+    assert launch("prepare", [*tar_overrides(result.archive_dir, root, result), "cluster=debug", bad]) == 1
+    out = capsys.readouterr()
+    assert "md5 mismatch" in out.out + out.err and "dataset.archives.val.md5" in out.out + out.err
+    assert not (root / ".launcher" / "complete-val.json").exists()
+    assert (root / ".launcher" / "complete-train.json").exists()
+
+
+def test_deleted_index_is_rebuilt_by_the_next_prepare(archives, tmp_path, capsys):
+    result = archives("tiny")
+    root = tmp_path / "root"
+    overrides = [*tar_overrides(result.archive_dir, root, result), "cluster=debug"]
+    assert launch("prepare", overrides) == 0
+    index = root / ".launcher" / "tarindex-val.bin"
+    before = index.read_bytes()
+    index.unlink()
+    capsys.readouterr()
+    assert launch("prepare", overrides) == 0
+    assert "already complete" not in capsys.readouterr().out and index.read_bytes() == before
+
+
+def test_dry_run_writes_nothing(archives, tmp_path):
+    result = archives("tiny")
+    root = tmp_path / "root"
+    assert launch("prepare", [*tar_overrides(result.archive_dir, root, result), "prepare.dry_run=true"]) == 0
+    assert not root.exists()
+
+
+@pytest.mark.parametrize("name", ["ILSVRC2012_img_train.tar.gz", "ILSVRC2012_img_train.tgz"])
+def test_compressed_archive_refused_in_one_line(archives, tmp_path, capsys, name):
+    result = archives("tiny")
+    root = tmp_path / "root"
+    code = launch("prepare", [*tar_overrides(result.archive_dir, root, result), f"dataset.archives.train.file={name}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and name in err and "storage.format=folder" in err
+    assert not root.exists()
+
+
+def test_other_adapter_refused_in_one_line(tmp_path, capsys):
+    overrides = ["dataset=places365_synthetic", TAR, *storage_overrides(tmp_path / "a", tmp_path / "root")]
+    assert launch("prepare", overrides) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "storage.format=tar supports" in err and "use storage.format=folder" in err
+
+
+def test_root_of_the_other_format_refused(prepared, capsys):
+    result, folder, tar = prepared
+    capsys.readouterr()
+    assert launch("prepare", tar_overrides(result.archive_dir, folder, result)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "prepared with storage.format=folder" in err
+    folder_again = [*storage_overrides(result.archive_dir, tar), *dataset_overrides(result)]
+    assert launch("prepare", folder_again) == 2
+    assert "prepared with storage.format=tar" in capsys.readouterr().err
+    assert sorted(os.listdir(tar)) == [".launcher", "meta.bin"]
+
+
+@pytest.mark.parametrize("command", ["verify", "stage", "bench"])
+def test_commands_not_built_for_tar_refuse_in_one_line(prepared, capsys, command):
+    result, _, tar = prepared
+    capsys.readouterr()
+    more = ["stage.source=" + str(tar)] if command == "stage" else []
+    assert launch(command, [*tar_overrides(result.archive_dir, tar, result), *more]) == 4
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not built yet for storage.format=tar" in err
+
+
+# ---------------------------------------------------------------- loaders
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_build_dataset_equals_torchvision_on_the_folder_root(prepared, split):
+    result, folder, tar = prepared
+    ours = D.build_dataset(loader_config(result, tar), split, transform=D.build_transforms({}, False))
+    theirs = torchvision.datasets.ImageNet(str(folder), split)
+    assert isinstance(ours, TarImageNet) and len(ours) == len(theirs) > 0
+    for name in ("classes", "wnids", "class_to_idx", "wnid_to_idx", "targets", "split"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert [(os.path.relpath(p, tar), t) for p, t in ours.samples] == [
+        (os.path.relpath(p, folder), t) for p, t in theirs.samples
+    ]
+    folder_set = D.load_imagenet(folder, split, transform=D.build_transforms({}, False))
+    for i in range(len(ours)):
+        assert torch.equal(ours[i][0], folder_set[i][0]), ours.samples[i][0]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_build_loader_delivers_every_image_once(prepared, no_ranks, workers):
+    result, folder, tar = prepared
+    more = [f"loader.num_workers={workers}", "loader.batch_size=7", "loader.drop_last=false"]
+    cfg = loader_config(result, tar, *more)
+    val = D.build_loader(cfg, "val")
+    expected = torch.stack([img for img, _ in D.load_imagenet(folder, "val", transform=D.build_transforms({}, False))])
+    images, targets = zip(*[(x, y) for x, y in val])
+    assert torch.equal(torch.cat(images), expected) and torch.cat(targets).tolist() == val.dataset.targets
+    train = D.build_loader(cfg, "train")
+    seen = Counter(t for _, y in train for t in y.tolist())
+    assert seen == Counter(train.dataset.targets) and sum(seen.values()) == len(train.dataset)
+
+
+def test_archive_rewritten_after_prepare_refused_at_load(archives, tmp_path):
+    result = archives("tiny")
+    archive_dir = copy_archives(result, tmp_path / "archives")
+    root = tmp_path / "root"
+    assert launch("prepare", [*tar_overrides(archive_dir, root, result), "cluster=debug"]) == 0
+    cfg = loader_config(result, root, f"storage.archive_dir={archive_dir}")
+    assert len(D.build_dataset(cfg, "train")) > 0
+    path = archive_dir / FILES["train"]
+    shutil.copy2(path, tmp_path / "copy.tar")
+    os.replace(tmp_path / "copy.tar", path)  # the same bytes, another file
+    with pytest.raises(ArchiveChanged, match=rf"The archive {path} is not the file the tar index"):
+        D.build_dataset(cfg, "train")
+
+
+def test_loader_opens_the_archive_in_storage_archive_dir_and_names_a_missing_index(archives, tmp_path):
+    result = archives("tiny")
+    root = tmp_path / "root"
+    assert launch("prepare", [*tar_overrides(result.archive_dir, root, result), "cluster=debug"]) == 0
+    moved = copy_archives(result, tmp_path / "moved")
+    cfg = loader_config(result, root, f"storage.archive_dir={moved}")
+    with pytest.raises(ArchiveChanged, match=rf"The archive {moved / FILES['val']} is not the file"):  # a copy
+        D.build_dataset(cfg, "val")
+    (root / ".launcher" / "tarindex-val.bin").unlink()
+    with pytest.raises(LauncherError, match=r"There is no tar index at .*tarindex-val\.bin.*launcher prepare"):
+        D.build_dataset(loader_config(result, root), "val")
