@@ -152,7 +152,7 @@ def test_root_of_the_other_format_refused(prepared, capsys):
     assert sorted(os.listdir(tar)) == [".launcher", "meta.bin"]
 
 
-@pytest.mark.parametrize("command", ["verify", "stage", "bench"])
+@pytest.mark.parametrize("command", ["stage", "bench"])
 def test_commands_not_built_for_tar_refuse_in_one_line(prepared, capsys, command):
     result, _, tar = prepared
     capsys.readouterr()

@@ -164,7 +164,6 @@ def pipeline_missing(cfg: DictConfig, command: str) -> int | None:
 
 # what each command that does not read a storage.format=tar state folder yet would need
 TAR_NOT_BUILT = {
-    "verify": "it checks the files of a folder root; the tar index is checked when prepare builds it",
     "stage": "it copies a folder root; copy the archives and state_dir instead",
     "bench": "it reads a folder root; time build_loader with storage.format=tar in Python instead",
 }
@@ -202,8 +201,6 @@ def cmd_synth(cfg: DictConfig) -> int:
 def cmd_verify(cfg: DictConfig) -> int:
     from launcher.check.verify import run_verify
 
-    if (missing := tar_format_missing(cfg, "verify")) is not None:
-        return missing
     use_root_dataset(cfg)
     if (missing := pipeline_missing(cfg, "verify")) is not None:
         return missing
