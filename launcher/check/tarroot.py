@@ -19,12 +19,12 @@ from pathlib import Path
 
 from launcher.check.plan import RootPlan, RootPlanning, shard_id
 from launcher.check.request import VerifyRequest
-from launcher.check.tarshard import open_checked
 from launcher.core.errors import LauncherError
 from launcher.core.layout import read_json
 from launcher.core.units import Unit
 from launcher.datasets.imagenet.checks import _announced, check_top
 from launcher.datasets.imagenet.meta import check_meta, expected_layout
+from launcher.tarformat.archivefile import open_checked
 from launcher.tarformat.indexfile import TarIndex, read_index
 
 REPREPARE = "run `launcher prepare storage.format=tar` again"
