@@ -163,3 +163,29 @@ def test_fix_writes_the_overlay_the_loader_reads(archives, tmp_path):
     code, damaged = verify(overrides, "verify.level=header")
     assert code == 1 and [f["path"] for f in damaged["failures"]] == [report["fixed"][0]["path"]]
     assert "overlay recorded" in damaged["failures"][0]["reason"] and os.path.isfile(replacement)
+
+
+def test_wrong_expected_count_and_other_adapter(roots, capsys):
+    result, _, tar = roots
+    overrides = tar_overrides(result.archive_dir, tar, result)
+    code, report = verify(overrides, "verify.level=exists", "dataset.expected.val=999")
+    assert code == 1 and [(f["path"], f["check"]) for f in report["failures"]] == [("val", "totals")]
+    assert "dataset.expected.val says 999" in report["failures"][0]["reason"]
+    capsys.readouterr()
+    other = ["dataset=places365_synthetic", TAR, *storage_overrides(result.archive_dir, tar), "cluster=debug"]
+    assert launch("verify", other) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "use storage.format=folder" in err
+
+
+def test_a_shard_in_two_processes_finds_what_one_finds(roots, tmp_path):
+    from launcher.check.tarshard import verify_tar_shard
+
+    result, _, tar = roots
+    state = tar / ".launcher"
+    index = state / "tarindex-train.bin"
+    n = len(read_index(index, "train"))
+    args = (str(index), str(result.archive_dir / FILES["train"]), "train", 0, n, "decode")
+    one, two = (verify_tar_shard(*args, state_dir=str(state), processes=p) for p in (1, 2))
+    assert one["checked"] == two["checked"] == n and one["bytes"] == two["bytes"]
+    assert one["notes"] == two["notes"] and {n[1] for n in one["notes"]} == {"png", "cmyk", "grayscale"}
