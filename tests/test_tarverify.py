@@ -110,7 +110,7 @@ def corrupt_first_plain_jpeg(archive_dir: Path, result, probe_root: Path) -> str
     return index.path(i)
 
 
-def test_corrupt_jpeg_inside_the_archive_is_found_at_decode(archives, tmp_path):
+def test_corrupt_jpeg_inside_the_archive_is_found_at_decode(archives, tmp_path, capsys):
     result = archives("tiny")
     bad = []
     _, overrides = prepared_copy(
@@ -119,7 +119,8 @@ def test_corrupt_jpeg_inside_the_archive_is_found_at_decode(archives, tmp_path):
     assert verify(overrides, "verify.level=header")[0] == 0
     code, report = verify(overrides, "verify.level=decode")
     assert code == 1 and [(f["path"], f["check"]) for f in report["failures"]] == [(bad[0], "decode")]
-    assert report["failures"][0]["reason"].startswith("PIL cannot decode it")
+    assert report["failures"][0]["reason"].startswith("PIL cannot decode it") and report["format"] == "tar"
+    assert "undecodable images in the archives: download the archive again" in capsys.readouterr().out
 
 
 def test_altered_index_is_refused_in_one_line(archives, tmp_path, capsys):

@@ -39,6 +39,13 @@ FAILURE_HINTS = {
     "fix": "re-encoded files that fail: restore them from the archives (their old md5 is in the report)",
 }
 
+# storage.format=tar: the images are ranges of the archives, which verify never rewrites
+TAR_HINTS = {
+    check: f"{what} in the archives: download the archive again and run `launcher prepare storage.format=tar` "
+    "into a new root (verify.fix=true re-encodes only PNG and CMYK images, into the overlay)"
+    for check, what in (("exists", "missing ranges"), ("header", "damaged images"), ("decode", "undecodable images"))
+}
+
 
 def write_report(run: str) -> dict:
     """Report unit: merge the shard records of a run into the JSON report; after a fix, bring the
@@ -61,6 +68,7 @@ def write_report(run: str) -> dict:
         "version": REPORT_VERSION,
         "ok": not failures,
         "root": desc["root"],
+        "format": desc.get("format", "folder"),
         "splits": desc["splits"],
         "level": desc["level"],
         "fix": desc["fix"],
@@ -199,7 +207,8 @@ def print_report(report: dict, path: Path, limit: int = 20) -> None:
             print(f"  {f['path']}: {f['check']}: {f['reason']}")
         print("what to do:")
         for check in dict.fromkeys(f["check"] for f in failures):
-            print(f"  {FAILURE_HINTS.get(check, check)}")
+            hints = {**FAILURE_HINTS, **TAR_HINTS} if report.get("format") == "tar" else FAILURE_HINTS
+            print(f"  {hints.get(check, check)}")
     else:
         print(f"\nverify {report['level']}: no problems in {', '.join(report['splits'])} of {report['root']}")
     print(f"report: {path}")
