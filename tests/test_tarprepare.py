@@ -4,6 +4,7 @@ torchvision's ImageNet reads a folder root prepared from the same archives; the 
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 from collections import Counter
@@ -152,14 +153,20 @@ def test_root_of_the_other_format_refused(prepared, capsys):
     assert sorted(os.listdir(tar)) == [".launcher", "meta.bin"]
 
 
-@pytest.mark.parametrize("command", ["verify", "stage", "bench"])
-def test_commands_not_built_for_tar_refuse_in_one_line(prepared, capsys, command):
+def test_bench_reads_a_tar_root_and_refuses_an_unprepared_one(prepared, tmp_path, capsys):
     result, _, tar = prepared
+    table = tmp_path / "t.csv"
+    small = ["transform.train_crop_size=32", "transform.eval_crop_size=32", "loader.batch_size=8"]
+    more = ["cluster=debug", "loader.drop_last=false", *small, f"bench.table={table}"]
     capsys.readouterr()
-    more = ["stage.source=" + str(tar)] if command == "stage" else []
-    assert launch(command, [*tar_overrides(result.archive_dir, tar, result), *more]) == 4
+    assert launch("bench", [*tar_overrides(result.archive_dir, tar, result), *more]) == 0
+    out = capsys.readouterr().out
+    (row,) = list(csv.DictReader(table.open(newline="")))
+    assert "coverage train epoch 0" in out and "FAILED" not in out and row["coverage"] == "ok"
+    assert int(row["images"]) == len(D.build_dataset(loader_config(result, tar), "train"))
+    assert launch("bench", tar_overrides(result.archive_dir, tmp_path / "none", result)) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "not built yet for storage.format=tar" in err
+    assert err.count("\n") == 1 and "is not a prepared tar root" in err and "storage.format=tar" in err
 
 
 # ---------------------------------------------------------------- loaders

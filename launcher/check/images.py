@@ -146,22 +146,39 @@ def probe(path: str, level: str, size: int | None = None, limits: Limits = DEFAU
     """Check one image file at `level`; `size` is the manifest's (None: unknown). At header and
     decode a damaged file fails for what is wrong inside it, its size mismatch added. Only a regular
     file within `limits` is read (a FIFO, a device or a link fails, never blocks or reads forever)."""
-    actual = 0
     try:
         if level == "exists":
             actual = check_regular(path, limits)
             return _sized(actual, size) or FileResult(True, size=actual)
         fd, actual = open_regular(path, limits)
-        try:
-            if level == "header":
-                head = os.pread(fd, HEAD_BYTES, 0)
-                tail = head[-TAIL_BYTES:] if actual <= HEAD_BYTES else os.pread(fd, TAIL_BYTES, actual - TAIL_BYTES)
-                _, width, height, kind, note = parse_header(head, tail, actual, reader(fd, actual), limits)
-            else:
-                data = read_fd(fd, actual)
-        finally:
-            os.close(fd)
-        if level != "header":
+    except Refused as err:
+        return FileResult(False, err.check, str(err))
+    except FileNotFoundError:
+        return FileResult(False, "exists", "missing (gone while verify ran)")
+    except OSError as err:
+        return FileResult(False, "exists", f"cannot read it: {err.strerror or err}")
+    try:
+        return probe_range(fd, 0, actual, level, size, limits)
+    finally:
+        os.close(fd)
+
+
+def probe_range(
+    fd: int, offset: int, actual: int, level: str, size: int | None = None, limits: Limits = DEFAULT_LIMITS
+) -> FileResult:
+    """probe at header or decode on the `actual` bytes from `offset` of an open file (a whole image
+    file, or an image's byte range of an archive; the caller checked `actual` against limits)."""
+    try:
+        if level == "header":
+            head = bytes(read_fd(fd, min(HEAD_BYTES, actual), offset))
+            tail = (
+                head[-TAIL_BYTES:]
+                if actual <= HEAD_BYTES
+                else bytes(read_fd(fd, TAIL_BYTES, offset + actual - TAIL_BYTES))
+            )
+            _, width, height, kind, note = parse_header(head, tail, actual, reader(fd, actual, offset), limits)
+        else:
+            data = read_fd(fd, actual, offset)
             actual = len(data)
             _, width, height, kind, note = parse_header(
                 data, data[-TAIL_BYTES:], actual, lambda o, n: data[o : o + n], limits
@@ -171,8 +188,6 @@ def probe(path: str, level: str, size: int | None = None, limits: Limits = DEFAU
         return FileResult(False, "header", f"{err}{_size_note(actual, size)}", size=actual)
     except Refused as err:
         return FileResult(False, err.check, str(err), size=actual)
-    except FileNotFoundError:
-        return FileResult(False, "exists", "missing (gone while verify ran)")
     except OSError as err:
         return FileResult(False, "exists", f"cannot read it: {err.strerror or err}")
     if level == "decode":
@@ -189,9 +204,10 @@ def probe(path: str, level: str, size: int | None = None, limits: Limits = DEFAU
     return _sized(actual, size) or FileResult(True, None, None, note, kind, actual)
 
 
-def reader(fd: int, size: int):
-    """read(offset, n) of an open file, never past `size` (the size fstat gave when it was opened)."""
-    return lambda offset, n: bytes(read_fd(fd, max(0, min(n, size - offset)), offset))
+def reader(fd: int, size: int, base: int = 0):
+    """read(offset, n) of the `size` bytes from `base` of an open file, never past them (a file's
+    size when it was opened, or an image's range of an archive)."""
+    return lambda offset, n: bytes(read_fd(fd, max(0, min(n, size - offset)), base + offset))
 
 
 def _size_note(actual: int, expected: int | None) -> str:

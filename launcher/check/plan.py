@@ -137,8 +137,11 @@ def make_plan(req: VerifyRequest, parallelism: int, processes: int, min_bytes: i
     findings: list[list] = []
     notes: list[list] = []
     n_shards = req.shards or 2 * parallelism
-    rules = adapter_of(req.adapter).verify_rules()
-    root = rules.plan_root(req, run_dir, RootPlanning(n_shards, min_bytes, processes, findings, notes))
+    if req.storage_format == "tar":
+        from launcher.check.tarroot import plan_tar_root as plan_root
+    else:
+        plan_root = adapter_of(req.adapter).verify_rules().plan_root
+    root = plan_root(req, run_dir, RootPlanning(n_shards, min_bytes, processes, findings, notes))
     md5 = md5_units(req, run_dir, notes) if req.check_md5 else []
     report = Unit(
         "verify-report",
@@ -153,6 +156,7 @@ def make_plan(req: VerifyRequest, parallelism: int, processes: int, min_bytes: i
             "run": run_id,
             "started": time.time(),
             "root": str(layout.root),
+            "format": req.storage_format,
             "state_dir": str(layout.state_dir),
             "splits": req.splits,
             "level": req.level,

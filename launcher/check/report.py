@@ -9,6 +9,7 @@ from launcher.check.fix import apply_fixes
 from launcher.check.fixlog import split_of
 from launcher.check.images import NOTES
 from launcher.check.plan import VerifyPlan
+from launcher.check.tarshard import record_fixes
 from launcher.core import dispatch, runner
 from launcher.core.errors import LauncherError
 from launcher.core.layout import read_json, write_json
@@ -31,7 +32,18 @@ FAILURE_HINTS = {
     "devkit": "devkit: download ILSVRC2012_devkit_t12.tar.gz again",
     "labels": "label files: extract the ones named above again from the label archive (its command is in the finding)",
     "shard": "a shard did not finish: see its job log, then run verify again",
+    "archive": "archives of a tar index: put the original archive back, or run `launcher prepare "
+    "storage.format=tar` again to index the one now there",
+    "overlay": "overlay of a tar index: delete the record named above and run `launcher verify storage.format=tar "
+    "verify.fix=true` again",
     "fix": "re-encoded files that fail: restore them from the archives (their old md5 is in the report)",
+}
+
+# storage.format=tar: the images are ranges of the archives, which verify never rewrites
+TAR_HINTS = {
+    check: f"{what} in the archives: download the archive again and run `launcher prepare storage.format=tar` "
+    "into a new root (verify.fix=true re-encodes only PNG and CMYK images, into the overlay)"
+    for check, what in (("exists", "missing ranges"), ("header", "damaged images"), ("decode", "undecodable images"))
 }
 
 
@@ -50,12 +62,13 @@ def write_report(run: str) -> dict:
     fixed, shards = merge_shards(desc["shards"], counts, failures, notes)
     check_totals(counts, failures)
     md5 = md5_results(desc["md5"], failures)
-    updated = apply_fixes(desc, fixed) if fixed else []
+    updated = (record_fixes if desc.get("format") == "tar" else apply_fixes)(desc, fixed) if fixed else []
     finished = time.time()
     report = {
         "version": REPORT_VERSION,
         "ok": not failures,
         "root": desc["root"],
+        "format": desc.get("format", "folder"),
         "splits": desc["splits"],
         "level": desc["level"],
         "fix": desc["fix"],
@@ -194,7 +207,8 @@ def print_report(report: dict, path: Path, limit: int = 20) -> None:
             print(f"  {f['path']}: {f['check']}: {f['reason']}")
         print("what to do:")
         for check in dict.fromkeys(f["check"] for f in failures):
-            print(f"  {FAILURE_HINTS.get(check, check)}")
+            hints = {**FAILURE_HINTS, **TAR_HINTS} if report.get("format") == "tar" else FAILURE_HINTS
+            print(f"  {hints.get(check, check)}")
     else:
         print(f"\nverify {report['level']}: no problems in {', '.join(report['splits'])} of {report['root']}")
     print(f"report: {path}")

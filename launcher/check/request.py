@@ -9,7 +9,7 @@ from pathlib import Path
 from launcher.archive import safedir
 from launcher.check.imagebounds import Limits
 from launcher.check.images import DEFAULT_LIMITS
-from launcher.core.errors import LauncherError
+from launcher.core.errors import ConfigError, LauncherError
 from launcher.core.layout import SPLITS, Layout
 
 LEVELS = ("exists", "header", "decode")
@@ -52,6 +52,8 @@ class VerifyRequest:
     limits: Limits = DEFAULT_LIMITS
     # the resolved config of the run, kept in the ledger
     config: dict = field(default_factory=dict)
+    # storage.format: folder (image files under the root) or tar (prepare's tar index of the archives)
+    storage_format: str = "folder"
 
     def archive_candidates(self, key: str) -> list[Path]:
         """Where an archive may be: storage.archive_dir, or the root itself (torchvision keeps them there)."""
@@ -71,6 +73,16 @@ def check_request(req: VerifyRequest) -> None:
             "verify.fix=true needs verify.level=header or decode: level exists does not look inside the "
             "files, so it cannot find the odd ones to re-encode."
         )
+    if req.storage_format not in ("folder", "tar"):
+        raise ConfigError(f"storage.format={req.storage_format!r} is not one of folder, tar.")
+    if req.storage_format == "tar":
+        from launcher.datasets import adapter_of
+
+        if not hasattr(adapter_of(req.adapter), "load_tar_split"):
+            raise ConfigError(
+                f"storage.format=tar: the {req.adapter} adapter is not read from its archives; "
+                "use storage.format=folder"
+            )
     bad = [s for s in req.splits if s not in SPLITS]
     if bad:
         raise LauncherError(f"split.splits has {', '.join(bad)}; valid splits: {', '.join(SPLITS)}.")

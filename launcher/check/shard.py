@@ -11,7 +11,7 @@ from pathlib import Path
 
 from launcher.check.fix import FIXABLE, fix_one
 from launcher.check.imagebounds import Limits
-from launcher.check.images import NOTES, probe
+from launcher.check.images import NOTES, FileResult, probe
 from launcher.core.errors import LauncherError
 from launcher.core.layout import read_json
 
@@ -31,9 +31,7 @@ def check_images(
         if not r.ok:
             fail(name, r.check, r.reason)
             continue
-        if r.note:
-            extra = r.note.removeprefix(NOTES[r.kind]).lstrip("; ") if r.kind in NOTES else r.note
-            notes.append([f"{rel}/{name}", r.kind or "warning", extra])  # the kind's text is in the report once
+        add_note(notes, f"{rel}/{name}", r)
         if ctx.get("fix") and r.kind in FIXABLE:
             change, why, failed = fix_one(path, r.kind, ctx, f"{rel}/{name}")
             if change is None:
@@ -46,6 +44,13 @@ def check_images(
             fixed.append({"path": f"{rel}/{name}", **change, "ok": again.ok})
             if not again.ok:
                 fail(name, "fix", f"the re-encoded file fails {again.check}: {again.reason}")
+
+
+def add_note(notes: list, rel: str, r: FileResult) -> None:
+    """The note of an odd but valid image, without the kind's text (the report holds it once)."""
+    if r.note:
+        extra = r.note.removeprefix(NOTES[r.kind]).lstrip("; ") if r.kind in NOTES else r.note
+        notes.append([rel, r.kind or "warning", extra])
 
 
 def _check_class_args(args) -> dict:

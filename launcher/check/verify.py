@@ -66,8 +66,9 @@ def run_verify(req: VerifyRequest, backend: dispatch.Backend) -> int:
     plans: list[VerifyPlan] = []
 
     def build() -> engine.Work:
-        for message in reconcile_fixes(req.layout.root, req.layout.state_dir, dict(req.layout.folders)):
-            print(f"warning: {message}", file=sys.stderr)
+        if req.storage_format == "folder":  # a tar root's fixes are in its overlay, the files untouched
+            for message in reconcile_fixes(req.layout.root, req.layout.state_dir, dict(req.layout.folders)):
+                print(f"warning: {message}", file=sys.stderr)
         min_bytes = backend.min_unit_bytes(SLURM_MIN_SHARD_BYTES[req.level])
         plans.append(make_plan(req, backend.parallelism, backend.processes_per_unit(), min_bytes))
         return work_of(req, plans[0], report_path)

@@ -162,25 +162,6 @@ def pipeline_missing(cfg: DictConfig, command: str) -> int | None:
     )
 
 
-# what each command that does not read a storage.format=tar state folder yet would need
-TAR_NOT_BUILT = {
-    "verify": "it checks the files of a folder root; the tar index is checked when prepare builds it",
-    "stage": "it copies a folder root; copy the archives and state_dir instead",
-    "bench": "it reads a folder root; time build_loader with storage.format=tar in Python instead",
-}
-
-
-def tar_format_missing(cfg: DictConfig, command: str) -> int | None:
-    """A command not built for storage.format=tar: one line, exit 4, before anything is read or queued."""
-    if str(cfg.storage.get("format") or "folder") != "tar":
-        return None
-    print(
-        f"launcher {command}: not built yet for storage.format=tar ({TAR_NOT_BUILT[command]}); nothing was done.",
-        file=sys.stderr,
-    )
-    return 4
-
-
 def cmd_prepare(cfg: DictConfig) -> int:
     if (missing := pipeline_missing(cfg, "prepare")) is not None:
         return missing
@@ -202,8 +183,6 @@ def cmd_synth(cfg: DictConfig) -> int:
 def cmd_verify(cfg: DictConfig) -> int:
     from launcher.check.verify import run_verify
 
-    if (missing := tar_format_missing(cfg, "verify")) is not None:
-        return missing
     use_root_dataset(cfg)
     if (missing := pipeline_missing(cfg, "verify")) is not None:
         return missing
@@ -283,6 +262,8 @@ def stage_job(cfg: DictConfig) -> tuple:
     if mode == "auto":
         mode = "archives" if not (source / top_files[0]).exists() and (source / names[0]).exists() else "root"
     root, state_dir = Path(cfg.storage.root).absolute(), Path(cfg.storage.state_dir).absolute()
+    if str(cfg.storage.get("format") or "folder") == "tar":
+        return tar_stage_job(cfg, source, root, state_dir, mode, top_files)
     if mode == "root":
         splits, folders = list(cfg.split.splits), dict(layout_of(cfg).folders)
         stage.check_source(source, splits, top_files, folders)  # here, in one line, before a job is queued
@@ -302,6 +283,25 @@ def stage_job(cfg: DictConfig) -> tuple:
     raise LauncherError(f"stage.mode={mode!r} is not one of auto, root, archives")
 
 
+def tar_stage_job(cfg: DictConfig, source: Path, root: Path, state_dir: Path, mode: str, top_files: list) -> tuple:
+    """storage.format=tar: a prepared tar root (its archives, indexes, overlays) into storage.root and
+    storage.archive_dir; checked here, in one line, before a job is queued."""
+    from launcher.core.errors import ConfigError
+    from launcher.tarformat import staging
+
+    if mode not in ("auto", "root"):
+        raise ConfigError(
+            f"stage.mode={mode} with storage.format=tar: stage copies a prepared tar root (stage.mode=root); "
+            "to prepare on the node, run `launcher prepare storage.format=tar` there"
+        )
+    o, splits = cfg.stage, list(cfg.split.splits)
+    src_state = Path(o.source_state_dir).absolute() if o.source_state_dir else source / ".launcher"
+    staging.check_tar_source(source, src_state, splits, top_files)
+    archive_dir = Path(cfg.storage.archive_dir).absolute()
+    args = (source, root, archive_dir, splits, src_state, state_dir, None, o.reuse, o.wait_s, top_files)
+    return staging.stage_tar, args
+
+
 def cmd_bench(cfg: DictConfig) -> int:
     from launcher.data.bench import require_root, run_bench
 
@@ -309,13 +309,14 @@ def cmd_bench(cfg: DictConfig) -> int:
         from launcher.core.errors import LauncherError
 
         raise LauncherError(f"bench.split={cfg.bench.split!r} is not train or val")
-    if (missing := tar_format_missing(cfg, "bench")) is not None:
-        return missing
     use_root_dataset(cfg)
     if (missing := pipeline_missing(cfg, "bench")) is not None:
         return missing
     request = bench_request(cfg)
-    require_root(request.config["storage"]["root"], request.split, cfg.dataset.adapter)
+    storage = request.config["storage"]
+    require_root(
+        storage["root"], request.split, cfg.dataset.adapter, storage.get("format") or "folder", storage["state_dir"]
+    )
     warn_batch_larger_than_split(cfg)
     return run_bench(request, cluster_of(cfg))
 
@@ -343,8 +344,6 @@ def cmd_stage(cfg: DictConfig) -> int:
     """Stage on every node of the job (cluster=debug: in this process, e.g. under srun)."""
     from launcher.core import dispatch
 
-    if (missing := tar_format_missing(cfg, "stage")) is not None:
-        return missing
     use_source_dataset(cfg)
     if (missing := pipeline_missing(cfg, "stage")) is not None:
         return missing

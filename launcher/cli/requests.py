@@ -154,6 +154,7 @@ def verify_request(cfg: DictConfig):
         argv=task_overrides(),
         limits=Limits(o.max_file_bytes, o.max_pixels, o.max_scans, "verify"),
         config=run_config(cfg),
+        storage_format=str(cfg.storage.get("format") or "folder"),
     )
 
 

@@ -39,6 +39,8 @@ KINDS = {
     "tarfinal": "launcher.prepare.tarunits:finalize_tar_split",
     "verify": "launcher.check.shard:verify_shard",
     "verify-md5": "launcher.check.shard:verify_md5",
+    # storage.format=tar: a range of samples of a split's tar index, read from the archive
+    "verify-tar": "launcher.check.tarshard:verify_tar_shard",
     "verify-report": "launcher.check.report:write_report",
 }
 

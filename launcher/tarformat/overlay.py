@@ -49,12 +49,28 @@ def replacement_path(state_dir: str | Path, index: TarIndex, i: int) -> Path:
 def write_overlay(state_dir: str | Path, index: TarIndex, replacements: dict[int, bytes], out=None) -> Path:
     """Write the replacement files (each atomically, never through a link) and then the record
     (atomically), adding to a record already there for the same index."""
-    files = read_overlay_record(state_dir, index)
+    entries = {}
     for i, data in sorted(replacements.items()):
-        if type(i) is not int or not 0 <= i < len(index):
-            raise ValueError(f"sample {i!r} is not an index of the {len(index)} samples")
+        check_sample(index, i)
         safefs.write_atomic(replacement_path(state_dir, index, i), bytes(data), out=out)
-        files[i] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        entries[i] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return record_replacements(state_dir, index, entries)
+
+
+def check_sample(index: TarIndex, i) -> None:
+    if type(i) is not int or not 0 <= i < len(index):
+        raise ValueError(f"sample {i!r} is not an index of the {len(index)} samples")
+
+
+def record_replacements(state_dir: str | Path, index: TarIndex, entries: dict[int, dict]) -> Path:
+    """Add replacement files already written (sample index -> {"size", "sha256"}) to the overlay
+    record of `index` (written atomically), keeping the ones it holds."""
+    files = read_overlay_record(state_dir, index)
+    for i, entry in entries.items():
+        check_sample(index, i)
+        if not valid_entry(entry):
+            raise ValueError(f"the replacement of sample {i} is not a size and a sha256: {entry!r}")
+        files[i] = {"size": entry["size"], "sha256": entry["sha256"]}
     record = {
         "version": VERSION,
         "split": index.split,
