@@ -251,7 +251,7 @@ STEP = "::launcher-transcript-step::"
 ESSENTIAL = {
     ("launcher prepare", 0): [
         r"^submitted \d+ jobs to slurm \(job ids [\d, ]+\); logs in /\S+/\.launcher/logs/prepare-\S+$",
-        r"^follow progress with: launcher status storage=nfs storage\.root=/\S+/imagenet$",
+        r"^follow progress with: launcher status storage=nfs storage\.root=/\S+/imagenet dataset=synthetic$",
     ],
     ("launcher status", 0): [
         r"^  train +1/3 complete, 2 failed; 55 images, [\d.]+ KB done$",
