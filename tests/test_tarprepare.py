@@ -227,3 +227,50 @@ def test_loader_opens_the_archive_in_storage_archive_dir_and_names_a_missing_ind
     (root / ".launcher" / "tarindex-val.bin").unlink()
     with pytest.raises(LauncherError, match=r"There is no tar index at .*tarindex-val\.bin.*launcher prepare"):
         D.build_dataset(loader_config(result, root), "val")
+
+
+def fake_lfs(folder: Path, single: str) -> Path:
+    """An `lfs` on PATH: `getstripe -c` says 1 for a file whose name contains `single`, 4 otherwise;
+    `setstripe` does nothing (the folder is made by mkdir in the advice)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "lfs"
+    script.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = getstripe ]; then case "$3" in *' + single + "*) echo 1;; *) echo 4;; esac; fi\n"
+        "exit 0\n"
+    )
+    script.chmod(0o755)
+    return folder
+
+
+def test_a_single_striped_archive_is_named_with_commands_that_copy_it_striped(archives, tmp_path, capsys, monkeypatch):
+    """Where lfs exists, a large split archive on one stripe (format=tar reads it every epoch) gets one
+    warning naming it, with commands that copy the archives into a striped folder; pasted, they work
+    and prepare from there warns no more. format=folder, a small archive or no lfs: no warning."""
+    import shlex
+    import subprocess
+
+    from launcher.prepare import checks
+
+    result = archives("tiny")
+    archive_dir = copy_archives(result, tmp_path / "archives")
+    root = tmp_path / "root"
+    monkeypatch.setenv("PATH", f"{fake_lfs(tmp_path / 'bin', 'img_train')}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(checks, "STRIPED_FROM_BYTES", 0)
+    overrides = [*tar_overrides(archive_dir, root, result), "cluster=debug", "prepare.dry_run=true"]
+    assert launch("prepare", overrides) == 0
+    warnings = [w for w in capsys.readouterr().err.splitlines() if "Lustre stripe" in w]
+    assert len(warnings) == 1 and f"{archive_dir / FILES['train']} is on one Lustre stripe" in warnings[0], warnings
+    assert FILES["val"] not in warnings[0].split(" is on one")[0]
+    commands, target = warnings[0].split("prepare from it: ", 1)[1].split(", then ")
+    subprocess.run(commands, shell=True, check=True, env=os.environ)
+    striped = target.removeprefix("storage.archive_dir=")
+    assert sorted(os.listdir(striped)) == sorted(FILES.values())
+    again = [*overrides, f"storage.archive_dir={striped}", f"storage.root={tmp_path / 'r2'}"]
+    assert shlex.split(target) == [f"storage.archive_dir={striped}"] and launch("prepare", again) == 0
+    assert "Lustre stripe" in capsys.readouterr().err  # the fake lfs says 1 stripe for the copy too
+    for quiet in (["storage.format=folder"], []):
+        if not quiet:
+            monkeypatch.setattr(checks, "STRIPED_FROM_BYTES", 1 << 40)
+        assert launch("prepare", [*overrides, *quiet]) == 0
+        assert "Lustre stripe" not in capsys.readouterr().err

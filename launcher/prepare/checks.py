@@ -4,7 +4,9 @@ the warnings for probable mistakes (unchecked md5s, a login node, a foreign fold
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
+import subprocess
 import sys
 from typing import TYPE_CHECKING
 
@@ -64,9 +66,49 @@ OURS = {".partial", ".launcher"}
 
 def warn_probable_mistakes(req: PrepareRequest, backend: dispatch.Backend) -> None:
     """One line on stderr for each setting that is probably a mistake; the work goes on."""
-    for message in (login_node_warning(req, backend), foreign_folder_warning(req)):
+    for message in (login_node_warning(req, backend), foreign_folder_warning(req), *stripe_warnings(req)):
         if message:
             print(f"warning: {message}", file=sys.stderr)
+
+
+# an archive read in place (storage.format=tar) at least this large should span several Lustre OSTs
+STRIPED_FROM_BYTES = 1 << 30
+# the stripe count the advice asks for (each OST adds its bandwidth to the archive's reads)
+ADVISED_STRIPES = 8
+
+
+def stripe_warnings(req: PrepareRequest) -> list[str]:
+    """storage.format=tar reads the archives in place at training time: one on a single Lustre stripe
+    sits on one storage target and caps every epoch at that target's bandwidth. Where `lfs` exists,
+    each large split archive's stripe count is asked (`lfs getstripe -c`); single-striped ones are
+    named, with the commands that copy the run's archives into a striped folder (the originals stay)."""
+    if req.storage_format != "tar" or not shutil.which("lfs"):
+        return []
+    single = [
+        req.archive(key) for key in req.archive_keys() if key != req.labels_key and on_one_stripe(req.archive(key))
+    ]
+    if not single:
+        return []
+    folder = req.archive_dir / "striped"
+    everything = [str(req.archive(key)) for key in req.archive_keys()]
+    return [
+        f"{', '.join(map(str, single))} {'is' if len(single) == 1 else 'are'} on one Lustre stripe (lfs getstripe -c: "
+        "1): with storage.format=tar every epoch reads from one storage target, at its bandwidth. Copy the "
+        f"archives into a striped folder and prepare from it: {shlex.join(['mkdir', '-p', str(folder)])} && "
+        f"{shlex.join(['lfs', 'setstripe', '-c', str(ADVISED_STRIPES), str(folder)])} && "
+        f"{shlex.join(['cp', *everything, str(folder)])}, then storage.archive_dir={shlex.quote(str(folder))}"
+    ]
+
+
+def on_one_stripe(path) -> bool:
+    """A large archive whose `lfs getstripe -c` says 1 (lfs not answering, or a small file: not flagged)."""
+    try:
+        if path.stat().st_size < STRIPED_FROM_BYTES:
+            return False
+        run = subprocess.run(["lfs", "getstripe", "-c", str(path)], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return run.returncode == 0 and run.stdout.strip() == "1"
 
 
 def login_node_warning(req: PrepareRequest, backend: dispatch.Backend) -> str | None:
