@@ -102,12 +102,17 @@ def require_prepared(root: str | Path, split: str) -> None:
     if split not in SPLITS:
         raise LauncherError(f"split {split!r} is not one of {', '.join(SPLITS)}")
     root = Path(os.path.expanduser(root))
-    missing = [str(p) for p in (root / "meta.bin", root / split) if not p.exists()]
+    refuse_unprepared(root, "ImageNet", [root / "meta.bin", root / split], f"storage.root={root} split={split}")
+
+
+def refuse_unprepared(root: Path, dataset: str, needed: list[Path], overrides: str) -> None:
+    """One line naming what a prepared root lacks (a stat each) and the `launcher prepare` that makes it."""
+    missing = [str(p) for p in needed if not p.exists()]
     if missing:
         raise LauncherError(
-            f"{root} is not a prepared ImageNet root ({', '.join(missing)} missing). Run "
-            f"`launcher prepare storage.root={root} split={split}` first (or point storage.root at a "
-            "prepared root); loaders never extract archives."
+            f"{root} is not a prepared {dataset} root ({', '.join(missing)} missing). Run "
+            f"`launcher prepare {overrides}` first (or point storage.root at a prepared root); loaders never "
+            "extract archives."
         )
 
 

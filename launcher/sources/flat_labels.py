@@ -10,7 +10,14 @@ from pathlib import Path
 
 from launcher.archive.index import index_val
 from launcher.core import plan
-from launcher.sources.tree import index_flat, listed_args
+from launcher.sources.tree import (  # noqa: F401  (a flat unit's record has the tree's shape)
+    expected_folders,
+    files_of,
+    folders_of,
+    index_flat,
+    listed_args,
+    record_holds,
+)
 
 # what one index row is, in messages
 MEMBER = "image"
@@ -55,21 +62,3 @@ def unit_args(members: list, span: tuple[int, int], paths: dict, patterns: dict[
 
 def unit_size(members: list, span: tuple[int, int]) -> int:
     return sum(m[2] for m in members[span[0] : span[1]])
-
-
-def files_of(record: dict) -> list[tuple[str, str, int]]:
-    """(class folder, file name, size) of every file a unit wrote ('' as the folder when listed: flat)."""
-    return [tuple(f) for f in record["files"]]
-
-
-def folders_of(record: dict) -> set[str]:
-    return {f[0] for f in record.get("files", ()) if f[0]}
-
-
-def record_holds(record: dict, args: dict) -> bool:
-    """A unit's record is of the same work: the same range."""
-    return record.get("range") == [args["start"], args["stop"]]
-
-
-def expected_folders(args: dict) -> set[str]:
-    return set()

@@ -329,7 +329,7 @@ def extract_listed_unit(
 
 
 def files_of(record: dict) -> list[tuple[str, str, int]]:
-    """(class folder, file name, size) of every file a unit wrote."""
+    """(class folder, file name, size) of every file a unit wrote ('' as the folder in a flat split)."""
     return [tuple(f) for f in record["files"]]
 
 

@@ -1,6 +1,6 @@
-"""The archive a tar index reads from, opened for verify and stage: a regular file (never blocking on
-a FIFO) that must be the file the index recorded, unchanged. Stdlib only (launcher.tarformat.dataset
-opens it for the loaders the same way, with torch around it)."""
+"""The archive a tar index reads from, opened for verify, stage and the loaders
+(launcher.tarformat.dataset): a regular file (never blocking on a FIFO) that must be the file the
+index recorded, unchanged. Stdlib only."""
 
 from __future__ import annotations
 
@@ -13,13 +13,17 @@ from launcher.core.errors import LauncherError
 AGAIN = "run `launcher prepare storage.format=tar` again to index the archive now there"
 
 
+class ArchiveChanged(LauncherError):
+    """The archive is not the file, unchanged, that the tar index was built from."""
+
+
 def open_checked(path: str, identity: dict, index_label: str) -> int:
     """A descriptor of the archive at `path` (a regular file, never blocking on a FIFO), which must
     be the file the tar index recorded, unchanged; else one LauncherError naming it and the fix."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as err:
-        raise LauncherError(
+        raise ArchiveChanged(
             f"The archive {path} cannot be opened ({err.strerror or err}); the tar index {index_label} reads its "
             f"images from it. Put it back there, point storage.archive_dir at it, or {AGAIN}."
         ) from None
@@ -29,7 +33,7 @@ def open_checked(path: str, identity: dict, index_label: str) -> int:
     if differ or not stat.S_ISREG(st.st_mode):
         os.close(fd)
         what = f"{', '.join(differ)} differ" if differ else "not a regular file"
-        raise LauncherError(
+        raise ArchiveChanged(
             f"The archive {path} is not the file the tar index {index_label} was built from ({what}: rewritten, "
             f"replaced or truncated since; it had {identity.get('size'):,} bytes, it has {st.st_size:,}). Put the "
             f"original archive back, or {AGAIN}."

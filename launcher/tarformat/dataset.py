@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,6 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.datasets.vision import VisionDataset
 from torchvision.transforms import v2
 
-from launcher.archive.index import IDENTITY_KEYS, stat_identity
 from launcher.check.imagebounds import (
     BadImage,
     Limits,
@@ -45,7 +43,6 @@ from launcher.check.imagebounds import (
     read_regular,
     too_many_scans,
 )
-from launcher.core.errors import LauncherError
 from launcher.data import fastpath
 from launcher.data.decode import LOADER_LIMITS, ImageRefused, decode_with_pil, refused
 from launcher.data.fastpath import (
@@ -59,13 +56,9 @@ from launcher.data.fastpath import (
 )
 from launcher.data.imageio import ImageReadMode, decode_image
 from launcher.data.samples import SampleList
+from launcher.tarformat.archivefile import ArchiveChanged, open_checked
 from launcher.tarformat.indexfile import TarIndex, read_index
 from launcher.tarformat.overlay import read_overlay
-
-
-class ArchiveChanged(LauncherError):
-    """The archive is not the file, unchanged, that the tar index was built from."""
-
 
 # ---------------------------------------------------------------- decoding bytes (launcher.data's path)
 
@@ -142,32 +135,6 @@ def write_bytes(pipe: Pipeline, data: bytearray, label: str, out: torch.Tensor) 
             out.copy_(out.flip(-1))
 
 
-# ---------------------------------------------------------------- the archive
-
-
-def open_archive(path: str, identity: dict, index_label: str) -> int:
-    """A descriptor of the archive at `path`, which must be the file the index recorded, unchanged."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as err:
-        raise ArchiveChanged(
-            f"The archive {path} cannot be opened ({err.strerror}); the tar index {index_label} reads its "
-            "images from it. Put the archive back there, or point storage.archive_dir at it."
-        ) from None
-    st = os.fstat(fd)
-    now = stat_identity(path, st)
-    differ = [k for k in IDENTITY_KEYS if now[k] != identity.get(k)]
-    if differ or not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        what = f"{', '.join(differ)} differ" if differ else "not a regular file"
-        raise ArchiveChanged(
-            f"The archive {path} is not the file the tar index {index_label} was built from ({what}: rewritten, "
-            f"replaced or truncated since; it had {identity.get('size'):,} bytes, it has {st.st_size:,}). Put the "
-            "original archive back, or run `launcher prepare` again to index the archive now there."
-        )
-    return fd
-
-
 # ---------------------------------------------------------------- the dataset
 
 
@@ -215,7 +182,7 @@ class TarImageNet(torchvision.datasets.ImageNet):
             if self._fd >= 0:  # inherited through fork: the parent's; this process opens its own
                 os.close(self._fd)
                 self._fd = -1
-            self._fd = open_archive(self.archive, self.index.archive, self.index_label)
+            self._fd = open_checked(self.archive, self.index.archive, self.index_label)
             self._pid = pid
         return self._fd
 

@@ -20,7 +20,7 @@ import torchvision
 from torchvision.datasets.vision import VisionDataset
 
 from launcher.core.errors import LauncherError
-from launcher.data.dataset import FastBatches, split_manifest
+from launcher.data.dataset import FastBatches, refuse_unprepared, split_manifest
 from launcher.data.decode import decode_file
 from launcher.data.samples import Columns, SampleList
 from launcher.sources.entries import path_problem
@@ -111,13 +111,7 @@ def require_prepared(root: str | Path, split: str) -> None:
         root / torchvision.datasets.Places365._FILE_LIST_META[probe.split][0],
         Path(probe.images_dir),
     ]
-    missing = [str(p) for p in needed if not p.exists()]
-    if missing:
-        raise LauncherError(
-            f"{root} is not a prepared Places365 root ({', '.join(missing)} missing). Run `launcher prepare "
-            f"dataset=places365 storage.root={root} split={split}` first (or point storage.root at a prepared "
-            "root); loaders never extract archives."
-        )
+    refuse_unprepared(root, "Places365", needed, f"dataset=places365 storage.root={root} split={split}")
 
 
 def load_places365(
