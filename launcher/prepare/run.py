@@ -24,6 +24,7 @@ from launcher.core.units import Unit, is_complete
 if TYPE_CHECKING:
     from launcher.core import dispatch, engine
 
+from launcher.check.plan import new_run_id
 from launcher.prepare import tarplan
 from launcher.prepare.checks import check_archives, check_writable, warn_probable_mistakes, warn_unchecked_md5
 from launcher.prepare.plan import already_complete, make_output_dirs, make_plan, print_complete, print_plan
@@ -161,7 +162,7 @@ def run_prepare(req: PrepareRequest, backend: dispatch.Backend) -> int:
         warn_unchecked_md5(req)
         if req.storage_format != tarplan.FORMAT:  # tar: nothing under the root but meta.bin
             make_output_dirs(req)
-        work = work_of(p, req.log_dir / time.strftime("prepare-%Y%m%d-%H%M%S"))
+        work = work_of(p, req.log_dir / f"prepare-{new_run_id()}")
         work.announce = announce(req.argv)
         return work
 
