@@ -30,7 +30,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from launcher.archive.tarscan import scan
+from launcher.archive import tarscan
+from launcher.archive.tarscan import Run, Window, scan, scan_runs
 from launcher.check.imagebounds import BadImage
 from launcher.check.images import parse_header
 from launcher.core.errors import LauncherError
@@ -278,6 +279,50 @@ def test_tarscan(tar_bases):
         members = bounded(scan_all, data) or []
         ends = [0] + [m.end for m in members]
         assert all(m.offset >= before for m, before in zip(members, ends)) and ends[-1] <= len(data)
+
+    prop()
+
+
+WALKS = ("python", "C, headers by pread", "C, headers from a window", "C, plain file names")
+
+
+def walk_outcome(data: bytes, how: str) -> tuple[list, str]:
+    """The members a walk of `data` yields before it ends (name, data offset, size, kind, and the link of
+    a non-file) and the text of its refusal, if any: the Python walk (`scan`) or `scan_runs` with the C
+    walker reading the headers itself, from a small window (runs cut at its edges), or refusing names
+    that are not plain file names to the Python walk."""
+    fd = os.memfd_create("fuzz.tar")
+    found, refusal = [], ""
+    try:
+        os.write(fd, data)
+        if how == "python":
+            items = scan(fd, 0, len(data), "fuzz.tar")
+        else:
+            window = Window(fd, 0, len(data), "fuzz.tar", chunk=1536) if "window" in how else None
+            items = scan_runs(fd, 0, len(data), "fuzz.tar", window, plain_names="plain" in how)
+        try:
+            for item in items:
+                for m in item.members() if isinstance(item, Run) else (item,):
+                    found.append((m.name, m.offset, m.size, m.kind, "" if m.kind == "file" else m.linkname))
+        except LauncherError as err:
+            refusal = str(err)
+    finally:
+        os.close(fd)
+    return found, refusal
+
+
+@pytest.mark.skipif(tarscan._tarwalk is None, reason="launcher.archive._tarwalk was not built")
+def test_the_c_walker_agrees_with_the_python_walk(tar_bases):
+    """launcher/archive/_tarwalk.c accepts only what the Python walk accepts, with the same member
+    fields, and stops where the Python walk must read: on every mutated archive the walks give the same
+    members and the same refusal, word for word."""
+
+    @FUZZ
+    @given(data=mutated_tar(tar_bases))
+    def prop(data):
+        python = bounded(walk_outcome, data, "python")
+        for how in WALKS[1:]:
+            assert bounded(walk_outcome, data, how) == python, how
 
     prop()
 

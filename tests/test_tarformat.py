@@ -21,6 +21,7 @@ from PIL import Image
 
 from launcher import compose_config
 from launcher import data as D
+from launcher.archive import tarscan
 from launcher.archive.index import index_train, index_val
 from launcher.core.errors import LauncherError
 from launcher.data.imageio import decode_image
@@ -165,8 +166,29 @@ def test_each_process_opens_the_archive_once(archives, monkeypatch):
 # ---------------------------------------------------------------- the index: ranges, md5
 
 
+@pytest.fixture(params=["C walker", "Python walk"])
+def walker(request, monkeypatch):
+    """The index built with the C walker of plain headers (launcher/archive/_tarwalk.c) and without it."""
+    if request.param == "Python walk":
+        monkeypatch.setattr(tarscan, "_tarwalk", None)
+    elif tarscan._tarwalk is None:
+        pytest.skip("launcher.archive._tarwalk was not built")
+    return request.param
+
+
+@pytest.mark.parametrize("shape", ["small", "uneven"])
 @pytest.mark.parametrize("split", ["train", "val"])
-def test_ranges_merged_equal_the_one_range_index(archives, tmp_path, split):
+def test_the_c_walker_builds_the_python_walks_index(archives, monkeypatch, shape, split):
+    if tarscan._tarwalk is None:
+        pytest.skip("launcher.archive._tarwalk was not built")
+    archive_dir = archives(shape).archive_dir
+    fast = [F.encode_index(build(archive_dir, split, md5=md5)) for md5 in (False, True)]
+    monkeypatch.setattr(tarscan, "_tarwalk", None)
+    assert [F.encode_index(build(archive_dir, split, md5=md5)) for md5 in (False, True)] == fast
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_ranges_merged_equal_the_one_range_index(walker, archives, tmp_path, split):
     result = archives("uneven")
     path, kit, patterns = result.archive_dir / FILES[split], devkit_of(result.archive_dir), T.Patterns.of(PATTERNS)
     whole = F.encode_index(build(result.archive_dir, split))
@@ -190,7 +212,7 @@ def test_ranges_merged_equal_the_one_range_index(archives, tmp_path, split):
 
 
 @pytest.mark.parametrize("split", ["train", "val"])
-def test_md5_in_the_same_read_equals_hashlibs(archives, split):
+def test_md5_in_the_same_read_equals_hashlibs(walker, archives, split):
     result = archives("small")
     index = build(result.archive_dir, split, md5=True)
     assert index.archive["md5"] == hashlib.md5((result.archive_dir / FILES[split]).read_bytes()).hexdigest()
@@ -203,7 +225,7 @@ def test_md5_in_the_same_read_equals_hashlibs(archives, split):
         build(result.archive_dir, split, expected_md5="0" * 32)
 
 
-def test_md5_read_touches_every_byte_once(archives, monkeypatch):
+def test_md5_read_touches_every_byte_once(walker, archives, monkeypatch):
     """One sequential read: the preads cover [0, size) back to back, nothing read twice."""
     path = archives("uneven").archive_dir / FILES["train"]
     reads, real = [], os.pread
@@ -318,7 +340,7 @@ HOSTILE_CLASS = {
 
 
 @pytest.mark.parametrize("case", list(HOSTILE_CLASS))
-def test_hostile_class_tar_refused_naming_archive_member_and_offset(archives, tmp_path, case):
+def test_hostile_class_tar_refused_naming_archive_member_and_offset(walker, archives, tmp_path, case):
     archive_dir = copy_archives(archives("tiny"), tmp_path / "archives")
     make, message = HOSTILE_CLASS[case]
     outer = members(archive_dir / FILES["train"])
@@ -342,7 +364,7 @@ def test_hostile_class_tar_refused_naming_archive_member_and_offset(archives, tm
         ("ILSVRC2012_val_00009999.JPEG", "has no label: the devkit's ground truth lists"),
     ],
 )
-def test_hostile_val_member_refused(archives, tmp_path, name, message):
+def test_hostile_val_member_refused(walker, archives, tmp_path, name, message):
     archive_dir = copy_archives(archives("tiny"), tmp_path / "archives")
     images = members(archive_dir / FILES["val"])
     images[1] = (name, images[1][1])

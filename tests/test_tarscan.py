@@ -10,7 +10,8 @@ import tarfile
 
 import pytest
 
-from launcher.archive.tarscan import TarError, scan
+from launcher.archive import tarscan
+from launcher.archive.tarscan import Run, TarError, Window, scan, scan_runs
 from launcher.datasets.imagenet.synth import add_bytes
 
 from archive_tools import device, hostile_tar, link
@@ -229,3 +230,82 @@ def test_sparse_members_are_refused(tmp_path, options):
     subprocess.run(["tar", *options, "--sparse", "-cf", str(out), "-C", str(tmp_path), sparse.name], check=True)
     with pytest.raises(TarError, match=r"t\.tar: member '.*n01440764_1\.JPEG' \(header at offset [\d,]+\) is a sparse"):
         scan_within(out.read_bytes())
+
+
+# ---------------------------------------------------------------- the C walker (launcher/archive/_tarwalk.c)
+
+needs_walker = pytest.mark.skipif(tarscan._tarwalk is None, reason="launcher.archive._tarwalk was not built")
+
+
+def test_the_walker_is_built_under_ci():
+    """CI builds the extension (the editable install compiles it): the fast path must be there."""
+    if not os.environ.get("CI"):
+        pytest.skip("only CI insists")
+    assert tarscan._tarwalk is not None, "launcher.archive._tarwalk is missing: install gcc, then reinstall"
+
+
+def walked(data: bytes, window_chunk: int | None, plain_names: bool = False, stop: int | None = None):
+    """scan_runs over `data`: (runs, members of the Python walk, every member in order)."""
+    fd = os.memfd_create("walk.tar")
+    try:
+        os.write(fd, data)
+        window = Window(fd, 0, len(data), "walk.tar", chunk=window_chunk) if window_chunk else None
+        items = list(scan_runs(fd, 0, len(data), "walk.tar", window, plain_names, stop))
+    finally:
+        os.close(fd)
+    runs = [i for i in items if isinstance(i, Run)]
+    every = [m for i in items for m in (i.members() if isinstance(i, Run) else (i,))]
+    return runs, [i for i in items if not isinstance(i, Run)], every
+
+
+@needs_walker
+@pytest.mark.parametrize("window_chunk", [None, 1536, 1 << 20])
+def test_runs_equal_the_python_walk_across_reads(window_chunk):
+    """Small and large members (the pread walk reads 64 KiB while members are small, one block per
+    header once they are large), a pax header and a GNU long name in between: the same members as the
+    Python walk, the plain ones in runs, the others from the Python walk."""
+    sizes = [100] * 300 + [40_000, 70_000, 5] + [700] * 200
+    plain = [(f"n01440764_{k}.JPEG", bytes([k % 251]) * n) for k, n in enumerate(sizes)]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for k, (name, data) in enumerate(plain):
+            if k in (150, 400):
+                name = "n01440764_" + "7" * 120 + f"{k}.JPEG"  # a GNU long name: 'L' header first
+            add_bytes(tar, name, data)
+    data = buf.getvalue()
+    runs, singles, every = walked(data, window_chunk)
+    expected = scan_bytes(data)
+    assert [(m.name, m.offset, m.size) for m in every] == [(m.name, m.offset, m.size) for m in expected]
+    assert (
+        len(every) == 503 and len(runs) >= 3 and [m.name for m in singles] == [expected[150].name, expected[400].name]
+    )
+
+
+@needs_walker
+@pytest.mark.parametrize("window_chunk", [None, 1 << 20])
+@pytest.mark.parametrize("name", ["a/b.JPEG", ".", "..", "x" * 100])
+def test_plain_names_leave_other_names_to_the_python_walk(window_chunk, name):
+    """With plain_names the C walker accepts only plain file names (no '/', not . or .., at most 255
+    bytes with the ustar prefix): the rest come from the Python walk, whose caller refuses them."""
+    if len(name) == 100:  # a 100-byte name under a 155-byte ustar prefix: 256 bytes with the slash
+        header = bytearray(tar_header(name.encode(), b"%011o\0" % 1, b"0"))
+        header[345:505] = b"p" * 155 + bytes(5)
+        header[148:156] = b" " * 8
+        header[148:156] = b"%06o\0 " % sum(header)
+        entry_bytes, name = bytes(header) + b"z".ljust(512, b"\0"), "p" * 155 + "/" + name
+    else:
+        entry_bytes = entry(b"0", b"z", name.encode())
+    data = hostile_tar([("n01440764_1.JPEG", b"x")])[:1024] + entry_bytes + bytes(1024)
+    runs, singles, every = walked(data, window_chunk, plain_names=True)
+    assert [r.names for r in runs] == [["n01440764_1.JPEG"]] and [m.name for m in singles] == [name]
+    runs, singles, every = walked(data, window_chunk, plain_names=False)
+    assert [r.names for r in runs] == [["n01440764_1.JPEG", name]] and not singles
+
+
+@needs_walker
+def test_no_header_at_or_after_stop_is_read():
+    data = hostile_tar([(f"n01440764_{k}.JPEG", b"x" * 600) for k in range(10)])
+    stop = 3 * (512 + 1024)
+    runs, singles, every = walked(data, None, stop=stop)
+    assert [m.name for m in every][:3] == [f"n01440764_{k}.JPEG" for k in range(3)]
+    assert runs[0].names == [f"n01440764_{k}.JPEG" for k in range(3)]  # the first call stops at `stop`

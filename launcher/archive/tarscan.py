@@ -12,10 +12,16 @@ from __future__ import annotations
 
 import os
 import re
+from array import array
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from launcher.core.errors import LauncherError
+
+try:  # the C fast path of the walk (launcher/archive/_tarwalk.c); the Python walk gives the same results
+    from launcher.archive import _tarwalk
+except ImportError:
+    _tarwalk = None
 
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
@@ -160,38 +166,134 @@ def scan(fd: int, start: int, end: int, label: str, window: Window | None = None
     # Without a window from the caller only headers are read: one 512-byte pread per member (an
     # ImageNet member is ~110 KB, so reading ahead would copy data nobody looks at).
     win = window or Window(fd, start, end, label, chunk=BLOCK)
-    pos, long_name, long_link, pax, global_pax = start, None, None, {}, {}
-    while pos + BLOCK <= end:
-        header = win.view(pos, BLOCK).tobytes()  # one copy of 512 bytes; fields are sliced from it
-        if header == ZERO_BLOCK:
+    state, pos = ScanState(), start
+    while True:
+        member, pos, done = step(win, pos, end, label, state)
+        if member is not None:
+            yield member
+        if done:
             return
-        check_checksum(header, label, pos)
-        records = {**global_pax, **pax} if global_pax else pax
-        typeflag = header[156:157]
-        name = long_name or records.get("path") or header_name(header)
-        size = member_size(header, records, label, name, pos)
-        data_at = pos + BLOCK
-        if data_at + size > end:
-            raise truncated(label, name, data_at + size, end)
-        if typeflag in META_TYPES:
-            data = meta_data(win, data_at, size, label, name, pos)
-            if typeflag == b"L":
-                long_name = text(data)
-            elif typeflag == b"K":
-                long_link = text(data)
-            elif typeflag == b"x":
-                pax = pax_records(data, label, name, data_at)
-            else:
-                global_pax.update(pax_records(data, label, name, data_at))
+
+
+@dataclass(slots=True)
+class ScanState:
+    """What the headers read so far say about the next member: a GNU long name or link, pax records."""
+
+    long_name: str | None = None
+    long_link: str | None = None
+    pax: dict = field(default_factory=dict)
+    global_pax: dict = field(default_factory=dict)
+
+    def clean(self) -> bool:
+        return self.long_name is None and self.long_link is None and not self.pax and not self.global_pax
+
+
+def step(win: Window, pos: int, end: int, label: str, state: ScanState) -> tuple[Member | None, int, bool]:
+    """Read the header at `pos`: (the member it completes or None, where the next header is, whether
+    the archive ended there). Every header advances the walk by at least one block or fails."""
+    if pos + BLOCK > end:
+        raise truncated(label, "", pos + BLOCK, end)  # no end-of-archive block: cut short
+    header = win.view(pos, BLOCK).tobytes()  # one copy of 512 bytes; fields are sliced from it
+    if header == ZERO_BLOCK:
+        return None, pos, True
+    check_checksum(header, label, pos)
+    records = {**state.global_pax, **state.pax} if state.global_pax else state.pax
+    typeflag = header[156:157]
+    name = state.long_name or records.get("path") or header_name(header)
+    size = member_size(header, records, label, name, pos)
+    data_at = pos + BLOCK
+    if data_at + size > end:
+        raise truncated(label, name, data_at + size, end)
+    member = None
+    if typeflag in META_TYPES:
+        data = meta_data(win, data_at, size, label, name, pos)
+        if typeflag == b"L":
+            state.long_name = text(data)
+        elif typeflag == b"K":
+            state.long_link = text(data)
+        elif typeflag == b"x":
+            state.pax = pax_records(data, label, name, data_at)
         else:
-            refuse_sparse(typeflag, records, label, name, pos)
-            link = long_link or records.get("linkpath") or text(header[157:257])
-            yield Member(name, data_at, size, KINDS.get(typeflag, "other"), link)
-            long_name, long_link, pax = None, None, {}
-        after = data_at + (size + BLOCK - 1) // BLOCK * BLOCK
-        assert after > pos, "the header walk must advance"
-        pos = after
-    raise truncated(label, "", pos + BLOCK, end)  # no end-of-archive block: cut short
+            state.global_pax.update(pax_records(data, label, name, data_at))
+    else:
+        refuse_sparse(typeflag, records, label, name, pos)
+        link = state.long_link or records.get("linkpath") or text(header[157:257])
+        member = Member(name, data_at, size, KINDS.get(typeflag, "other"), link)
+        state.long_name, state.long_link, state.pax = None, None, {}
+    after = data_at + (size + BLOCK - 1) // BLOCK * BLOCK
+    assert after > pos, "the header walk must advance"
+    return member, after, False
+
+
+# ---------------------------------------------------------------- runs of plain members (C)
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """Consecutive plain members read by the C walker: regular files with printable-ASCII names (with
+    `plain_names`: plain file names), headers that pass their checksum, data inside the region."""
+
+    names: list[str]
+    offsets: array  # where each member's data starts in the file
+    sizes: array
+
+    def members(self) -> Iterator[Member]:
+        for name, offset, size in zip(self.names, self.offsets, self.sizes):
+            yield Member(name, offset, size, "file")
+
+
+RUN_MEMBERS = 1 << 16  # members per C call: bounds what one call allocates
+
+
+def scan_runs(
+    fd: int,
+    start: int,
+    end: int,
+    label: str,
+    window: Window | None = None,
+    plain_names: bool = False,
+    stop: int | None = None,
+) -> Iterator[Run | Member]:
+    """`scan`'s members, the plain ones in `Run`s read by the C walker (launcher/archive/_tarwalk.c),
+    the others (and every header when the extension is not built) as `Member`s by the Python walk,
+    which reads each header the C walker stops at. Without a window the C walker reads the headers
+    itself (64 KiB at a time while members are small, one block each once they are large); with one,
+    it walks the bytes the window holds. With `stop` the C walker reads no header at or after it (the
+    caller stops there; `end` still bounds every member's data)."""
+    win = window or Window(fd, start, end, label, chunk=BLOCK)
+    state, pos = ScanState(), start
+    while True:
+        if _tarwalk is not None and state.clean():
+            run, pos, status = c_run(fd, win if window else None, pos, end, end if stop is None else stop, plain_names)
+            if run is not None:
+                yield run
+            if status in (_tarwalk.NEED, _tarwalk.FULL) and run is not None:
+                continue  # the window refills at the next header, or the next call goes on
+        member, pos, done = step(win, pos, end, label, state)
+        if member is not None:
+            yield member
+        if done:
+            return
+
+
+def c_run(
+    fd: int, window: Window | None, pos: int, end: int, stop: int, plain_names: bool
+) -> tuple[Run | None, int, int]:
+    """One call of the C walker from `pos`: (the run, or None when it accepted no member; where it
+    stopped; why)."""
+    if window is None:
+        names, offsets, sizes, after, status = _tarwalk.walk_fd(fd, pos, end, stop, plain_names, RUN_MEMBERS)
+    else:
+        if pos + BLOCK <= end:
+            window.view(pos, BLOCK)  # the header at pos is in the window's buffer from here
+        buf = window.buf
+        names, offsets, sizes, after, status = _tarwalk.walk_buffer(
+            buf, window.buf_start, pos, end, stop, plain_names, RUN_MEMBERS
+        )
+    if not names:
+        return None, pos, status
+    assert after > pos, "the C walk must advance"
+    return Run(names, array("q", offsets), array("q", sizes)), after, status
 
 
 def meta_data(win: Window, offset: int, size: int, label: str, name: str, header_at: int) -> bytes:

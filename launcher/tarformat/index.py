@@ -24,14 +24,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import re
+import threading
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from launcher.archive.extract import archive_changed, check_member, image_pattern
 from launcher.archive.index import IDENTITY_KEYS, check_class_name, image_number, stat_identity
-from launcher.archive.tarscan import BLOCK, Member, Window, scan, truncated
+from launcher.archive.tarscan import BLOCK, Member, Run, Window, scan_runs, truncated
 from launcher.core.errors import LauncherError
 from launcher.datasets.imagenet.devkit import Devkit
 from launcher.tarformat.indexfile import (
@@ -72,6 +75,35 @@ def class_names(devkit: Devkit) -> tuple[list[str], list[list[str]]]:
 
 
 # ---------------------------------------------------------------- reading the archive
+
+
+class BackgroundMd5:
+    """An md5 that hashes in a thread of its own, in the order the chunks are given: hashlib lets go
+    of the GIL over large buffers, so the header walk runs beside the hashing on a second core. At
+    most `depth` chunks wait (bounded memory)."""
+
+    def __init__(self, depth: int = 4):
+        self.md5 = hashlib.md5()
+        self.chunks: queue.Queue = queue.Queue(maxsize=depth)
+        self.thread = threading.Thread(target=self.hash_chunks, name="md5", daemon=True)
+        self.thread.start()
+
+    def hash_chunks(self) -> None:
+        while (chunk := self.chunks.get()) is not None:
+            self.md5.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self.chunks.put(chunk)
+
+    def close(self) -> None:
+        """Stop the thread (after what was given is hashed); called on every way out of the walk."""
+        if self.thread.is_alive():
+            self.chunks.put(None)
+            self.thread.join()
+
+    def hexdigest(self) -> str:
+        self.close()
+        return self.md5.hexdigest()
 
 
 class HashingWindow(Window):
@@ -120,20 +152,24 @@ def padded(size: int) -> int:
     return (size + BLOCK - 1) // BLOCK * BLOCK
 
 
-def outer_members(fd: int, first: int, stop: int | None, size: int, label: str, window: Window) -> Iterator[Member]:
+def outer_members(
+    fd: int, first: int, stop: int | None, size: int, label: str, window: Window | None
+) -> Iterator[Member]:
     """The outer members whose headers lie in [first, stop) (stop None: to the end-of-archive
-    marker), in archive order. `stop` must fall where a member's padded data ends."""
-    for member in scan(fd, first, size, label, window):
-        yield member
-        after = member.offset + padded(member.size)
-        if stop is not None and after >= stop:
-            if after != stop:
-                raise LauncherError(
-                    f"{label}: offset {stop:,} is not where a member ends (member {member.name!r} runs to "
-                    f"{after:,}); the unit's range does not fit this archive. Run `launcher prepare` again: "
-                    "it indexes the archive anew and plans the ranges from it."
-                )
-            return
+    marker), in archive order. `stop` must fall where a member's padded data ends. `window`: the
+    sequential hashing window, or None (headers only)."""
+    for item in scan_runs(fd, first, size, label, window, stop=stop):
+        for member in item.members() if isinstance(item, Run) else (item,):
+            yield member
+            after = member.offset + padded(member.size)
+            if stop is not None and after >= stop:
+                if after != stop:
+                    raise LauncherError(
+                        f"{label}: offset {stop:,} is not where a member ends (member {member.name!r} runs to "
+                        f"{after:,}); the unit's range does not fit this archive. Run `launcher prepare` again: "
+                        "it indexes the archive anew and plans the ranges from it."
+                    )
+                return
 
 
 def index_part(
@@ -155,25 +191,28 @@ def index_part(
     path = str(path)
     label = f"The archive {path}"
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    digest = None
     try:
         ident = stat_identity(path, os.fstat(fd))
         if err := archive_changed(path, ident, fd):  # the path still names the file opened
             raise err
-        digest = hashlib.md5() if md5 else None
+        digest = BackgroundMd5() if md5 else None
         size = ident["size"]
-        window = HashingWindow(fd, 0, size, label, digest) if digest else Window(fd, first, size, label, chunk=BLOCK)
+        window = HashingWindow(fd, 0, size, label, digest) if digest else None
         part = TarIndex(split, ident, *class_names(devkit), kind="part")
         members = outer_members(fd, first, stop, size, label, window)
         if split == "train":
-            after = walk_train(fd, members, part, devkit, patterns, label, window if digest else None)
+            after = walk_train(fd, members, part, devkit, patterns, label, window)
         else:
             after = walk_val(members, part, devkit, patterns, label)
-        if digest:
+        if window:
             window.finish()
             ident["md5"] = digest.hexdigest()
         if err := archive_changed(path, ident, fd):
             raise err
     finally:
+        if digest:
+            digest.close()
         os.close(fd)
     part.span = [first, max(after, first), stop is None]
     return part
@@ -193,29 +232,59 @@ def walk_train(fd, members, part: TarIndex, devkit: Devkit, patterns: Patterns, 
                 f"{label}: member {outer.name!r} (offset {outer.offset:,}) is a class the devkit does not "
                 "list; the train archive and the devkit do not belong together: download both again."
             )
-        images = index_class(fd, outer, image_pattern(patterns.train_image, wnid), label, window)
+        names, offsets, sizes = index_class(fd, outer, image_pattern(patterns.train_image, wnid), label, window)
         expected = devkit.num_train_images.get(wnid)
-        if expected is not None and len(images) != expected:
+        if expected is not None and len(names) != expected:
             raise LauncherError(
-                f"{label} member {outer.name}: class {wnid} has {len(images)} images but the devkit's "
+                f"{label} member {outer.name}: class {wnid} has {len(names)} images but the devkit's "
                 f"num_train_images says {expected}. The archive is incomplete or does not match the devkit: "
                 "download it again."
             )
-        for name, offset, size in sorted(images):
-            part.add(name, offset, size, target_of[wnid])
+        order = sorted(range(len(names)), key=names.__getitem__)
+        part.add_many(
+            [names[i] for i in order], [offsets[i] for i in order], [sizes[i] for i in order], target_of[wnid]
+        )
         after = outer.offset + padded(outer.size)
     return after
 
 
-def index_class(fd: int, outer: Member, pattern: re.Pattern, label: str, window) -> list[tuple[str, int, int]]:
-    """(name, offset in the outer file, size) of every image of one class tar, each checked."""
+def index_class(fd: int, outer: Member, pattern: re.Pattern, label: str, window) -> tuple[list[str], array, array]:
+    """(names, offsets in the outer file, sizes) of every image of one class tar, each checked."""
     inner = f"{label} member {outer.name}"
     seen: set[str] = set()
-    images = []
-    for m in scan(fd, outer.offset, outer.end, inner, window):
-        check_member(m, pattern, at(inner, m), seen)
-        images.append((m.name, m.offset, checked_size(m, inner)))
-    return images
+    names: list[str] = []
+    offsets, sizes = array("q"), array("q")
+    for item in scan_runs(fd, outer.offset, outer.end, inner, window, plain_names=True):
+        if isinstance(item, Run):
+            check_run(item, pattern, inner, seen)
+            names += item.names
+            offsets += item.offsets
+            sizes += item.sizes
+        else:
+            check_member(item, pattern, at(inner, item), seen)
+            names.append(item.name)
+            offsets.append(item.offset)
+            sizes.append(checked_size(item, inner))
+    return names, offsets, sizes
+
+
+def check_run(run: Run, pattern: re.Pattern, label: str, seen: set[str]) -> None:
+    """check_member and checked_size for a run of the C walker (regular files with plain file names
+    already): every name fully matching `pattern`, none seen before, every size within the index's
+    bound. On a failure the members are checked one by one, for check_member's exact refusal."""
+    names = set(run.names)
+    if (
+        len(names) == len(run.names)
+        and seen.isdisjoint(names)
+        and all(map(pattern.fullmatch, run.names))
+        and max(run.sizes) <= MAX_IMAGE_BYTES
+    ):
+        seen |= names
+        return
+    for member in run.members():
+        check_member(member, pattern, at(label, member), seen)
+        checked_size(member, label)
+    raise AssertionError("a run refused as a whole passed member by member")
 
 
 def at(label: str, member: Member) -> str:

@@ -85,6 +85,18 @@ class TarIndex:
         self.sizes.append(size)
         self.targets.append(target)
 
+    def add_many(self, names: list[str], offsets, sizes, target: int) -> None:
+        """add() for many images of one class."""
+        if not isinstance(self.names, bytearray):
+            self.names = bytearray(self.names)
+        encoded = [name.encode("utf-8") for name in names]
+        ends = itertools.accumulate(map(len, encoded), initial=len(self.names))
+        self.name_offsets.extend(itertools.islice(ends, 1, None))  # the first is the last name's end: there
+        self.names += b"".join(encoded)
+        self.offsets.extend(offsets)
+        self.sizes.extend(sizes)
+        self.targets.extend(itertools.repeat(target, len(encoded)))
+
     def extend(self, part: TarIndex, lo: int, hi: int) -> None:
         """Append images [lo, hi) of another index (their order and targets as they are)."""
         if not isinstance(self.names, bytearray):
