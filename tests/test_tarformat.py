@@ -525,3 +525,15 @@ def test_overlay_replaces_the_odd_files(archives, tmp_path):
     index.archive["mtime_ns"] += 1  # the overlay of another index of the archive
     with pytest.raises(OverlayError, match="overlay-train.json does not belong to the tar index"):
         read_overlay(state, index)
+
+
+@pytest.mark.parametrize("names", [["a_1.JPEG", "a_2.JPEG"], ["ü_1.JPEG", "a_2.JPEG", "€"], []])
+def test_add_many_equals_one_add_per_image(names):
+    one, many = (F.TarIndex("train", {}, ["n1", "n2"], [["x"], ["y"]]) for _ in range(2))
+    for index in (one, many):
+        index.add("first.JPEG", 7, 1, 0)
+    for k, name in enumerate(names):
+        one.add(name, 100 * k, k + 1, 1)
+    many.add_many(names, [100 * k for k in range(len(names))], [k + 1 for k in range(len(names))], 1)
+    assert F.encode_index(many) == F.encode_index(one)
+    assert [many.name(i) for i in range(len(many))] == ["first.JPEG", *names]

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from launcher.archive.extract import check_member
-from launcher.archive.tarscan import scan
+from launcher.archive.tarscan import members_of, scan_runs
 from launcher.core.errors import LauncherError
 
 # what a record compares to tell "the same archive file, unchanged": a rewrite in place changes
@@ -58,7 +58,7 @@ def scan_archive(path: Path, pattern: str) -> list:
     compiled, seen, out = re.compile(pattern, re.ASCII), set(), []
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        for member in scan(fd, 0, os.fstat(fd).st_size, f"The archive {path}"):
+        for member in members_of(scan_runs(fd, 0, os.fstat(fd).st_size, f"The archive {path}")):
             check_member(member, compiled, f"The archive {path}", seen)
             out.append((member, compiled.fullmatch(member.name)))
     finally:

@@ -242,6 +242,15 @@ class Run:
             yield Member(name, offset, size, "file")
 
 
+def members_of(items: Iterator[Run | Member]) -> Iterator[Member]:
+    """scan_runs' items as members, one by one."""
+    for item in items:
+        if isinstance(item, Run):
+            yield from item.members()
+        else:
+            yield item
+
+
 RUN_MEMBERS = 1 << 16  # members per C call: bounds what one call allocates
 
 

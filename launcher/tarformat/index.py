@@ -34,7 +34,7 @@ from pathlib import Path
 
 from launcher.archive.extract import archive_changed, check_member, image_pattern
 from launcher.archive.index import IDENTITY_KEYS, check_class_name, image_number, stat_identity
-from launcher.archive.tarscan import BLOCK, Member, Run, Window, scan_runs, truncated
+from launcher.archive.tarscan import BLOCK, Member, Run, Window, members_of, scan_runs, truncated
 from launcher.core.errors import LauncherError
 from launcher.datasets.imagenet.devkit import Devkit
 from launcher.tarformat.indexfile import (
@@ -158,18 +158,17 @@ def outer_members(
     """The outer members whose headers lie in [first, stop) (stop None: to the end-of-archive
     marker), in archive order. `stop` must fall where a member's padded data ends. `window`: the
     sequential hashing window, or None (headers only)."""
-    for item in scan_runs(fd, first, size, label, window, stop=stop):
-        for member in item.members() if isinstance(item, Run) else (item,):
-            yield member
-            after = member.offset + padded(member.size)
-            if stop is not None and after >= stop:
-                if after != stop:
-                    raise LauncherError(
-                        f"{label}: offset {stop:,} is not where a member ends (member {member.name!r} runs to "
-                        f"{after:,}); the unit's range does not fit this archive. Run `launcher prepare` again: "
-                        "it indexes the archive anew and plans the ranges from it."
-                    )
-                return
+    for member in members_of(scan_runs(fd, first, size, label, window, stop=stop)):
+        yield member
+        after = member.offset + padded(member.size)
+        if stop is not None and after >= stop:
+            if after != stop:
+                raise LauncherError(
+                    f"{label}: offset {stop:,} is not where a member ends (member {member.name!r} runs to "
+                    f"{after:,}); the unit's range does not fit this archive. Run `launcher prepare` again: "
+                    "it indexes the archive anew and plans the ranges from it."
+                )
+            return
 
 
 def index_part(
@@ -240,12 +239,17 @@ def walk_train(fd, members, part: TarIndex, devkit: Devkit, patterns: Patterns, 
                 f"num_train_images says {expected}. The archive is incomplete or does not match the devkit: "
                 "download it again."
             )
-        order = sorted(range(len(names)), key=names.__getitem__)
-        part.add_many(
-            [names[i] for i in order], [offsets[i] for i in order], [sizes[i] for i in order], target_of[wnid]
-        )
+        add_sorted(part, names, offsets, sizes, target_of[wnid])
         after = outer.offset + padded(outer.size)
     return after
+
+
+def add_sorted(part: TarIndex, names: list[str], offsets: array, sizes: array, target: int) -> None:
+    """A class's images in name order (ImageFolder's); a class tar already in that order is added as it is."""
+    order = sorted(range(len(names)), key=names.__getitem__)
+    if order != list(range(len(names))):
+        names, offsets, sizes = [names[i] for i in order], [offsets[i] for i in order], [sizes[i] for i in order]
+    part.add_many(names, offsets, sizes, target)
 
 
 def index_class(fd: int, outer: Member, pattern: re.Pattern, label: str, window) -> tuple[list[str], array, array]:

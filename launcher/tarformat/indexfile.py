@@ -89,13 +89,18 @@ class TarIndex:
         """add() for many images of one class."""
         if not isinstance(self.names, bytearray):
             self.names = bytearray(self.names)
-        encoded = [name.encode("utf-8") for name in names]
-        ends = itertools.accumulate(map(len, encoded), initial=len(self.names))
+        joined = "".join(names)
+        if joined.isascii():  # a character per byte: the lengths are the strings'
+            lengths, data = map(len, names), joined.encode("ascii")
+        else:
+            encoded = [name.encode("utf-8") for name in names]
+            lengths, data = map(len, encoded), b"".join(encoded)
+        ends = itertools.accumulate(lengths, initial=len(self.names))
         self.name_offsets.extend(itertools.islice(ends, 1, None))  # the first is the last name's end: there
-        self.names += b"".join(encoded)
-        self.offsets.extend(offsets)
-        self.sizes.extend(sizes)
-        self.targets.extend(itertools.repeat(target, len(encoded)))
+        self.names += data
+        self.offsets.extend(iter(offsets))  # iter(): an array of another type code is taken value by value
+        self.sizes.extend(iter(sizes))
+        self.targets.extend(itertools.repeat(target, len(names)))
 
     def extend(self, part: TarIndex, lo: int, hi: int) -> None:
         """Append images [lo, hi) of another index (their order and targets as they are)."""
