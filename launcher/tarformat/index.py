@@ -22,7 +22,10 @@ The file format is launcher.tarformat.indexfile's.
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import itertools
+import operator
 import os
 import queue
 import re
@@ -414,9 +417,9 @@ def check_val_numbers(index: TarIndex, devkit: Devkit, patterns: Patterns, label
 
 def names_ascending(part: TarIndex, lo: int, hi: int) -> bool:
     """Names lo..hi-1 of the part strictly ascending (sorted, none twice)."""
-    cuts, names = part.name_offsets, part.names
-    chunk = [names[a:b] for a, b in zip(cuts[lo:hi], cuts[lo + 1 : hi + 1])]
-    return all(a < b for a, b in zip(chunk, chunk[1:]))
+    cuts = part.name_offsets
+    chunk = list(map(part.names.__getitem__, map(slice, cuts[lo:hi], cuts[lo + 1 : hi + 1])))
+    return all(map(operator.lt, chunk, chunk[1:]))
 
 
 def check_cover(parts: list[TarIndex]) -> None:
@@ -445,18 +448,18 @@ def check_cover(parts: list[TarIndex]) -> None:
 
 def target_runs(part: TarIndex) -> Iterator[tuple[int, int, int]]:
     """(target, lo, hi) of each run of equal targets in a part."""
-    targets, lo = part.targets, 0
-    for i in range(1, len(targets) + 1):
-        if i == len(targets) or targets[i] != targets[lo]:
-            yield targets[lo], lo, i
-            lo = i
+    targets = part.targets
+    changes = itertools.compress(range(1, len(targets)), map(operator.ne, targets[1:], targets[:-1]))
+    starts = [0, *changes]
+    for lo, hi in zip(starts, [*starts[1:], len(targets)]):
+        if hi > lo:
+            yield targets[lo], lo, hi
 
 
 def check_counts(index: TarIndex, devkit: Devkit, label: str) -> None:
     """Every class of the devkit present (train) and the val images all there."""
-    counts = [0] * len(index.wnids)
-    for target in index.targets:
-        counts[target] += 1
+    counted = collections.Counter(index.targets)
+    counts = [counted[target] for target in range(len(index.wnids))]
     if index.split == "train":
         missing = [w for w, n in zip(index.wnids, counts) if n == 0 and devkit.num_train_images.get(w)]
         if missing:

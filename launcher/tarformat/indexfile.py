@@ -109,7 +109,7 @@ class TarIndex:
         start = part.name_offsets[lo]
         shift = len(self.names) - start
         self.names += part.names[start : part.name_offsets[hi]]
-        self.name_offsets.extend(o + shift for o in part.name_offsets[lo + 1 : hi + 1])
+        self.name_offsets.extend(map(shift.__add__, part.name_offsets[lo + 1 : hi + 1]))
         self.offsets.extend(part.offsets[lo:hi])
         self.sizes.extend(part.sizes[lo:hi])
         self.targets.extend(part.targets[lo:hi])
