@@ -190,3 +190,28 @@ def test_a_shard_in_two_processes_finds_what_one_finds(roots, tmp_path):
     one, two = (verify_tar_shard(*args, state_dir=str(state), processes=p) for p in (1, 2))
     assert one["checked"] == two["checked"] == n and one["bytes"] == two["bytes"]
     assert one["notes"] == two["notes"] and {n[1] for n in one["notes"]} == {"png", "cmyk", "grayscale"}
+
+
+@pytest.mark.parametrize("shape", ["tiny", "uneven"])
+def test_after_fix_the_tar_root_still_equals_the_fixed_folder_root(archives, tmp_path, shape):
+    """verify.fix on a folder root re-encodes the PNG and CMYK files in place; on a tar root it writes them
+    to the overlay. Afterwards the two datasets are still equal sample for sample and pixel for pixel."""
+    result = archives(shape)
+    folder = tmp_path / "folder"
+    folder_overrides = [*storage_overrides(result.archive_dir, folder), *dataset_overrides(result), "cluster=debug"]
+    assert launch("prepare", folder_overrides) == 0
+    _, tar_overrides_ = prepared_copy(result, tmp_path)
+    for overrides in (folder_overrides, tar_overrides_):
+        code, report = verify(overrides, "verify.level=decode", "verify.fix=true")
+        assert code == 0 and report["fixed"], report["failures"]
+    for split in ("train", "val"):
+        ours = D.build_dataset(compose_config("bench", tar_overrides_), split, transform=None)
+        theirs = D.build_dataset(compose_config("bench", folder_overrides), split, transform=None)
+        relative = [
+            [Path(p).relative_to(root) for p, _ in d.samples]
+            for d, root in ((ours, tmp_path / "root"), (theirs, folder))
+        ]
+        assert relative[0] == relative[1]
+        assert ours.targets == theirs.targets and len(ours) > 0
+        for i in range(len(ours)):
+            assert torch.equal(ours[i][0], theirs[i][0]), ours.samples[i][0]
