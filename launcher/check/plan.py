@@ -138,7 +138,7 @@ def make_plan(req: VerifyRequest, parallelism: int, processes: int, min_bytes: i
     notes: list[list] = []
     n_shards = req.shards or 2 * parallelism
     if req.storage_format == "tar":
-        from launcher.check.tarroot import plan_tar_root as plan_root
+        plan_root = adapter_of(req.adapter).tar_verify_rules().plan_tar_root
     else:
         plan_root = adapter_of(req.adapter).verify_rules().plan_root
     root = plan_root(req, run_dir, RootPlanning(n_shards, min_bytes, processes, findings, notes))

@@ -178,8 +178,9 @@ def record_fixes(desc: dict, fixed: list[dict]) -> list[str]:
     state = Path(desc["state_dir"])
     by_split: dict[str, dict[int, dict]] = {}
     for f in fixed:
-        if f["ok"]:
-            by_split.setdefault(split_of(f["path"]), {})[f["index"]] = {"size": f["new_size"], "sha256": f["sha256"]}
+        if f["ok"]:  # the split of a path below its folder (dataset.splits.<split>.folder: data_large_standard)
+            split = split_of(f["path"], desc.get("folders"))
+            by_split.setdefault(split, {})[f["index"]] = {"size": f["new_size"], "sha256": f["sha256"]}
     written = []
     for split, entries in by_split.items():
         index = read_index(state / f"tarindex-{split}.bin", split)

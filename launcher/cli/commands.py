@@ -304,6 +304,7 @@ def tar_stage_job(cfg: DictConfig, source: Path, root: Path, state_dir: Path, mo
 
 def cmd_bench(cfg: DictConfig) -> int:
     from launcher.data.bench import require_root, run_bench
+    from launcher.datasets import adapter_of
 
     if cfg.bench.split not in ("train", "val"):
         from launcher.core.errors import LauncherError
@@ -314,9 +315,9 @@ def cmd_bench(cfg: DictConfig) -> int:
         return missing
     request = bench_request(cfg)
     storage = request.config["storage"]
-    require_root(
-        storage["root"], request.split, cfg.dataset.adapter, storage.get("format") or "folder", storage["state_dir"]
-    )
+    top_files = adapter_of(cfg.dataset.adapter).root_files(plain(cfg.dataset))
+    storage_format = storage.get("format") or "folder"
+    require_root(storage["root"], request.split, cfg.dataset.adapter, storage_format, storage["state_dir"], top_files)
     warn_batch_larger_than_split(cfg)
     return run_bench(request, cluster_of(cfg))
 

@@ -35,8 +35,8 @@ KINDS = {
     "val": "launcher.sources:extract",
     "finalize": "launcher.prepare.finalize:finalize_split",
     # storage.format=tar: a byte range of a split's archive indexed; the parts merged into its tar index
-    "tarindex": "launcher.prepare.tarunits:index_range",
-    "tarfinal": "launcher.prepare.tarunits:finalize_tar_split",
+    "tarindex": "launcher.prepare.tarunits:index_unit",
+    "tarfinal": "launcher.prepare.tarunits:final_unit",
     "verify": "launcher.check.shard:verify_shard",
     "verify-md5": "launcher.check.shard:verify_md5",
     # storage.format=tar: a range of samples of a split's tar index, read from the archive

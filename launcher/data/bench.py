@@ -395,16 +395,20 @@ def render_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def require_root(root: str, split: str, adapter: str, storage_format: str = "folder", state_dir=None) -> None:
+def require_root(
+    root: str, split: str, adapter: str, storage_format: str = "folder", state_dir=None, top_files=("meta.bin",)
+) -> None:
     """The root holds `split` as the dataset's adapter reads it (its `require_prepared`: a few stats;
-    storage.format=tar: meta.bin and the split's tar index), or one line saying to run prepare."""
+    storage.format=tar: its label files `top_files` and the split's tar index), or one line saying to
+    run prepare."""
     from launcher.core.errors import LauncherError
     from launcher.datasets import adapter_of
 
     if storage_format != "tar":
         return adapter_of(adapter).require_prepared(root, split)
     state = Path(state_dir) if state_dir is not None else Path(root) / ".launcher"
-    missing = [str(p) for p in (Path(root) / "meta.bin", state / f"tarindex-{split}.bin") if not p.is_file()]
+    wanted = [Path(root) / name for name in top_files] + [state / f"tarindex-{split}.bin"]
+    missing = [str(p) for p in wanted if not p.is_file()]
     if missing:
         raise LauncherError(
             f"{root} is not a prepared tar root ({', '.join(missing)} missing). Run `launcher prepare "

@@ -8,8 +8,11 @@ is computed by the indexing unit itself, in one unit that reads the whole archiv
 an md5 cannot be split, and indexing without it reads only the headers (a few hundred bytes per
 image), so a separate md5 unit beside range units would read the archive twice for nothing. Without
 an md5 the archive is cut into byte ranges (plan_ranges over the cached header index), one unit each.
+A split whose archive a file list names (Places365's tree and list-labelled flat archives) has the
+same units, run by launcher.prepare.tarlisted; its root gets the label files the folder format writes.
 
-Nothing is written under storage.root but meta.bin; the indexes and records live in state_dir.
+Nothing is written under storage.root but the label files (meta.bin; Places365's lists); the
+indexes and records live in state_dir.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from launcher.prepare.guards import remember_dataset
 from launcher.prepare.inputs import load_index
 from launcher.prepare.plan import md5_keys, md5_units, meta_unit
 from launcher.prepare.request import Plan, PrepareRequest
+from launcher.prepare.tarlisted import listed_args
 from launcher.tarformat.index import plan_ranges
 
 FORMAT = "tar"
@@ -111,9 +115,17 @@ def index_units(req: PrepareRequest, split: str, members: list, parallelism: int
             "md5": md5,
             "part": str(part_file(req.layout, uid)),
             "identity": identity["archives"][split],
+            **listed_args_of(req, split),
         }
         units.append(Unit(uid, "tarindex", (stop or size) - first, str(req.layout.unit_record(uid)), args))
     return units
+
+
+def listed_args_of(req: PrepareRequest, split: str) -> dict:
+    """A split whose archive a file list names (dataset.splits.<split>.listed_by: Places365) is indexed
+    by launcher.prepare.tarlisted: its units also carry the adapter and the split's source."""
+    source = req.source(split)
+    return listed_args(req.adapter, source) if source.get("listed_by") else {}
 
 
 def split_tar_identity(identity: dict, split: str, labels_key: str) -> dict:
@@ -136,6 +148,7 @@ def final_unit(req: PrepareRequest, split: str, units: list[Unit], identity: dic
         "expected": req.expected.get(split),
         "index": str(tar_index_file(layout, split)),
         "identity": split_tar_identity(identity, split, req.labels_key),
+        **listed_args_of(req, split),
     }
     return Unit(f"finalize-{split}", "tarfinal", 0, str(layout.complete_file(split)), args)
 

@@ -6,6 +6,9 @@
     tarfinal  the parts merged in torchvision's order (merge_parts), counted against the devkit and
               dataset.expected -> state_dir/tarindex-<split>.bin; its record is complete-<split>.json
 
+A split whose archive a file list names (Places365: dataset.splits.<split>.listed_by) runs the same
+two kinds through launcher.prepare.tarlisted (the unit's arguments say `listed`).
+
 No image file is written anywhere: the loaders read each image's byte range from the archive.
 No torch here (prepare runs without it).
 """
@@ -65,6 +68,14 @@ def index_range(
     """tarindex unit: the images of the outer members whose headers lie in [first, stop) of the
     split's archive, written as an index part; with `md5` (the whole archive) its md5 checked too."""
     index = index_part(archive, split, devkit_of(devkit), Patterns.of(patterns), first, stop, md5=md5 is not None)
+    return record_part(archive, split, key, first, md5, part, identity, index)
+
+
+def record_part(
+    archive: str, split: str, key: str, first: int, md5: str | None, part: str, identity: dict, index: TarIndex
+) -> dict:
+    """A tarindex unit's part checked (the archive planned, unchanged; its md5 when asked), written,
+    and the unit's record."""
     check_unchanged(archive, identity, index.archive)
     check_md5(archive, key, md5, index.archive.get("md5"))
     write_index(part, index)
@@ -123,9 +134,19 @@ def finalize_tar_split(
     completion record (written by the unit runner) is the split's complete-<split>.json."""
     kit = devkit_of(devkit)
     merged = merge_parts(read_parts(split, parts, records), kit, Patterns.of(patterns))
-    check_unchanged(archive, identity["archives"][split], merged.archive)
-    check_unchanged(archive, identity["archives"][split], archive_identity(archive))
+    check_merged_unchanged(archive, identity["archives"][split], merged)
     check_total(split, merged, kit, expected, f"The archive {archive}")
+    return write_split_index(split, parts, merged, index, identity)
+
+
+def check_merged_unchanged(archive: str, planned: dict, merged: TarIndex) -> None:
+    """The parts read the archive planned, and it is still that file, unchanged."""
+    check_unchanged(archive, planned, merged.archive)
+    check_unchanged(archive, planned, archive_identity(archive))
+
+
+def write_split_index(split: str, parts: list[str], merged: TarIndex, index: str, identity: dict) -> dict:
+    """The merged index written (atomically), the parts removed; the tarfinal unit's record."""
     size = write_index(index, merged)
     for part in parts:
         safefs.remove(part)
@@ -140,3 +161,25 @@ def finalize_tar_split(
         "identity": identity,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+# ---------------------------------------------------------------- the kinds' functions (launcher.core.units)
+
+
+def index_unit(listed: bool = False, **args) -> dict:
+    """tarindex unit: a split whose archive a file list names by launcher.prepare.tarlisted, else
+    (ImageNet's class tars and numbered val) index_range."""
+    if listed:
+        from launcher.prepare.tarlisted import index_listed_range
+
+        return index_listed_range(**args)
+    return index_range(**args)
+
+
+def final_unit(listed: bool = False, **args) -> dict:
+    """tarfinal unit: a listed split by launcher.prepare.tarlisted, else finalize_tar_split."""
+    if listed:
+        from launcher.prepare.tarlisted import finalize_listed_split
+
+        return finalize_listed_split(**args)
+    return finalize_tar_split(**args)

@@ -11,8 +11,10 @@ from pathlib import Path
 from launcher.archive.index import index_val
 from launcher.core import plan
 from launcher.sources.tree import (  # noqa: F401  (a flat unit's record has the tree's shape)
+    EntryCheck,
     expected_folders,
     files_of,
+    flat_checker,
     folders_of,
     index_flat,
     listed_args,
@@ -21,6 +23,8 @@ from launcher.sources.tree import (  # noqa: F401  (a flat unit's record has the
 
 # what one index row is, in messages
 MEMBER = "image"
+# storage.format=tar by a list (launcher.tarformat.listed): a file's label is the list's
+LABEL_FROM_PATH = False
 # writes each file in place (an O_EXCL temporary renamed over its name)
 STAGES = False
 # the unit function, looked up when the unit runs
@@ -62,3 +66,9 @@ def unit_args(members: list, span: tuple[int, int], paths: dict, patterns: dict[
 
 def unit_size(members: list, span: tuple[int, int]) -> int:
     return sum(m[2] for m in members[span[0] : span[1]])
+
+
+def entry_checker(patterns: dict[str, str]) -> EntryCheck:
+    """The check of a listed file's name that this shape's units apply (`<image>`, no folder);
+    storage.format=tar checks each indexed member with it."""
+    return flat_checker(patterns["val_image"])

@@ -75,22 +75,34 @@ def index_listed(
     fd = os.open(archive, os.O_RDONLY | os.O_CLOEXEC)
     try:
         for m in scan(fd, 0, os.fstat(fd).st_size, label):
-            rel = relative_name(m.name, prefix)
-            if m.kind == "dir" and rel in folders:
-                continue
-            if m.kind not in ("file", "dir"):
-                raise refuse_member(label, m, f"is a {m.kind}; only regular files and folders are accepted", list_label)
-            if rel is None or rel not in listed or m.kind == "dir":
-                what = "a folder of no listed file" if m.kind == "dir" else f"not a file listed in {list_label}"
-                raise refuse_member(label, m, f"is {what} (files are {prefix}/<list entry>)", list_label)
-            if rel in seen:
-                raise refuse_member(label, m, "appears twice", list_label)
-            seen.add(rel)
-            members.append([rel, m.offset, m.size, listed[rel]])
+            rel = listed_member(m, prefix, listed, folders, seen, (label, list_label))
+            if rel is not None:
+                members.append([rel, m.offset, m.size, listed[rel]])
     finally:
         os.close(fd)
     check_all_present(listed, seen, label, list_label)
     return {"archive": ident, "members": members, "fingerprint": fingerprint(members)}
+
+
+def listed_member(
+    m: Member, prefix: str, listed: dict[str, int], folders: set[str], seen: set[str], labels: tuple[str, str]
+) -> str | None:
+    """The listed file member `m` is (its path below `<prefix>/`, added to `seen`), or None for a
+    folder a listed file sits in; anything else (another kind, an unlisted name, a file twice) is
+    refused naming the archive and the list (`labels`: how messages name them)."""
+    label, list_label = labels
+    rel = relative_name(m.name, prefix)
+    if m.kind == "dir" and rel in folders:
+        return None
+    if m.kind not in ("file", "dir"):
+        raise refuse_member(label, m, f"is a {m.kind}; only regular files and folders are accepted", list_label)
+    if rel is None or rel not in listed or m.kind == "dir":
+        what = "a folder of no listed file" if m.kind == "dir" else f"not a file listed in {list_label}"
+        raise refuse_member(label, m, f"is {what} (files are {prefix}/<list entry>)", list_label)
+    if rel in seen:
+        raise refuse_member(label, m, "appears twice", list_label)
+    seen.add(rel)
+    return rel
 
 
 def check_all_present(listed: dict[str, int], seen: set[str], label: str, list_label: str) -> None:
@@ -260,6 +272,8 @@ def write_root_files(root: str, files: dict[str, bytes], out: Output = WRITE) ->
 
 # what one index row is, in messages
 MEMBER = "image"
+# storage.format=tar (launcher.tarformat.listed): a file's label is its class path's, checked against the list
+LABEL_FROM_PATH = True
 # writes each file in place (an O_EXCL temporary renamed over its name)
 STAGES = False
 # the unit function, looked up when the unit runs
@@ -301,6 +315,12 @@ def unit_args(members: list, span: tuple[int, int], paths: dict, patterns: dict[
 
 def unit_size(members: list, span: tuple[int, int]) -> int:
     return sum(m[2] for m in members[span[0] : span[1]])
+
+
+def entry_checker(patterns: dict[str, str]) -> EntryCheck:
+    """The check of a file's path below the images folder that this shape's units apply
+    (`<class path>/<image>`); storage.format=tar checks each indexed member with it."""
+    return tree_checker(patterns["class_path"], patterns["train_image"])
 
 
 def extract_listed_unit(

@@ -9,6 +9,10 @@ contiguous byte range of the original file. This package holds the core:
   with bounds;
 - `launcher.tarformat.overlay` (no torch): replacement files in the state folder for samples a fix
   re-encodes (a PNG named .JPEG, a CMYK JPEG), keyed by sample index;
-- `launcher.tarformat.dataset` (torch): `TarImageNet`, the interface of `launcher.data.ImageNet`,
-  reading each sample with one positional read from an archive descriptor each process opens once.
+- `launcher.tarformat.listed` (no torch): the index of an archive a file list names (Places365's
+  train tree and list-labelled val tar, launcher.sources.tree's shapes), by the same byte ranges,
+  in the list's order: a `listed` TarIndex;
+- `launcher.tarformat.dataset` (torch): `TarSamples`, reading each sample with one positional read
+  from an archive descriptor each process opens once, and `TarImageNet`, the interface of
+  `launcher.data.ImageNet` over it (Places365's is launcher.datasets.places365.tardataset).
 """

@@ -16,6 +16,9 @@ archive and the fix. The bytes are decoded as launcher.data decodes a file's: th
 under a leading RandomResizedCrop, batches written into (shared-memory) tensors, so transforms,
 uint8 output, collate and the samplers work unchanged. A sample of the overlay (a re-encoded odd
 file) is read from its replacement file instead of the archive.
+
+The reading is `TarSamples`, which a dataset class puts before its torchvision class; TarImageNet
+is ImageNet's, launcher.datasets.places365.tardataset.TarPlaces365 Places365's.
 """
 
 from __future__ import annotations
@@ -138,40 +141,26 @@ def write_bytes(pipe: Pipeline, data: bytearray, label: str, out: torch.Tensor) 
 # ---------------------------------------------------------------- the dataset
 
 
-class TarImageNet(torchvision.datasets.ImageNet):
-    """torchvision.datasets.ImageNet's attributes, in its order, over an archive and its tar index."""
+class TarSamples:
+    """What a dataset class over an archive and its tar index adds to its torchvision class: each
+    sample's bytes one positional read from an archive descriptor each process opens (and checks)
+    once, decoded as launcher.data decodes a file; `__getitem__` and the fast-path `__getitems__`.
+    The class's __init__ sets its torchvision attributes and calls `open_archive`."""
 
-    def __init__(
+    def open_archive(
         self,
         index: TarIndex,
         archive: str | Path,
-        root: str | Path = "",
-        transform: Callable | None = None,
-        target_transform: Callable | None = None,
         overlay: Mapping[int, tuple[str, int, str]] | None = None,
         index_label: str = "",
     ) -> None:
-        # What torchvision's ImageNet.__init__ sets, from the index instead of a scan.
-        self.root = os.path.expanduser(root)
-        self.split = index.split
-        split_folder = self.split_folder
-        VisionDataset.__init__(self, split_folder, transform=transform, target_transform=target_transform)
-        self.root = os.path.expanduser(root)
-        self.loader = None  # images are read from the archive, not from paths
-        self.extensions = IMG_EXTENSIONS
+        """Read from `archive` through `index` (its replacement files from `overlay`); the archive is
+        opened and checked now: a changed or truncated one is refused here, not in the first batch."""
         self.index, self.archive = index, str(archive)
         self.index_label = index_label or f"of {index.split}"
-        self.targets = index.targets.tolist()
-        prefixes = [os.path.join(split_folder, wnid, "") for wnid in index.wnids]
-        self.samples = SampleList(prefixes, index.names, index.name_offsets, self.targets)
-        self.imgs = self.samples
-        self.wnids = list(index.wnids)
-        self.wnid_to_idx = {wnid: i for i, wnid in enumerate(self.wnids)}
-        self.classes = [tuple(names) for names in index.classes]
-        self.class_to_idx = {cls: idx for idx, clss in enumerate(self.classes) for cls in clss}
         self.overlay = dict(overlay or {})
         self._fd, self._pid = -1, None
-        self.descriptor()  # a changed or truncated archive is refused now, not in the first batch
+        self.descriptor()
 
     # ------------------------------------------------ reading
 
@@ -288,6 +277,38 @@ class TarImageNet(torchvision.datasets.ImageNet):
         return out
 
 
+class TarImageNet(TarSamples, torchvision.datasets.ImageNet):
+    """torchvision.datasets.ImageNet's attributes, in its order, over an archive and its tar index."""
+
+    def __init__(
+        self,
+        index: TarIndex,
+        archive: str | Path,
+        root: str | Path = "",
+        transform: Callable | None = None,
+        target_transform: Callable | None = None,
+        overlay: Mapping[int, tuple[str, int, str]] | None = None,
+        index_label: str = "",
+    ) -> None:
+        # What torchvision's ImageNet.__init__ sets, from the index instead of a scan.
+        self.root = os.path.expanduser(root)
+        self.split = index.split
+        split_folder = self.split_folder
+        VisionDataset.__init__(self, split_folder, transform=transform, target_transform=target_transform)
+        self.root = os.path.expanduser(root)
+        self.loader = None  # images are read from the archive, not from paths
+        self.extensions = IMG_EXTENSIONS
+        self.targets = index.targets.tolist()
+        prefixes = [os.path.join(split_folder, wnid, "") for wnid in index.wnids]
+        self.samples = SampleList(prefixes, index.names, index.name_offsets, self.targets)
+        self.imgs = self.samples
+        self.wnids = list(index.wnids)
+        self.wnid_to_idx = {wnid: i for i, wnid in enumerate(self.wnids)}
+        self.classes = [tuple(names) for names in index.classes]
+        self.class_to_idx = {cls: idx for idx, clss in enumerate(self.classes) for cls in clss}
+        self.open_archive(index, archive, overlay, index_label)
+
+
 def load_tar_imagenet(
     index_path: str | Path,
     archive: str | Path,
@@ -301,3 +322,18 @@ def load_tar_imagenet(
     index = read_index(index_path, split)
     overlay = read_overlay(state_dir, index) if state_dir is not None else None
     return TarImageNet(index, archive, root, transform, target_transform, overlay, index_label=str(index_path))
+
+
+def tar_split(
+    root: str | Path, split: str, state_dir: str | Path | None, archive_dir: str | Path | None
+) -> tuple[TarIndex, Path, dict, str]:
+    """(index, archive, overlay, index label) of a prepared tar root's split: prepare's
+    state_dir/tarindex-<split>.bin (state_dir None: root/.launcher), the archive the index's file name
+    in `archive_dir` (None: where prepare read it), the overlay of the state folder."""
+    state = Path(state_dir if state_dir is not None else Path(root) / ".launcher")
+    index_path = state / f"tarindex-{split}.bin"
+    index = read_index(index_path, split)
+    archive = Path(index.archive["path"])
+    if archive_dir is not None:
+        archive = Path(archive_dir) / archive.name
+    return index, archive, read_overlay(state, index), str(index_path)

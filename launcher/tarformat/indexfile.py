@@ -8,6 +8,12 @@ and the sha256 of everything before it (32 bytes): ~20 bytes per image. The head
 version, the kind (`index`, or `part` with its span), the split, the archive's identity
 (launcher.archive.index.archive_identity: size, mtime_ns, ctime_ns, inode, device, md5), the counts,
 and the sorted WNIDs with their class names. Stdlib only: the preparation side runs without torch.
+
+Two layouts of the names: `class` (ImageNet: a name is a file name, the image's logical path
+`<split>/<wnid>/<name>`, targets in class order) and `listed` (an archive named by a file list,
+launcher.tarformat.listed: a name is the path below the split's images folder, the logical path
+`<folder>/<name>`, the images in the list's order, the classes the list's class paths). A `listed`
+header adds `layout` and `folder`; a `class` header is as it always was.
 """
 
 from __future__ import annotations
@@ -28,11 +34,13 @@ from launcher.archive import safefs
 from launcher.archive.extract import safe_name
 from launcher.archive.index import IDENTITY_KEYS
 from launcher.core.errors import LauncherError
+from launcher.sources.entries import path_problem
 
 VERSION = 1
 MAGIC = b"LTARIDX\n"
 SPLITS = ("train", "val")
 KINDS = ("index", "part")
+LAYOUTS = ("class", "listed")
 DIGEST_BYTES = 32  # sha256
 MAX_HEADER_BYTES = 16 << 20  # 1000 classes with their names are ~100 KB
 MAX_COUNT = 2**31 - 1  # images of one split (ILSVRC2012: 1,281,167)
@@ -65,6 +73,8 @@ class TarIndex:
     name_offsets: array = field(default_factory=lambda: array("I", [0]))  # name i is names[no[i]:no[i+1]]
     kind: str = "index"
     span: list | None = None  # a part: [first byte walked, byte after its last member, reached the end]
+    layout: str = "class"  # `listed`: names are paths below `folder`, in the file list's order
+    folder: str = ""  # listed: the split's images folder in a folder root (its logical paths start there)
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -72,9 +82,15 @@ class TarIndex:
     def name(self, i: int) -> str:
         return bytes(self.names[self.name_offsets[i] : self.name_offsets[i + 1]]).decode("utf-8")
 
+    def relpath(self, i: int) -> str:
+        """Image i's path below its split's folder: `<wnid>/<name>` (class), `<name>` (listed)."""
+        if self.layout == "listed":
+            return self.name(i)
+        return f"{self.wnids[self.targets[i]]}/{self.name(i)}"
+
     def path(self, i: int) -> str:
         """The logical path of image i: the path it has in a folder root."""
-        return f"{self.split}/{self.wnids[self.targets[i]]}/{self.name(i)}"
+        return f"{self.folder if self.layout == 'listed' else self.split}/{self.relpath(i)}"
 
     def add(self, name: str, offset: int, size: int, target: int) -> None:
         if not isinstance(self.names, bytearray):  # one read back: appended to in place from now on
@@ -140,6 +156,8 @@ def encode_index(index: TarIndex) -> bytes:
         "classes": index.classes,
         "span": index.span,
     }
+    if index.layout != "class":  # a class index's header stays as it always was
+        header |= {"layout": index.layout, "folder": index.folder}
     head = json.dumps(header, separators=(",", ":")).encode()
     chunks = [MAGIC, struct.pack("<Q", len(head)), head, pad(len(head))]
     for key in TYPECODES:
@@ -230,6 +248,8 @@ def decode_index(data: memoryview, path: str) -> TarIndex:
         names=names,
         kind=header["kind"],
         span=header["span"],
+        layout=header.get("layout", "class"),
+        folder=header.get("folder", ""),
         **arrays,
     )
     check_arrays(index, path)
@@ -277,7 +297,10 @@ def check_header(header, path: str) -> dict:
 def header_checks(h: dict) -> list:
     """(field, check) in order; each check may assume the ones before it passed."""
     n, archive, wnids, classes = h.get("count"), h.get("archive"), h.get("wnids"), h.get("classes")
+    listed = h.get("layout", "class") == "listed"
     return [
+        ("layout", lambda: h.get("layout", "class") in LAYOUTS),
+        ("folder", lambda: folder_ok(h.get("folder")) if listed else "folder" not in h),
         ("kind", lambda: h.get("kind") in KINDS),
         ("split", lambda: h.get("split") in SPLITS),
         ("count", lambda: whole(n, 0, MAX_COUNT)),
@@ -286,12 +309,25 @@ def header_checks(h: dict) -> list:
         ("archive", lambda: isinstance(archive, dict) and all(whole(archive.get(k), 0, 2**64) for k in IDENTITY_KEYS)),
         ("archive path", lambda: isinstance(archive.get("path"), str)),
         ("md5", lambda: archive.get("md5") is None or isinstance(archive.get("md5"), str)),
-        ("wnids", lambda: isinstance(wnids, list) and all(isinstance(w, str) and safe_name(w) for w in wnids)),
+        ("wnids", lambda: isinstance(wnids, list) and all(class_name_ok(w, listed) for w in wnids)),
         ("wnid order", lambda: wnids == sorted(set(wnids))),
         ("classes", lambda: isinstance(classes, list) and len(classes) == len(wnids)),
         ("class names", lambda: all(isinstance(c, list) and all(isinstance(s, str) for s in c) for c in classes)),
         ("span", lambda: h.get("span") is None if h["kind"] == "index" else check_span(h.get("span"))),
     ]
+
+
+def folder_ok(folder) -> bool:
+    """A listed index's images folder: one plain folder name (opened below the root, never a path)."""
+    return isinstance(folder, str) and safe_name(folder)
+
+
+def class_name_ok(name: str, listed: bool) -> bool:
+    """A class of a class index is a WNID folder (one plain name); of a listed index a class path of
+    the list (`/a/airfield`: ASCII, no empty, `.` or `..` part, no NUL)."""
+    if not isinstance(name, str) or not listed:
+        return isinstance(name, str) and safe_name(name)
+    return name.isascii() and path_problem(name) is None
 
 
 def check_span(span) -> bool:
@@ -317,5 +353,6 @@ def check_arrays(index: TarIndex, path: str) -> None:
     if index.name_offsets[-1] != len(index.names):  # made from lengths (u8): they ascend by construction
         raise bad_index(path, "its name lengths do not add up to its names")
     targets = index.targets.tolist()
-    if index.kind == "index" and targets != sorted(targets):  # sorted input: one linear pass in C
+    in_class_order = index.kind == "index" and index.layout == "class"
+    if in_class_order and targets != sorted(targets):  # sorted input: one linear pass in C
         raise bad_index(path, "its targets are not in class order")

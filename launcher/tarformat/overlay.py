@@ -4,6 +4,7 @@ and the loaders read them instead of the archive's range.
 
     state_dir/overlay-<split>.json           {"version", "split", "archive", "count", "files"}
     state_dir/overlay-<split>/<wnid>/<name>  the replacement of the sample with that logical path
+                                             (a listed index: overlay-<split>/<its path below the folder>)
 
 `files` maps a sample index (ASCII digits) to the replacement's size and sha256. The record names
 the archive identity and image count of the index it belongs to; one for another index is refused.
@@ -21,6 +22,7 @@ from launcher.archive import safefs
 from launcher.archive.index import IDENTITY_KEYS
 from launcher.core.errors import LauncherError
 from launcher.core.layout import write_json
+from launcher.sources.entries import path_problem
 from launcher.tarformat.indexfile import TarIndex
 
 VERSION = 1
@@ -42,8 +44,16 @@ def overlay_folder(state_dir: str | Path, split: str) -> Path:
 
 
 def replacement_path(state_dir: str | Path, index: TarIndex, i: int) -> Path:
-    """Where the replacement of sample i lives: overlay-<split>/<wnid>/<name>, from the index."""
-    return overlay_folder(state_dir, index.split) / index.wnids[index.targets[i]] / index.name(i)
+    """Where the replacement of sample i lives: overlay-<split>/<its path below the split's folder>
+    (`<wnid>/<name>`, or a listed index's `<class path>/<name>`), from the index; a listed name
+    that is not a plain relative path (an altered index) is refused before it becomes one."""
+    rel = index.relpath(i)
+    if path_problem(rel) is not None or rel.startswith("/"):
+        raise OverlayError(
+            f"sample {i} of the tar index of {index.split} is named {rel[:80]!r}, not a path below its folder: "
+            "the index was altered. Delete it and run `launcher prepare storage.format=tar` again."
+        )
+    return overlay_folder(state_dir, index.split) / rel
 
 
 def write_overlay(state_dir: str | Path, index: TarIndex, replacements: dict[int, bytes], out=None) -> Path:

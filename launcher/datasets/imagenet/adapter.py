@@ -163,18 +163,17 @@ def load_tar_split(root, split, state_dir, archive_dir, transform, target_transf
     torchvision.datasets.ImageNet) reading each image's bytes from the original archive through
     prepare's state_dir/tarindex-<split>.bin; the archive is the index's file name in `archive_dir`
     (None: where prepare read it) and must be that file, unchanged."""
-    from launcher.tarformat.dataset import TarImageNet
-    from launcher.tarformat.indexfile import read_index
-    from launcher.tarformat.overlay import read_overlay
+    from launcher.tarformat.dataset import TarImageNet, tar_split
 
-    state = Path(state_dir if state_dir is not None else Path(root) / ".launcher")
-    index_path = state / f"tarindex-{split}.bin"
-    index = read_index(index_path, split)
-    archive = Path(index.archive["path"])
-    if archive_dir is not None:
-        archive = Path(archive_dir) / archive.name
-    overlay = read_overlay(state, index)
-    return TarImageNet(index, archive, root, transform, target_transform, overlay, index_label=str(index_path))
+    index, archive, overlay, index_label = tar_split(root, split, state_dir, archive_dir)
+    return TarImageNet(index, archive, root, transform, target_transform, overlay, index_label=index_label)
+
+
+def tar_verify_rules():
+    """The module of this dataset's storage.format=tar verify plan (plan_tar_root)."""
+    from launcher.check import tarroot
+
+    return tarroot
 
 
 def require_prepared(root, split) -> None:

@@ -264,6 +264,34 @@ def require_prepared(root, split) -> None:
     require(root, split)
 
 
+def load_tar_split(root, split, state_dir, archive_dir, transform, target_transform):
+    """launcher.data.load_dataset with storage.format=tar: the split as a TarPlaces365 (a
+    torchvision.datasets.Places365) reading each image's bytes from the original archive through
+    prepare's state_dir/tarindex-<split>.bin; the archive is the index's file name in `archive_dir`
+    (None: where prepare read it) and must be that file, unchanged."""
+    from launcher.datasets.places365.tardataset import load_tar_places365
+
+    return load_tar_places365(root, split, state_dir, archive_dir, transform, target_transform)
+
+
+def tar_listing(devkit: str, source: dict) -> tuple[dict[str, int], list[str]]:
+    """storage.format=tar (launcher.prepare.tarlisted): the split's files (path below its images folder
+    -> label, in the list's order) and the class paths in index order, from prepare's cache of the
+    file lists (devkit.json), parsed again with every check."""
+    cached = read_json(Path(devkit))
+    if cached is None or not isinstance(cached.get("devkit"), dict):
+        raise LauncherError(f"{devkit} is missing or damaged; run `launcher prepare` again (it reads the lists anew).")
+    labels = labels_of_kit(cached["devkit"], devkit)
+    return listing(labels, source), list(labels.categories.names)
+
+
+def tar_verify_rules():
+    """The module of this dataset's storage.format=tar verify plan (plan_tar_root)."""
+    from launcher.datasets.places365 import tarchecks
+
+    return tarchecks
+
+
 # ---------------------------------------------------------------- verify
 
 
