@@ -134,13 +134,6 @@ def test_compressed_archive_refused_in_one_line(archives, tmp_path, capsys, name
     assert not root.exists()
 
 
-def test_other_adapter_refused_in_one_line(tmp_path, capsys):
-    overrides = ["dataset=places365_synthetic", TAR, *storage_overrides(tmp_path / "a", tmp_path / "root")]
-    assert launch("prepare", overrides) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "storage.format=tar supports" in err and "use storage.format=folder" in err
-
-
 def test_root_of_the_other_format_refused(prepared, capsys):
     result, folder, tar = prepared
     capsys.readouterr()

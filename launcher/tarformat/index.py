@@ -188,6 +188,22 @@ def index_part(
     byte is read once, in order, and hashed as it is read; the md5 lands in the part's identity."""
     if split not in SPLITS:
         raise ValueError(f"split {split!r} is not one of {SPLITS}")
+
+    def walk(fd: int, members: Iterator[Member], window: HashingWindow | None, ident: dict) -> tuple[TarIndex, int]:
+        part = TarIndex(split, ident, *class_names(devkit), kind="part")
+        if split == "train":
+            return part, walk_train(fd, members, part, devkit, patterns, f"The archive {path}", window)
+        return part, walk_val(members, part, devkit, patterns, f"The archive {path}")
+
+    return walk_range(path, first, stop, md5, walk)
+
+
+def walk_range(path: str | Path, first: int, stop: int | None, md5: bool, walk) -> TarIndex:
+    """Open the archive, check it is still the file its path names, and give `walk(fd, members,
+    window, identity) -> (part, byte after its last member)` the outer members whose headers lie in
+    [first, stop); with `md5` (the whole archive only) every byte is read once, in order, through
+    the hashing window (None without md5: headers only) and the md5 lands in the part's identity.
+    The archive unchanged at the end, the part's span recorded."""
     if md5 and (first != 0 or stop is not None):
         raise ValueError("md5=True needs the whole archive (first=0, stop=None): an md5 cannot be split")
     path = str(path)
@@ -201,12 +217,7 @@ def index_part(
         digest = BackgroundMd5() if md5 else None
         size = ident["size"]
         window = HashingWindow(fd, 0, size, label, digest) if digest else None
-        part = TarIndex(split, ident, *class_names(devkit), kind="part")
-        members = outer_members(fd, first, stop, size, label, window)
-        if split == "train":
-            after = walk_train(fd, members, part, devkit, patterns, label, window)
-        else:
-            after = walk_val(members, part, devkit, patterns, label)
+        part, after = walk(fd, outer_members(fd, first, stop, size, label, window), window, ident)
         if window:
             window.finish()
             ident["md5"] = digest.hexdigest()

@@ -21,19 +21,15 @@ list's class paths in index order. No torch here.
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.archive.extract import archive_changed
-from launcher.archive.index import stat_identity
-from launcher.archive.tarscan import BLOCK, Member, Window
+from launcher.archive.tarscan import Member
 from launcher.core.errors import LauncherError
 from launcher.sources import check_folder, shape_module
 from launcher.sources.tree import EntryCheck, ShapeError, check_all_present, listed_folders, listed_member
-from launcher.tarformat.index import HashingWindow, check_cover, outer_members, padded
+from launcher.tarformat.index import check_cover, padded, walk_range
 from launcher.tarformat.indexfile import MAX_IMAGE_BYTES, MAX_NAME_BYTES, TarIndex
 
 
@@ -83,29 +79,12 @@ def index_listed_part(
     """One unit: the listed files whose headers lie in [first, stop) of the archive at `path` (the
     whole archive by default), in archive order. With `md5` (the whole archive only) every byte is
     read once, in order, and hashed as it is read; the md5 lands in the part's identity."""
-    if md5 and (first != 0 or stop is not None):
-        raise ValueError("md5=True needs the whole archive (first=0, stop=None): an md5 cannot be split")
-    path = str(path)
-    label = f"The archive {path}"
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        ident = stat_identity(path, os.fstat(fd))
-        if err := archive_changed(path, ident, fd):  # the path still names the file opened
-            raise err
-        digest = hashlib.md5() if md5 else None
-        size = ident["size"]
-        window = HashingWindow(fd, 0, size, label, digest) if digest else Window(fd, first, size, label, chunk=BLOCK)
+
+    def walk(fd: int, members: Iterable[Member], window, ident: dict) -> tuple[TarIndex, int]:
         part = new_index(listing, ident, kind="part")
-        after = walk_listed(outer_members(fd, first, stop, size, label, window), part, listing, label)
-        if digest:
-            window.finish()
-            ident["md5"] = digest.hexdigest()
-        if err := archive_changed(path, ident, fd):
-            raise err
-    finally:
-        os.close(fd)
-    part.span = [first, max(after, first), stop is None]
-    return part
+        return part, walk_listed(members, part, listing, f"The archive {path}")
+
+    return walk_range(path, first, stop, md5, walk)
 
 
 def walk_listed(members: Iterable[Member], part: TarIndex, listing: Listing, label: str) -> int:
