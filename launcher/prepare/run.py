@@ -82,9 +82,10 @@ def work_of(p: Plan, folder: Path) -> engine.Work:
 
 def plan_of(req: PrepareRequest, backend: dispatch.Backend) -> Plan:
     """The plan of storage.format: tar indexes the archives in place, folder extracts them."""
+    min_bytes = backend.min_unit_bytes(plan.MIN_SHARD_BYTES)
     if req.storage_format == tarplan.FORMAT:
-        return tarplan.make_tar_plan(req, backend.parallelism)
-    return make_plan(req, backend.parallelism, backend.min_unit_bytes(plan.MIN_SHARD_BYTES))
+        return tarplan.make_tar_plan(req, backend.parallelism, min_bytes)
+    return make_plan(req, backend.parallelism, min_bytes)
 
 
 def complete_records(req: PrepareRequest) -> list[dict] | None:
