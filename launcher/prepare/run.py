@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 from launcher.check.plan import new_run_id
 from launcher.prepare import tarplan
 from launcher.prepare.checks import check_archives, check_writable, warn_probable_mistakes, warn_unchecked_md5
+from launcher.prepare.guards import check_started_format, claim_format
 from launcher.prepare.plan import already_complete, make_output_dirs, make_plan, print_complete, print_plan
 from launcher.prepare.request import Plan, PrepareRequest
 
@@ -146,6 +147,7 @@ def run_prepare(req: PrepareRequest, backend: dispatch.Backend) -> int:
         tarplan.check_tar_request(req)
     check_archives(req)
     tarplan.check_root_format(req, req.storage_format)
+    check_started_format(req.layout, req.storage_format, req.argv)
     warn_probable_mistakes(req, backend)
     if req.dry_run:
         return run_dry(req, backend)
@@ -160,6 +162,7 @@ def run_prepare(req: PrepareRequest, backend: dispatch.Backend) -> int:
 
     def build() -> engine.Work:
         p = plan_of(req, backend)
+        claim_format(req.layout, req.storage_format, req.argv)
         warn_unchecked_md5(req)
         if req.storage_format != tarplan.FORMAT:  # tar: nothing under the root but meta.bin
             make_output_dirs(req)
