@@ -188,10 +188,9 @@ def test_bench_reads_a_tar_root_and_refuses_an_unprepared_one(prepared, tmp_path
 # ---------------------------------------------------------------- loaders
 
 
-@pytest.mark.parametrize("split", ["train", "val"])
-def test_build_dataset_equals_torchvision_on_the_folder_root(prepared, split):
-    result, folder, tar = prepared
-    ours = D.build_dataset(loader_config(result, tar), split, transform=D.build_transforms({}, False))
+def assert_same_as_torchvision(ours: TarImageNet, tar: Path, folder: Path, split: str) -> None:
+    """A tar root's dataset (transform: to tensors) is torchvision.datasets.ImageNet on a folder root
+    of the same archives: classes, samples (paths relative to each root), targets and every image."""
     theirs = torchvision.datasets.ImageNet(str(folder), split)
     assert isinstance(ours, TarImageNet) and len(ours) == len(theirs) > 0
     for name in ("classes", "wnids", "class_to_idx", "wnid_to_idx", "targets", "split"):
@@ -202,6 +201,13 @@ def test_build_dataset_equals_torchvision_on_the_folder_root(prepared, split):
     folder_set = D.load_imagenet(folder, split, transform=D.build_transforms({}, False))
     for i in range(len(ours)):
         assert torch.equal(ours[i][0], folder_set[i][0]), ours.samples[i][0]
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_build_dataset_equals_torchvision_on_the_folder_root(prepared, split):
+    result, folder, tar = prepared
+    ours = D.build_dataset(loader_config(result, tar), split, transform=D.build_transforms({}, False))
+    assert_same_as_torchvision(ours, tar, folder, split)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
