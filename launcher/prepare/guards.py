@@ -232,7 +232,7 @@ def check_started_format(layout: Layout, wanted: str, argv: list[str]) -> None:
         return
     raise ConfigError(
         f"storage.root={layout.root} was started with storage.format={had} "
-        f"({layout.state_dir / 'identity.json'} says so), not {wanted}: finish it with "
+        f"(its records are in {layout.state_dir}), not {wanted}: finish it with "
         f"`{finish_command(argv, had)}`, or prepare storage.format={wanted} into another storage.root "
         "(or storage.state_dir)."
     )
