@@ -143,7 +143,9 @@ def test_the_default_root_is_named_after_the_dataset_and_the_printed_status_find
             break
         time.sleep(0.5)
     assert status.returncode == 0, status.stdout + status.stderr
-    assert f"root {tmp_path / 'data' / 'places365'} (dataset=places365_synthetic)" in status.stdout, status.stdout
+    assert (
+        f"root {tmp_path / 'data' / 'places365'} (dataset=places365_synthetic, storage.format=folder)" in status.stdout
+    ), status.stdout
     assert not (tmp_path / "data" / "imagenet").exists()
     # the finalize units of a run that did not wait are left behind: status says so and how to finish
     assert "not submitted and nothing left running: finalize-train, finalize-val" in status.stdout, status.stdout

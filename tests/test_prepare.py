@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import shutil
 import stat
 
@@ -11,7 +13,7 @@ import pytest
 from launcher.core.layout import Layout, Lock, read_json
 
 from archive_tools import copy_archives, members, rewrite_class, rewrite_devkit, tar_bytes, truncate, write_tar
-from conftest import FILES, GROUND_TRUTH, META, dataset_overrides, launch, storage_overrides, tree_bytes
+from conftest import FILES, GROUND_TRUTH, META, cli, dataset_overrides, launch, storage_overrides, tree_bytes
 
 
 def prepare(result, root, *extra, archive_dir=None, cluster="debug"):
@@ -181,6 +183,41 @@ def test_root_of_other_archives_is_refused_unless_forced(archives, oracle, tmp_p
     assert "prepared from other archives" in capsys.readouterr().err
     assert prepare(archives(), root, "prepare.force=true") == 0
     assert_same_as_oracle(root, oracle())
+
+
+WRONG_SPLIT_MD5S = [f"dataset.archives.{split}.md5={'0' * 32}" for split in ("train", "val")]
+
+
+@pytest.mark.parametrize("started, other", [("tar", "folder"), ("folder", "tar")])
+def test_an_unfinished_root_is_refused_in_the_other_format(started, other, archives, tmp_path, capsys):
+    """A prepare that did not finish (here both split archives fail their md5, so no split is complete)
+    left a root that a prepare in the other storage.format refuses in one line, writing nothing: it
+    names the root, the format the root was started in and the command that finishes it, which,
+    pasted, does. status says the format."""
+    result = archives("tiny")
+    root = tmp_path / "root"
+    base = [*storage_overrides(result.archive_dir, root), *dataset_overrides(result), "cluster=debug"]
+    assert launch("prepare", [*base, f"storage.format={started}", *WRONG_SPLIT_MD5S]) == 1
+    state = root / ".launcher"
+    assert not list(state.glob("complete-*.json"))
+    before = sorted(str(p.relative_to(root)) for p in root.rglob("*") if "logs" not in p.parts)
+    refused = cli("prepare", *base, f"storage.format={other}")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert f"storage.root={root} was started with storage.format={started}" in refused.stderr
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*") if "logs" not in p.parts) == before
+    assert launch("prepare", [*base, f"storage.format={other}", "prepare.dry_run=true"]) == 2
+    capsys.readouterr()
+    launch("status", base)
+    assert f"(dataset=synthetic, storage.format={started})" in capsys.readouterr().out
+    command = shlex.split(re.search(r"finish it with `([^`]+)`", refused.stderr).group(1))
+    assert command[:2] == ["launcher", "prepare"] and f"storage.format={started}" in command
+    finished = cli(*command[1:])
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    checked = [*base, f"storage.format={started}", "verify.level=exists"]
+    assert all((state / f"complete-{split}.json").exists() for split in ("train", "val"))
+    assert launch("verify", checked) == 0
+    if started == "tar":
+        assert sorted(os.listdir(root)) == [".launcher", "meta.bin"]
 
 
 def test_second_prepare_on_a_locked_root_refuses(archives, tmp_path, capsys):

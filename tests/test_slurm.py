@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,7 @@ from launcher.core.layout import read_json
 from archive_tools import copy_archives, rewrite_class, tar_bytes
 from conftest import REPO, cli, dataset_overrides, sacct, storage_overrides, tree_bytes
 from test_prepare import assert_same_as_oracle
+from test_tarprepare import assert_same_as_torchvision, loader_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 SLURM = ["cluster=slurm", "cluster.timeout_min=10", "cluster.mem_gb=1", "cluster.poll_s=1"]
@@ -341,3 +343,111 @@ def test_waiting_verify_on_slurm_prints_job_ids_and_log_folder(slurm_cluster, ar
     assert {r["JobID"].split("_")[0] for r in sacct("-X", "-j", line.group(1).replace(" ", ""))} == set(
         line.group(1).split(", ")
     )
+
+
+# ---------------------------------------------------------------- storage.format=tar on SLURM
+
+TAR = "storage.format=tar"
+NO_MD5 = [f"dataset.archives.{k}.md5=null" for k in ("devkit", "train", "val")]
+
+
+def last_ledger_entry(root) -> dict:
+    return json.loads((root / ".launcher" / "ledger.jsonl").read_text().splitlines()[-1])
+
+
+def job_of_units(entry: dict) -> dict[str, str]:
+    """unit id -> the job (or array task) that ran it, as the ledger line says."""
+    return {unit: job["job_id"] for job in entry["jobs"] for unit in job["units"]}
+
+
+def all_completed(job_ids) -> list[dict]:
+    """The sacct rows of the jobs and array tasks given, each asserted COMPLETED (sacct may show a
+    task a few seconds after it ended: slurmdbd records it asynchronously)."""
+    wanted = set(job_ids)
+    arrays = ",".join(sorted({j.split("_")[0] for j in wanted}))
+
+    def rows():
+        return [r for r in sacct("-X", "-j", arrays) if r["JobID"] in wanted]
+
+    wait_until(lambda: len(rows()) == len(wanted) and all(r["State"] == "COMPLETED" for r in rows()), timeout=30)
+    found = rows()
+    assert len(found) == len(wanted) and all(r["State"] == "COMPLETED" for r in found), found
+    return found
+
+
+def split_lines(status_out: str) -> dict[str, str]:
+    return {line.split()[0]: line.strip() for line in status_out.splitlines() if line.startswith("  ")}
+
+
+def test_tar_prepare_with_md5s_on_slurm_is_one_job_per_split(slurm_cluster, archives, tmp_path):
+    """md5s set: each split is one tarindex job hashing and indexing its archive in one read; not
+    waiting, the tarfinal units go out as jobs that wait for them (afterok). sacct says every job
+    COMPLETED; status reads each split complete and names the root's format."""
+    result = archives()
+    root = tmp_path / "root"
+    run = cli("prepare", *args(result, root, TAR))
+    assert run.returncode == 0 and "submitted" in run.stdout, run.stdout + run.stderr
+    state = root / ".launcher"
+    assert wait_until(lambda: all((state / f"complete-{s}.json").exists() for s in ("train", "val")), timeout=120)
+    jobs = job_of_units(last_ledger_entry(root))
+    units = ["train-index-0000-of-0001", "val-index-0000-of-0001", "finalize-train", "finalize-val"]
+    assert set(units) <= set(jobs), jobs
+    all_completed(jobs.values())
+    assert len({jobs[u].split("_")[0] for u in units}) == 4, jobs
+    folder = Path(last_ledger_entry(root)["folder"])
+    for final in units[2:]:
+        assert "#SBATCH --dependency=afterok:" in (folder / f"{jobs[final]}_submission.sh").read_text()
+    for split in ("train", "val"):
+        record = read_json(state / "units" / f"{split}-index-0000-of-0001.json")
+        assert record["md5"] == result.md5[split] and record["job"] == jobs[f"{split}-index-0000-of-0001"]
+    status = cli("status", *args(result, root, TAR))
+    assert status.returncode == 0, status.stdout + status.stderr
+    lines = split_lines(status.stdout)
+    assert lines["train"].startswith(f"train   2/2 complete; {sum(result.train_counts.values())} images"), lines
+    assert lines["val"].startswith(f"val     2/2 complete; {len(result.val_wnids)} images"), lines
+    assert "storage.format=tar)" in status.stdout
+
+
+def test_tar_prepare_by_ranges_on_slurm_then_verify_and_load(slurm_cluster, archives, oracle, tmp_path):
+    """No md5: byte-range units as job arrays run 2 at a time (array_parallelism); status reads each
+    split complete; verify.level=decode runs as an array on the tar root and passes; a loader built
+    from the same config gives torchvision's ImageNet of a folder root of the same archives."""
+    result = archives()
+    root = tmp_path / "root"
+    ranges = ["prepare.train_shards=4", "prepare.val_shards=3", "cluster.array_parallelism=2", "wait=true"]
+    run = cli("prepare", *args(result, root, TAR, *NO_MD5, *ranges))
+    assert run.returncode == 0, run.stdout + run.stderr
+    entry = last_ledger_entry(root)
+    jobs = job_of_units(entry)
+    for split, n in (("train", 4), ("val", 3)):
+        tasks = [jobs[f"{split}-index-{i:04d}-of-{n:04d}"] for i in range(n)]
+        array = tasks[0].split("_")[0]
+        assert sorted(tasks) == [f"{array}_{i}" for i in range(n)], tasks
+        assert f"#SBATCH --array=0-{n - 1}%2" in (Path(entry["folder"]) / f"{array}_submission.sh").read_text()
+        all_completed(tasks)
+    status = cli("status", *args(result, root, TAR, *NO_MD5))
+    lines = split_lines(status.stdout)
+    assert (
+        status.returncode == 0
+        and lines["train"].startswith("train   5/5 complete")
+        and lines["val"].startswith("val     4/4 complete")
+    ), status.stdout
+    verify = cli("verify", *args(result, root, TAR, *NO_MD5, "wait=true", "verify.level=decode", "verify.shards=1"))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    report = read_json(root / ".launcher" / "verify-all.json")
+    assert report["ok"] and {s: c["checked"] for s, c in report["counts"].items()} == {
+        "train": sum(result.train_counts.values()),
+        "val": len(result.val_wnids),
+    }
+    checked = job_of_units(last_ledger_entry(root))
+    shards = [checked.get(f"verify-{split}-decode-0000-of-0001", "") for split in ("train", "val")]
+    assert len({j.split("_")[0] for j in shards}) == 1 and all("_" in j for j in shards), checked
+    all_completed([*shards, checked["verify-report"]])
+    from launcher import data as D
+
+    cfg = loader_config(result, root, *NO_MD5, *SLURM, "loader.num_workers=0", "loader.batch_size=7")
+    for split in ("train", "val"):
+        loader = D.build_loader(cfg, split, D.build_dataset(cfg, split, transform=D.build_transforms({}, False)))
+        assert_same_as_torchvision(loader.dataset, root, oracle(), split)
+    val = D.build_loader(cfg, "val", D.build_dataset(cfg, "val", transform=D.build_transforms({}, False)))
+    assert [t for _, y in val for t in y.tolist()] == val.dataset.targets

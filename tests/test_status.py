@@ -46,7 +46,7 @@ def test_status_of_many_units_is_one_line_per_split(archives, tmp_path, capsys):
     assert re.search(rf"^  val\s+8/8 complete; {len(result.val_wnids)} images", out, re.M), out
     assert re.search(r"^  common\s+2/2 complete; [\d.]+ KB done$", out, re.M), out  # meta, md5-devkit
     assert "train-0003-of-0012" not in out, "one line per split, not a row per unit"
-    assert f"root {root} (dataset=synthetic); ledger" in out
+    assert f"root {root} (dataset=synthetic, storage.format=folder); ledger" in out
 
 
 def test_status_units_shows_the_job_that_ran_each_unit(archives, tmp_path, capsys):
@@ -69,7 +69,7 @@ def test_status_json_parses_and_counts(archives, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     prepare = report["commands"]["prepare"]
     assert report["ok"] is True and prepare["counts"] == {"complete": 2 + 14 + 8}
-    assert report["dataset"] == "synthetic" and report["root"] == str(root)
+    assert report["dataset"] == "synthetic" and report["format"] == "folder" and report["root"] == str(root)
     assert prepare["splits"]["train"]["counts"] == {"complete": 14} and prepare["splits"]["train"]["units"] == 14
     assert len(prepare["units"]) == 24 and {u["state"] for u in prepare["units"]} == {"complete"}
 

@@ -124,6 +124,22 @@ def test_dry_run_writes_nothing(archives, tmp_path):
     assert not root.exists()
 
 
+def test_on_slurm_a_range_is_worth_a_job(archives, tmp_path, capsys):
+    """Without md5s and prepare.<split>_shards, SLURM gets one range per array task only where each
+    spans at least the folder plan's floor (an array task costs a job's start-up): small archives
+    are one range per split, not one per image; shards asked for are what is planned."""
+    result = archives("small")
+    nulls = [f"dataset.archives.{k}.md5=null" for k in ("devkit", "train", "val")]
+    overrides = [*tar_overrides(result.archive_dir, tmp_path / "root", result), *nulls, "prepare.dry_run=true"]
+    assert launch("prepare", [*overrides, "cluster=slurm"]) == 0
+    out = capsys.readouterr().out
+    assert "train-index-0000-of-0001" in out and "val-index-0000-of-0001" in out, out
+    assert launch("prepare", [*overrides, "cluster=slurm", "prepare.train_shards=3"]) == 0
+    assert "train-index-0002-of-0003" in capsys.readouterr().out
+    assert launch("prepare", [*overrides, "cluster=local", "cluster.workers=3"]) == 0
+    assert "val-index-0002-of-0003" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("name", ["ILSVRC2012_img_train.tar.gz", "ILSVRC2012_img_train.tgz"])
 def test_compressed_archive_refused_in_one_line(archives, tmp_path, capsys, name):
     result = archives("tiny")
@@ -165,10 +181,9 @@ def test_bench_reads_a_tar_root_and_refuses_an_unprepared_one(prepared, tmp_path
 # ---------------------------------------------------------------- loaders
 
 
-@pytest.mark.parametrize("split", ["train", "val"])
-def test_build_dataset_equals_torchvision_on_the_folder_root(prepared, split):
-    result, folder, tar = prepared
-    ours = D.build_dataset(loader_config(result, tar), split, transform=D.build_transforms({}, False))
+def assert_same_as_torchvision(ours: TarImageNet, tar: Path, folder: Path, split: str) -> None:
+    """A tar root's dataset (transform: to tensors) is torchvision.datasets.ImageNet on a folder root
+    of the same archives: classes, samples (paths relative to each root), targets and every image."""
     theirs = torchvision.datasets.ImageNet(str(folder), split)
     assert isinstance(ours, TarImageNet) and len(ours) == len(theirs) > 0
     for name in ("classes", "wnids", "class_to_idx", "wnid_to_idx", "targets", "split"):
@@ -179,6 +194,13 @@ def test_build_dataset_equals_torchvision_on_the_folder_root(prepared, split):
     folder_set = D.load_imagenet(folder, split, transform=D.build_transforms({}, False))
     for i in range(len(ours)):
         assert torch.equal(ours[i][0], folder_set[i][0]), ours.samples[i][0]
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_build_dataset_equals_torchvision_on_the_folder_root(prepared, split):
+    result, folder, tar = prepared
+    ours = D.build_dataset(loader_config(result, tar), split, transform=D.build_transforms({}, False))
+    assert_same_as_torchvision(ours, tar, folder, split)
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -326,6 +326,7 @@ def status_json(layout: Layout, summaries: dict, tail_lines: int) -> dict:
     return {
         "root": str(layout.root),
         "dataset": root_dataset_name(layout),
+        "format": root_format(layout),
         "ledger": str(layout.ledger),
         "ok": ok,
         "commands": commands,
@@ -337,6 +338,23 @@ def root_dataset_name(layout: Layout) -> str | None:
     from launcher.prepare.guards import root_dataset
 
     return (root_dataset(layout) or {}).get("name")
+
+
+def root_format(layout: Layout) -> str | None:
+    """The storage.format the root's prepare was started in (whether it finished or not)."""
+    from launcher.prepare.guards import started_format
+
+    return started_format(layout)
+
+
+def root_line(layout: Layout) -> str:
+    """The last line of status: the root, the dataset and storage.format it was prepared with, the ledger."""
+    known = [
+        f"{key}={value}"
+        for key, value in (("dataset", root_dataset_name(layout)), ("storage.format", root_format(layout)))
+        if value
+    ]
+    return f"root {layout.root}" + (f" ({', '.join(known)})" if known else "") + f"; ledger {layout.ledger}"
 
 
 def verify_verdict(entry: dict, records: Path) -> dict | None:
@@ -372,8 +390,7 @@ def show_status(layout: Layout, tail_lines: int = 20, units: bool = False, as_js
         failed_any |= print_command(command, entry, statuses, parts, units, tail_lines)
         if not verdict_ok(entry, Path(entry.get("records_dir", layout.units_dir))):
             failed_any = True
-    dataset = root_dataset_name(layout)
-    print(f"\nroot {layout.root}" + (f" (dataset={dataset})" if dataset else "") + f"; ledger {layout.ledger}")
+    print("\n" + root_line(layout))
     return 1 if failed_any else 0
 
 

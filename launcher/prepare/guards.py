@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from launcher.archive import safedir, safefs
 from launcher.archive.index import IDENTITY_KEYS, same_identity
-from launcher.core.errors import LauncherError
+from launcher.core.errors import ConfigError, LauncherError
 from launcher.core.layout import SPLITS, Layout, read_json, read_root_id, write_json
 from launcher.datasets.imagenet.devkit import Devkit
 
@@ -200,6 +200,51 @@ def remember_dataset(layout: Layout, dataset: dict | None) -> None:
     stored = read_json(path) or {}
     if stored.get("dataset") != dataset:
         write_json(path, {**stored, "dataset": dataset})
+
+
+def started_format(layout: Layout) -> str | None:
+    """The storage.format the root's prepare was started in (kept once its first units were planned),
+    else the one its complete records were written in (older launchers), else None (never prepared)."""
+    stored = read_json(layout.state_dir / "identity.json")
+    if isinstance(stored, dict) and stored.get("format"):
+        return stored["format"]
+    for split in SPLITS:
+        done = read_json(layout.complete_file(split))
+        if done is not None:
+            return (done.get("identity") or {}).get("format") or "folder"
+    return None
+
+
+def finish_command(argv: list[str], storage_format: str) -> str:
+    """The prepare command of this run with storage.format=<storage_format> instead of its own."""
+    from launcher.core.runner import command_line
+
+    args = [a for a in argv if a.lstrip("+~").split("=", 1)[0] != "storage.format"]
+    return command_line("prepare", [*args, f"storage.format={storage_format}"])
+
+
+def check_started_format(layout: Layout, wanted: str, argv: list[str]) -> None:
+    """A root whose prepare was started in the other storage.format is refused before anything is
+    written (else the root would hold half of each), with the command that finishes it in its own
+    format; nothing is removed."""
+    had = started_format(layout)
+    if had is None or had == wanted:
+        return
+    raise ConfigError(
+        f"storage.root={layout.root} was started with storage.format={had} "
+        f"(its records are in {layout.state_dir}), not {wanted}: finish it with "
+        f"`{finish_command(argv, had)}`, or prepare storage.format={wanted} into another storage.root "
+        "(or storage.state_dir)."
+    )
+
+
+def claim_format(layout: Layout, wanted: str, argv: list[str]) -> None:
+    """Keep the storage.format the root is prepared in, before its first unit runs (under its lock)."""
+    check_started_format(layout, wanted, argv)
+    path = layout.state_dir / "identity.json"
+    stored = read_json(path) or {}
+    if stored.get("format") != wanted:
+        write_json(path, {**stored, "format": wanted})
 
 
 def root_dataset(layout: Layout) -> dict | None:

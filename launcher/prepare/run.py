@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 from launcher.check.plan import new_run_id
 from launcher.prepare import tarplan
 from launcher.prepare.checks import check_archives, check_writable, warn_probable_mistakes, warn_unchecked_md5
+from launcher.prepare.guards import check_started_format, claim_format
 from launcher.prepare.plan import already_complete, make_output_dirs, make_plan, print_complete, print_plan
 from launcher.prepare.request import Plan, PrepareRequest
 
@@ -82,9 +83,10 @@ def work_of(p: Plan, folder: Path) -> engine.Work:
 
 def plan_of(req: PrepareRequest, backend: dispatch.Backend) -> Plan:
     """The plan of storage.format: tar indexes the archives in place, folder extracts them."""
+    min_bytes = backend.min_unit_bytes(plan.MIN_SHARD_BYTES)
     if req.storage_format == tarplan.FORMAT:
-        return tarplan.make_tar_plan(req, backend.parallelism)
-    return make_plan(req, backend.parallelism, backend.min_unit_bytes(plan.MIN_SHARD_BYTES))
+        return tarplan.make_tar_plan(req, backend.parallelism, min_bytes)
+    return make_plan(req, backend.parallelism, min_bytes)
 
 
 def complete_records(req: PrepareRequest) -> list[dict] | None:
@@ -145,6 +147,7 @@ def run_prepare(req: PrepareRequest, backend: dispatch.Backend) -> int:
         tarplan.check_tar_request(req)
     check_archives(req)
     tarplan.check_root_format(req, req.storage_format)
+    check_started_format(req.layout, req.storage_format, req.argv)
     warn_probable_mistakes(req, backend)
     if req.dry_run:
         return run_dry(req, backend)
@@ -159,6 +162,7 @@ def run_prepare(req: PrepareRequest, backend: dispatch.Backend) -> int:
 
     def build() -> engine.Work:
         p = plan_of(req, backend)
+        claim_format(req.layout, req.storage_format, req.argv)
         warn_unchecked_md5(req)
         if req.storage_format != tarplan.FORMAT:  # tar: nothing under the root but meta.bin
             make_output_dirs(req)

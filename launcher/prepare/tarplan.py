@@ -17,6 +17,7 @@ indexes and records live in state_dir.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from launcher.archive import safefs
@@ -66,8 +67,9 @@ def check_tar_request(req: PrepareRequest) -> None:
             )
 
 
-def make_tar_plan(req: PrepareRequest, parallelism: int) -> Plan:
-    """Devkit and header indexes (cached as for folder), checked; the units a tar root still needs."""
+def make_tar_plan(req: PrepareRequest, parallelism: int, min_bytes: int = 0) -> Plan:
+    """Devkit and header indexes (cached as for folder), checked; the units a tar root still needs
+    (byte ranges of at least `min_bytes` of archive unless prepare.<split>_shards says how many)."""
     adapter = adapter_of(req.adapter)
     devkit, devkit_fp = adapter.read_labels(req)
     indexes = {split: load_index(req, split, devkit)[0] for split in req.splits}
@@ -81,7 +83,7 @@ def make_tar_plan(req: PrepareRequest, parallelism: int) -> Plan:
     units = [meta_unit(req, identity)]
     units += [u for u in md5_units(req, identity) if u.args["key"] == req.labels_key]
     for split in req.splits:
-        units += index_units(req, split, indexes[split]["members"], parallelism, identity)
+        units += index_units(req, split, indexes[split]["members"], parallelism, identity, min_bytes)
     finals = {split: final_unit(req, split, units, identity) for split in req.splits}
     p = Plan(units, finals, devkit, identity, req.labels_key)
     if not req.dry_run:
@@ -94,13 +96,23 @@ def checked_md5(req: PrepareRequest, key: str) -> str | None:
     return req.archives[key][1] if key in md5_keys(req) else None
 
 
-def index_units(req: PrepareRequest, split: str, members: list, parallelism: int, identity: dict) -> list[Unit]:
+def range_count(size: int, wanted: int | None, parallelism: int, min_bytes: int) -> int:
+    """prepare.<split>_shards when set; else one range per parallel job, fewer where a range would
+    span less than `min_bytes` of the archive (SLURM: each array task costs a job's start-up)."""
+    if wanted:
+        return wanted
+    return max(1, min(parallelism, math.ceil(size / min_bytes))) if min_bytes else parallelism
+
+
+def index_units(
+    req: PrepareRequest, split: str, members: list, parallelism: int, identity: dict, min_bytes: int = 0
+) -> list[Unit]:
     """The split's tarindex units: one per byte range, or one reading the whole archive with its md5."""
     key = req.source(split)["archive"]
     md5 = checked_md5(req, key)
     wanted = req.train_shards if split == "train" else req.val_shards
-    ranges = [(0, None)] if md5 else plan_ranges(members, wanted or parallelism)
     size = identity["archives"][split]["size"]
+    ranges = [(0, None)] if md5 else plan_ranges(members, range_count(size, wanted, parallelism, min_bytes))
     units = []
     for i, (first, stop) in enumerate(ranges):
         uid = f"{split}-index-{i:04d}-of-{len(ranges):04d}"
