@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import resource
 import statistics
@@ -280,11 +281,12 @@ def decode_v2_loader(root: Path, workers: int, batch: int):
     )
 
 
-def launcher_loader(root: Path, workers: int, batch: int, output: str):
+def launcher_loader(root: Path, workers: int, batch: int, output: str, storage: dict | None = None):
+    """build_loader on a prepared root; `storage` adds to cfg.storage (format=tar: format, archive_dir)."""
     from launcher.data import build_loader
 
     cfg = {
-        "storage": {"root": str(root), "state_dir": str(root / ".launcher")},
+        "storage": {"root": str(root), "state_dir": str(root / ".launcher"), **(storage or {})},
         "transform": {"name": "standard", "output": output},
         "loader": {"batch_size": batch, "num_workers": workers, "drop_last": False, "pin_memory": False},
     }
@@ -599,7 +601,162 @@ def row_b6(ctx):
     return Section("B6", "time to the first batch", rows, prose, {"first_batch": m})
 
 
-ROWS = {"B3": row_b3, "B5": row_b5, "B6": row_b6}
+# ---------------------------------------------------------------- B9: storage.format=tar vs folder, as is and on a slow file system
+
+B9_WORKERS, B9_BATCH, B9_OUTPUT = 2, 64, "float"  # B5's setup, float output (the standard transform's default)
+
+RATE = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import torch
+import bench_loaders as B
+from slowfs import SlowFs
+fmt, root, archive_dir, counts = sys.argv[2:6]
+storage = {"format": "tar", "archive_dir": archive_dir} if fmt == "tar" else {}
+make = lambda: B.launcher_loader(Path(root), B.B9_WORKERS, B.B9_BATCH, B.B9_OUTPUT, storage)
+rate, cpu = B.steady_rate(make, (torch.float32, (3, 224, 224)))()
+shim = SlowFs.read(Path(counts)).to_json() if counts else None
+print(json.dumps({"images_s": rate, "cpu_ms": cpu, "shim": shim}))
+"""
+
+
+def b9_roots(ctx) -> tuple:
+    """(archives, folder root, tar root) of B5's kind of images (~500x375 realistic JPEGs, ~100 KB),
+    all under one folder (the slow file system's prefix), each prepared by `launcher prepare`."""
+    from bench_prepare import prepare_cmd
+    from common import make_archives
+
+    top = ctx.work / "b9"
+    classes, per_class = (10, 30) if ctx.quick else (10, 100)
+    archives = make_archives(top / "archives", classes, per_class, 1)
+    roots = {}
+    for fmt in ("folder", "tar"):
+        root = roots[fmt] = top / f"root-{fmt}"
+        if not (root / ".launcher" / "complete-train.json").exists():
+            extra = ["storage.format=tar"] if fmt == "tar" else []
+            cmd = prepare_cmd(archives, root, "train", *extra)
+            subprocess.run(cmd, check=True, capture_output=True, cwd=top)
+    return archives, roots["folder"], roots["tar"]
+
+
+def b9_contender(ctx, fmt: str, root: Path, archives, slow: bool) -> Callable[[], tuple]:
+    """The train loader's (images/s, CPU ms per image, shim counts) in a new process, B5's steady_rate;
+    `slow`: under LD_PRELOAD=slowfs (every open and stat under ctx.work/b9 0.5 ms slower; forked
+    workers inherit the shim)."""
+    from slowfs import SlowFs
+
+    def run() -> tuple:
+        counts = ctx.work / f"b9-counts-{fmt}"
+        env = dict(os.environ)
+        if slow:
+            env.update(SlowFs.build().env(ctx.work / "b9", counts, LUSTRE_DELAY_S))
+        args = [str(Path(__file__).parent), fmt, str(root), str(archives.folder), str(counts) if slow else ""]
+        proc = subprocess.run([sys.executable, "-c", RATE, *args], env=env, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"B9 {fmt} loader failed:\n{proc.stderr[-3000:]}")
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        return out["images_s"], out["cpu_ms"], out["shim"]
+
+    return run
+
+
+def row_b9(ctx):
+    from common import Row, Section
+
+    archives, folder_root, tar_root = b9_roots(ctx)
+    contenders = {
+        "format=folder": b9_contender(ctx, "folder", folder_root, archives, False),
+        "format=tar": b9_contender(ctx, "tar", tar_root, archives, False),
+        "format=folder, slow fs": b9_contender(ctx, "folder", folder_root, archives, True),
+        "format=tar, slow fs": b9_contender(ctx, "tar", tar_root, archives, True),
+    }
+    print("B9: train loader, format=tar vs folder", file=sys.stderr)
+    runs = max(ctx.runs, 5)  # B5's noise: 5 runs
+    m = b9_alternate(contenders, runs)
+    rate = {name: statistics.median(v[0] for v in values) for name, values in m.items()}
+    cpu = {name: statistics.median(v[1] for v in values) for name, values in m.items()}
+    images = (1 + STEADY_EPOCHS) * archives.train_images  # per run: the warm-up epoch and the timed ones
+    per_image = {
+        name: statistics.median(sum(v[2]["delayed"].values()) / images for v in values)
+        for name, values in m.items()
+        if "slow" in name
+    }
+    kinds = {
+        name: {k: statistics.median(v[2]["delayed"][k] for v in values) / images for k in values[0][2]["delayed"]}
+        for name, values in m.items()
+        if "slow" in name
+    }
+    slept = [v[2]["slept_s"] / max(1, sum(v[2]["delayed"].values())) for vs in m.values() for v in vs if v[2]]
+    mean_delay = statistics.median(slept) if slept else 0.0
+    r_fast = rate["format=tar"] / rate["format=folder"]
+    r_slow = rate["format=tar, slow fs"] / rate["format=folder, slow fs"]
+    setup = f"{archives.train_images:,} ~500×375 JPEGs, {B9_WORKERS} workers, batch {B9_BATCH}, {B9_OUTPUT} output"
+    rows = [
+        Row(
+            "B9",
+            f"train loader images/s, format=tar vs format=folder (tmpfs; B5's pipeline: {setup})",
+            f"{rate['format=tar']:,.0f} img/s",
+            f"{rate['format=folder']:,.0f} img/s",
+            f"{r_fast:.2f}×",
+            "≥ 0.95×",
+            r_fast >= 0.95,
+            note=f"format=tar: CPU {cpu['format=tar']:.2f} ms per image vs {cpu['format=folder']:.2f} ms (folder)",
+        ),
+        Row(
+            "B9",
+            "… every open and stat under the data root 0.5 ms slower (LD_PRELOAD shim, as on a busy Lustre)",
+            f"{rate['format=tar, slow fs']:,.0f} img/s",
+            f"{rate['format=folder, slow fs']:,.0f} img/s",
+            f"{r_slow:.2f}×",
+            "≥ 2×",
+            r_slow >= 2,
+            note="delayed operations per image (median; the whole run: construction, the warm-up epoch and "
+            f"the timed ones; mean delay {mean_delay * 1e3:.3f} ms): "
+            + "; ".join(
+                f"{name.split(',')[0]} {per_image[name]:.2f} ("
+                + ", ".join(f"{k} {v:.2f}" for k, v in kinds[name].items() if v)
+                + ")"
+                for name in per_image
+            ),
+        ),
+    ]
+    table = markdown(
+        ["loader", "images/s", "runs", "CPU ms/image"],
+        [
+            [name, f"{rate[name]:,.0f}", " / ".join(f"{v[0]:,.0f}" for v in values), f"{cpu[name]:.2f}"]
+            for name, values in m.items()
+        ],
+    )
+    prose = (
+        "Each run is a new process (the slow ones under LD_PRELOAD=slowfs, which the DataLoader's forked "
+        "workers inherit) timing epochs 2–4 as B5 does, the contenders alternated, median of "
+        f"{runs}. The slow file system: benchmarks/slowfs.c sleeps {LUSTRE_DELAY_S * 1e3:.1f} ms (nanosleep, "
+        "timer slack 1 ns) before every open/open64/openat/openat64 (and their __*_2 forms), "
+        "stat/stat64/lstat/lstat64/fstatat/fstatat64/statx (and the __xstat family), and opendir of a "
+        "path under the data folder (the archives and both roots), and before every fstat of a descriptor "
+        "of a file there; it counts them in a memory map shared by all the processes. format=folder opens "
+        "and stats each image file; format=tar opens each archive once per process and reads images with "
+        "pread. B3 slows os.scandir/listdir/stat by 0.5 ms in Python (busy-wait) for construction; here the "
+        "calls are slowed below Python, in every process, and sleep (a Lustre client waits, it does not spin)."
+        "\n\n" + table
+    )
+    data = {name: [list(v[:2]) + [v[2]] for v in values] for name, values in m.items()}
+    return Section("B9", "train loader, storage.format=tar vs folder", rows, prose, {"runs": data})
+
+
+def b9_alternate(contenders: dict[str, Callable[[], tuple]], runs: int) -> dict[str, list[tuple]]:
+    """alternate(), forward on even runs and reversed on odd ones."""
+    out: dict[str, list[tuple]] = {name: [] for name in contenders}
+    names = list(contenders)
+    for r in range(runs):
+        for name in names if r % 2 == 0 else names[::-1]:
+            out[name].append(contenders[name]())
+        print(f"  run {r + 1}/{runs}: " + ", ".join(f"{n} {out[n][-1][0]:,.0f}" for n in names), file=sys.stderr)
+    return out
+
+
+ROWS = {"B3": row_b3, "B5": row_b5, "B6": row_b6, "B9": row_b9}
 
 
 # ---------------------------------------------------------------- main

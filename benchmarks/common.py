@@ -23,7 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,6 +139,29 @@ def alternate(contenders: dict[str, Contender], runs: int, label: str = "") -> d
     return out
 
 
+def spread_rounds(runs: int, rounds: int) -> set[int]:
+    """The `runs` rounds of `rounds` a contender with fewer runs takes part in, evenly spread (1 of 3:
+    the middle one; 2 of 3: the first and the last)."""
+    return {min(rounds - 1, round((i + 0.5) * rounds / runs - 0.5)) for i in range(runs)}
+
+
+def alternate_uneven(contenders: dict[str, tuple[Contender, int]], rounds: int, label: str = "") -> dict[str, list[Run]]:
+    """`alternate` for contenders with different numbers of runs (a slow one may run fewer times): in
+    every round, forward order on even rounds and reversed on odd ones, each contender in the rounds
+    spread_rounds gives it."""
+    out: dict[str, list[Run]] = {name: [] for name in contenders}
+    names = list(contenders)
+    takes = {name: spread_rounds(runs, rounds) for name, (_, runs) in contenders.items()}
+    for r in range(rounds):
+        ran = []
+        for name in names if r % 2 == 0 else names[::-1]:
+            if r in takes[name]:
+                out[name].append(contenders[name][0](r))
+                ran.append(name)
+        log(f"{label} round {r + 1}/{rounds}: " + ", ".join(f"{n} {out[n][-1].seconds:.2f}s" for n in ran))
+    return out
+
+
 def median(runs: list[Run], key: str = "seconds") -> float:
     return statistics.median(getattr(r, key) if key in ("seconds", "user_s", "sys_s") else r.io[key] for r in runs)
 
@@ -227,6 +250,103 @@ def jpeg_pool(size: int, seed: int = 0) -> list[bytes]:
     return [photo_jpeg(rng, *SHAPES[k % len(SHAPES)]) for k in range(size)]
 
 
+@functools.cache
+def tiny_jpeg_pool(size: int, seed: int = 0) -> list[bytes]:
+    """`size` distinct real JPEGs of ~1 KB (40x30, q75: ~975 bytes, 1 KiB of tar data each): at
+    ImageNet's file counts the cost is per file, and a full-count set stays ~2 GB on tmpfs."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [photo_jpeg(rng, 40, 30, quality=75) for _ in range(size)]
+
+
+# ImageNet's train split: 1000 classes of 732-1300 images, 1,281,167 in all; 50 val images per class
+IMAGENET_TRAIN_IMAGES = 1_281_167
+IMAGENET_CLASSES = 1000
+IMAGENET_VAL_PER_CLASS = 50
+
+
+@functools.cache
+def imagenet_counts() -> tuple[int, ...]:
+    """A deterministic per-class train count list of ImageNet's shape: 966 classes of 1300 (most of
+    ImageNet's have 1300), 33 of 732 (its minimum), one of 1211; the sum is exactly 1,281,167. The
+    short classes sit at fixed, spread-out positions (a seeded permutation)."""
+    import numpy as np
+
+    counts = np.full(IMAGENET_CLASSES, 1300)
+    short = np.random.default_rng(2012).permutation(IMAGENET_CLASSES)[:34]
+    counts[short[:33]] = 732
+    counts[short[33]] = IMAGENET_TRAIN_IMAGES - int(counts.sum() - counts[short[33]])
+    assert counts.sum() == IMAGENET_TRAIN_IMAGES and counts.min() >= 732 and counts.max() <= 1300
+    return tuple(int(c) for c in counts)
+
+
+def full_count_counts(classes: int = IMAGENET_CLASSES) -> list[int]:
+    """ImageNet's per-class counts (imagenet_counts) at `classes` classes: all 1000 of them, or that
+    many evenly spread quantiles of them (the same share of short classes at a smaller scale, for
+    checking the benchmarks)."""
+    full = imagenet_counts()
+    if classes == IMAGENET_CLASSES:
+        return list(full)
+    ranked = sorted(full)
+    return [ranked[(2 * i + 1) * IMAGENET_CLASSES // (2 * classes)] for i in range(classes)]
+
+
+# ---------------------------------------------------------------- tar bytes written directly
+
+
+@functools.cache
+def _ustar_template() -> tuple[bytes, bytes, bytes, int]:
+    """The parts of a header tarfile writes for synth.tar_info's fields that do not depend on the name
+    or the size (mode/uid/gid, mtime, typeflag onwards), and their byte sum with the checksum as spaces."""
+    from launcher.datasets.imagenet.synth import tar_info
+
+    header = tar_info("x", 0).tobuf(format=0)  # tarfile.USTAR_FORMAT
+    ids, mtime, rest = header[100:124], header[136:148], header[156:512]
+    return ids, mtime, rest, sum(ids) + sum(mtime) + 8 * ord(" ") + sum(rest)
+
+
+def ustar_header(name: bytes, size: int) -> bytes:
+    """The 512-byte header tarfile writes for tar_info(name, size) in USTAR format (byte for byte: a
+    test compares), ~20x faster (a million members a second or so)."""
+    ids, mtime, rest, fixed = _ustar_template()
+    size_field = b"%011o\0" % size
+    checksum = fixed + sum(name) + sum(size_field)
+    return b"".join((name.ljust(100, b"\0"), ids, size_field, mtime, b"%06o\0 " % checksum, rest))
+
+
+BLOCK, RECORD = 512, 20 * 512
+
+
+def tar_chunks(members: Iterable[tuple[str, bytes]]) -> Iterator[bytes]:
+    """The bytes of an uncompressed USTAR tar of (name, data) members, in pieces, as tarfile writes it
+    (headers, data padded to 512, two zero blocks, zeros up to a 10 KiB record)."""
+    written = 0
+    for name, data in members:
+        pad = -len(data) % BLOCK
+        yield ustar_header(name.encode(), len(data))
+        yield data
+        if pad:
+            yield bytes(pad)
+        written += BLOCK + len(data) + pad
+    end = 2 * BLOCK
+    yield bytes(end + -(written + end) % RECORD)
+
+
+def fast_tar_bytes(members: Iterable[tuple[str, bytes]]) -> bytes:
+    """synth.tar_bytes, written directly."""
+    return b"".join(tar_chunks(members))
+
+
+def fast_write_tar(path: Path, members: Iterable[tuple[str, bytes]]) -> None:
+    """synth.write_tar (atomically: a .part file renamed), written directly."""
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "wb", buffering=8 << 20) as f:
+        for chunk in tar_chunks(members):
+            f.write(chunk)
+    os.replace(tmp, path)
+
+
 @dataclass
 class ArchiveSet:
     """Three ILSVRC2012-shaped archives in `folder`, their md5s and sizes."""
@@ -254,22 +374,28 @@ class ArchiveSet:
         }
 
 
-def make_archives(folder: Path, classes: int, per_class: int, val_per_class: int, pool_size: int = 96, seed: int = 0):
+def make_archives(
+    folder: Path,
+    classes: int,
+    per_class: int,
+    val_per_class: int,
+    pool_size: int = 96,
+    seed: int = 0,
+    counts: Sequence[int] | None = None,
+    tiny: bool = False,
+):
     """ILSVRC2012-shaped archives: a devkit whose meta.mat has shuffled ILSVRC2012_IDs
     (launcher.datasets.imagenet.synth's writer), a train tar of `classes` inner class tars of `per_class`
-    JPEGs, a flat val tar of `val_per_class` images per class. Written once; an existing set with the same shape
-    is reused."""
+    JPEGs (or counts[i] in the i-th class, in WNID order), a flat val tar of `val_per_class` images per
+    class. The JPEGs come from a pool of `pool_size` distinct ones: ~500x375 photos of ~100 KB, or
+    with `tiny` ~1 KB ones (tiny_jpeg_pool). Tar bytes are written directly (tar_chunks: a full-count
+    set in about a minute). Written once; an existing set with the same shape is reused."""
     import numpy as np
 
-    from launcher.datasets.imagenet.synth import (
-        SynthSpec,
-        devkit_members,
-        make_synsets,
-        tar_bytes,
-        write_tar,
-        write_tar_gz,
-    )
+    from launcher.datasets.imagenet.synth import SynthSpec, devkit_members, make_synsets, write_tar_gz
 
+    counts = list(counts) if counts is not None else [per_class] * classes
+    assert len(counts) == classes, (len(counts), classes)
     record = folder / "bench-archives.json"
     shape = {
         "classes": classes,
@@ -278,30 +404,32 @@ def make_archives(folder: Path, classes: int, per_class: int, val_per_class: int
         "pool": pool_size,
         "seed": seed,
     }
+    if counts != [per_class] * classes:
+        shape["counts"] = counts
+    if tiny:
+        shape["tiny"] = True
     if record.exists():
         saved = json.loads(record.read_text())
         if saved["shape"] == shape and all((folder / FILES[k]).exists() for k in FILES):
-            return ArchiveSet(
-                folder, classes, classes * per_class, classes * val_per_class, saved["md5"], saved["sizes"]
-            )
+            return ArchiveSet(folder, classes, sum(counts), classes * val_per_class, saved["md5"], saved["sizes"])
     fresh(folder)
-    pool = jpeg_pool(pool_size)
+    pool = tiny_jpeg_pool(pool_size) if tiny else jpeg_pool(pool_size)
     rng = np.random.default_rng(seed)
-    spec = SynthSpec(classes=classes, train_min=per_class, train_max=per_class, val_per_class=val_per_class)
-    synsets = make_synsets(rng, spec, [per_class] * classes)
+    spec = SynthSpec(classes=classes, train_min=min(counts), train_max=max(counts), val_per_class=val_per_class)
+    synsets = make_synsets(rng, spec, counts)
     leaves = [s for s in synsets if not s.children]
     wnids = sorted(s.wnid for s in leaves)
-    picks = iter(rng.integers(0, len(pool), size=classes * (per_class + val_per_class)).tolist())
+    picks = iter(rng.integers(0, len(pool), size=sum(counts) + classes * val_per_class).tolist())
 
     def class_tars():
-        for wnid in wnids:
-            numbers = sorted(rng.choice(np.arange(1, 40_000), size=per_class, replace=False).tolist())
-            yield f"{wnid}.tar", tar_bytes((f"{wnid}_{n}.JPEG", pool[next(picks)]) for n in numbers)
+        for wnid, count in zip(wnids, counts):
+            numbers = sorted(rng.choice(np.arange(1, 40_000), size=count, replace=False).tolist())
+            yield f"{wnid}.tar", fast_tar_bytes((f"{wnid}_{n}.JPEG", pool[next(picks)]) for n in numbers)
 
-    write_tar(folder / FILES["train"], class_tars())
+    fast_write_tar(folder / FILES["train"], class_tars())
     order = rng.permutation(np.repeat(np.arange(classes), val_per_class))
     val_wnids = [wnids[int(c)] for c in order]
-    write_tar(
+    fast_write_tar(
         folder / FILES["val"],
         ((f"ILSVRC2012_val_{k:08d}.JPEG", pool[next(picks)]) for k in range(1, len(val_wnids) + 1)),
     )
@@ -310,7 +438,7 @@ def make_archives(folder: Path, classes: int, per_class: int, val_per_class: int
     md5 = {k: md5_of(folder / name) for k, name in FILES.items()}
     sizes = {k: (folder / name).stat().st_size for k, name in FILES.items()}
     record.write_text(json.dumps({"shape": shape, "md5": md5, "sizes": sizes}))
-    return ArchiveSet(folder, classes, classes * per_class, len(val_wnids), md5, sizes)
+    return ArchiveSet(folder, classes, sum(counts), len(val_wnids), md5, sizes)
 
 
 def md5_of(path: Path) -> str:
@@ -409,6 +537,10 @@ class Context:
     slurm: bool | None = None
     # the rows being run (rows that share measurements add their contenders to one group)
     rows: set[str] = field(default_factory=set)
+    # classes of the full-count set (ImageNet's 1000: 1,281,167 train images; fewer keeps its shape)
+    full_classes: int = IMAGENET_CLASSES
+    # where the full-count archive set is written once and kept (tmpfs; not removed after a run)
+    full_dir: Path = Path("/dev/shm/launcher-bench-fullcount")
     _memo: dict = field(default_factory=dict)
 
     @property

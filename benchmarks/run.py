@@ -9,8 +9,9 @@ alternating A/B runs in fresh folders, print medians and ratios, write BENCHMARK
 Rows come from the bench_*.py modules beside this file. A module takes part by exposing
 `ROWS = {"B4": fn, ...}` where `fn(ctx: common.Context) -> common.Section` (or a list of them);
 a module without ROWS is run as a script (`python bench_x.py --runs N`) and its printed tables
-are included as they are. Row -> module: B1 B2 B6 B7 bench_prepare; B4 bench_verify; B3 B5 (and
-B6's time to the first batch) bench_loaders.
+are included as they are. Row -> module: B1 B2 B6 B7 bench_prepare; B4 bench_verify; B3 B5 B9 (and
+B6's time to the first batch) bench_loaders; B8 B10 B3F (B3 at full count) bench_fullcount, on a set of
+ImageNet's exact file counts written once into --full-count-dir and kept there (~2 GB; ~1.5 min to write).
 """
 
 from __future__ import annotations
@@ -27,9 +28,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import HERE, Context, Row, Section, log, machine, markdown_table  # noqa: E402
+from common import (  # noqa: E402
+    HERE,
+    IMAGENET_CLASSES,
+    IMAGENET_VAL_PER_CLASS,
+    Context,
+    Row,
+    Section,
+    full_count_counts,
+    log,
+    machine,
+    markdown_table,
+)
 
-ORDER = ["B1", "B2", "B3", "B4", "B5", "B6", "B7"]
+ORDER = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B3F"]
 # the modules that measure each row, in order
 MODULES = {
     "B1": ["bench_prepare"],
@@ -39,6 +51,10 @@ MODULES = {
     "B5": ["bench_loaders"],
     "B6": ["bench_prepare", "bench_loaders"],  # bench_loaders: the time to the first batch
     "B7": ["bench_prepare"],
+    "B8": ["bench_fullcount"],  # B8, B10, B3F: ImageNet's file counts (B3F: B3 at full count)
+    "B9": ["bench_loaders"],
+    "B10": ["bench_fullcount"],
+    "B3F": ["bench_fullcount"],
 }
 # rows a module measures when it has no ROWS and is run as a script
 SCRIPT_ROWS = {"bench_verify": ["B4"], "bench_loaders": ["B3", "B5"]}
@@ -65,6 +81,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--disk", default="/var/tmp/launcher-bench", help="a folder on the local disk for the disk figures, or 'none'"
     )
+    p.add_argument(
+        "--full-count-classes",
+        type=int,
+        help="classes of B8/B10/B3F's full-count set (default 1000 = ImageNet's 1,281,167 + 50,000 images; "
+        "fewer keeps its shape at a smaller scale, for checking; quick 10)",
+    )
+    p.add_argument(
+        "--full-count-dir",
+        type=Path,
+        default=Path("/dev/shm/launcher-bench-fullcount"),
+        help="where the full-count archive set is written once and kept (tmpfs)",
+    )
     p.add_argument("--slurm", choices=["auto", "yes", "no"], default="auto", help="SLURM figures (auto: if up)")
     p.add_argument(
         "--out",
@@ -81,8 +109,28 @@ def context(args: argparse.Namespace, rows: list[str]) -> Context:
     disk = None if args.quick or args.disk == "none" else Path(args.disk)
     slurm = {"auto": None, "yes": True, "no": False}[args.slurm]
     args.work.mkdir(parents=True, exist_ok=True)
+    full_classes = args.full_count_classes or (10 if args.quick else 1000)
     return Context(
-        args.work, disk, args.runs, classes, args.per_class, args.val_per_class, args.quick, slurm, set(rows)
+        args.work,
+        disk,
+        args.runs,
+        classes,
+        args.per_class,
+        args.val_per_class,
+        args.quick,
+        slurm,
+        set(rows),
+        full_classes=full_classes,
+        full_dir=args.full_count_dir,
+    )
+
+
+def full_count_scale(classes: int) -> str:
+    counts = full_count_counts(classes)
+    which = "ImageNet's exact counts" if classes == IMAGENET_CLASSES else "ImageNet's shape at reduced scale"
+    return (
+        f"{classes} classes of {min(counts)}–{max(counts)} train images ({which}: {sum(counts):,} train, "
+        f"{classes * IMAGENET_VAL_PER_CLASS:,} val), ~1 KB JPEGs"
     )
 
 
@@ -253,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     header = machine()
     header["scale"] = (
         f"S = {ctx.classes} classes, 2S = {2 * ctx.classes} classes; {ctx.per_class} train and "
-        f"{ctx.val_per_class} val images per class (~500×375 JPEGs, ~95 KB); {ctx.runs} alternating runs"
+        f"{ctx.val_per_class} val images per class (~500×375 JPEGs, ~95 KB); {ctx.runs} alternating runs; "
+        f"B8, B10 and B3F at full count: {full_count_scale(ctx.full_classes)}"
     )
     t0 = time.perf_counter()
     try:
