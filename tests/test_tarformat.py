@@ -240,8 +240,19 @@ def test_md5_read_touches_every_byte_once(walker, archives, monkeypatch):
 # ---------------------------------------------------------------- a changed archive is refused at load
 
 
-@pytest.mark.parametrize("change", ["rewritten in place", "replaced", "truncated"])
+CHANGES = {
+    "rewritten in place": "only its ctime differs: its inode changed since",
+    "hard link made": "only its ctime differs: its inode changed since .*a hard link made or removed",
+    "chmod": "only its ctime differs",
+    "replaced": "ctime_ns, ino differ: rewritten, replaced or truncated since",
+    "truncated": "size, mtime_ns, ctime_ns differ: rewritten, replaced or truncated since",
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
 def test_changed_archive_refused_at_load(archives, tmp_path, change):
+    """Any change of the archive's identity, its metadata included (a hard link or chmod changes its ctime,
+    and only a new read could tell the bytes are the same), is refused, saying what differs and the fix."""
     archive_dir = copy_archives(archives("tiny"), tmp_path / "archives")
     index = build(archive_dir, "train")
     path = archive_dir / FILES["train"]
@@ -253,13 +264,20 @@ def test_changed_archive_refused_at_load(archives, tmp_path, change):
             f.seek(index.offsets[0] + 100)
             f.write(bytes([byte[0] ^ 0xFF]))
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    elif change == "hard link made":
+        os.link(path, tmp_path / "link.tar")
+    elif change == "chmod":
+        os.chmod(path, 0o640)
     elif change == "replaced":
         shutil.copy2(path, tmp_path / "copy.tar")
         os.replace(tmp_path / "copy.tar", path)
     else:
         os.truncate(path, st.st_size - 3000)
     assert path.stat().st_size == (st.st_size - 3000 if change == "truncated" else st.st_size)
-    with pytest.raises(ArchiveChanged, match=rf"The archive {path} is not the file the tar index .* was built from"):
+    built_from = rf"The archive {path} is not the file the tar index .* was built from \({CHANGES[change]}"
+    fix = r"; it had [\d,]+ bytes, it has [\d,]+\)\. Put the original archive back, or run `launcher prepare "
+    fix += "storage.format=tar` again"
+    with pytest.raises(ArchiveChanged, match=built_from + ".*" + fix):
         TarImageNet(index, path)
 
 

@@ -32,10 +32,20 @@ def open_checked(path: str, identity: dict, index_label: str) -> int:
     differ = [k for k in IDENTITY_KEYS if now[k] != identity.get(k)]
     if differ or not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        what = f"{', '.join(differ)} differ" if differ else "not a regular file"
         raise ArchiveChanged(
-            f"The archive {path} is not the file the tar index {index_label} was built from ({what}: rewritten, "
-            f"replaced or truncated since; it had {identity.get('size'):,} bytes, it has {st.st_size:,}). Put the "
-            f"original archive back, or {AGAIN}."
+            f"The archive {path} is not the file the tar index {index_label} was built from ({what_changed(differ)}; "
+            f"it had {identity.get('size'):,} bytes, it has {st.st_size:,}). Put the original archive back, or {AGAIN}."
         )
     return fd
+
+
+def what_changed(differ: list[str]) -> str:
+    """Why an archive is another file: its identity fields that differ, and what changes them."""
+    if not differ:
+        return "not a regular file"
+    if differ == ["ctime_ns"]:  # same size, mtime, inode: its metadata changed, or a rewrite restored its mtime
+        return (
+            "only its ctime differs: its inode changed since (chmod, chown, a hard link made or removed, or a "
+            "rewrite that put its old mtime back), and only a new read can tell its bytes are the same"
+        )
+    return f"{', '.join(differ)} differ: rewritten, replaced or truncated since"
