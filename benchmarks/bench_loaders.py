@@ -601,7 +601,7 @@ def row_b6(ctx):
     return Section("B6", "time to the first batch", rows, prose, {"first_batch": m})
 
 
-# ---------------------------------------------------------------- B9: storage.format=tar vs folder, as is and on a slow file system
+# ------------------------------------------------------- B9: format=tar vs folder, as is and on a slow file system
 
 B9_WORKERS, B9_BATCH, B9_OUTPUT = 2, 64, "float"  # B5's setup, float output (the standard transform's default)
 

@@ -102,6 +102,8 @@ def unit_breakdown(root: Path) -> dict:
     train units (first start to last end), from the completion records and the ledger."""
     state = root / ".launcher"
     records = {p.stem: json.loads(p.read_text()) for p in (state / "units").glob("*.json")}
+    finals = {p.stem: json.loads(p.read_text()) for p in state.glob("complete-*.json")}  # the finalize units'
+    records.update({k: v for k, v in finals.items() if "kind" in v and "wall_s" in v})
     kinds: dict[str, float] = {}
     for rec in records.values():
         kinds[rec["kind"]] = kinds.get(rec["kind"], 0.0) + rec["wall_s"]
@@ -112,7 +114,8 @@ def unit_breakdown(root: Path) -> dict:
                 jobs.append(sum(records.get(u, {}).get("wall_s", 0.0) for u in job["units"]))
     train = [r for r in records.values() if r["kind"] == "train"]
     span = max(r["started"] + r["wall_s"] for r in train) - min(r["started"] for r in train) if train else 0.0
-    return {"unit_s": kinds, "job_s": sorted(jobs, reverse=True), "train_span_s": span}
+    units = {uid: rec["wall_s"] for uid, rec in records.items()}
+    return {"unit_s": kinds, "units_s": units, "job_s": sorted(jobs, reverse=True), "train_span_s": span}
 
 
 def ours(ctx: Context, archives: ArchiveSet, base: Path, split: str, tag: str, *extra: str) -> Contender:
@@ -768,11 +771,11 @@ def b7(ctx: Context) -> Section:
         makers = {
             f"array_parallelism={p}": functools.partial(slurm_contender, ctx, base=base, parallelism=p) for p in (1, 2)
         }
-        s = ctx.memo(
+        by_parallelism = ctx.memo(
             "slurm", lambda: alternate({n: m(ctx.archives(big)) for n, m in makers.items()}, ctx.runs, "slurm")
         )
-        t1, t2 = median(s["array_parallelism=1"]), median(s["array_parallelism=2"])
-        span = {n: statistics.median(r.extra["train_span_s"] for r in runs) for n, runs in s.items()}
+        t1, t2 = median(by_parallelism["array_parallelism=1"]), median(by_parallelism["array_parallelism=2"])
+        span = {n: statistics.median(r.extra["train_span_s"] for r in runs) for n, runs in by_parallelism.items()}
         rs = ratio(t1, t2)
         rows.append(
             Row(
@@ -790,7 +793,9 @@ def b7(ctx: Context) -> Section:
                 "real scale each task works minutes, and the ratio tends to the array's span (note).",
             )
         )
-        data["slurm"] = {n: {"seconds": [r.seconds for r in v], "train_span_s": span[n]} for n, v in s.items()}
+        data["slurm"] = {
+            n: {"seconds": [r.seconds for r in v], "train_span_s": span[n]} for n, v in by_parallelism.items()
+        }
     else:
         why = "--quick" if ctx.quick else "sinfo does not answer: start the cluster with `bash slurm/devcluster.sh up`"
         rows.append(Row("B7", "… on the local SLURM cluster", "not measured", "", "", "≥ 1.6×", None, note=why))

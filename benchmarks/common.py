@@ -145,7 +145,9 @@ def spread_rounds(runs: int, rounds: int) -> set[int]:
     return {min(rounds - 1, round((i + 0.5) * rounds / runs - 0.5)) for i in range(runs)}
 
 
-def alternate_uneven(contenders: dict[str, tuple[Contender, int]], rounds: int, label: str = "") -> dict[str, list[Run]]:
+def alternate_uneven(
+    contenders: dict[str, tuple[Contender, int]], rounds: int, label: str = ""
+) -> dict[str, list[Run]]:
     """`alternate` for contenders with different numbers of runs (a slow one may run fewer times): in
     every round, forward order on even rounds and reversed on odd ones, each contender in the rounds
     spread_rounds gives it."""

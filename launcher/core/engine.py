@@ -231,12 +231,24 @@ def execute(backend: dispatch.Backend, run: Run, build: Callable[[], Work]) -> O
 
 
 def follow(backend: dispatch.Backend, work: Work, jobs: list, graph: list[Submission]) -> dict[str, str]:
-    """Wait with a progress display; the final units no job runs run here before its last line."""
+    """Wait with a progress display; the final units no job runs run here, each as soon as the units
+    of the steps it waits for are complete (a split's finalize while another split's jobs still run),
+    the rest after the jobs, before the last line."""
     as_jobs = {u.id for sub in graph for u in sub.units}
-    here = [f for f in work.finals if f.unit.id not in as_jobs]
+    pending = [f for f in work.finals if f.unit.id not in as_jobs]
     finals = [f.unit for f in work.finals if f.counted or f.unit.id in as_jobs]
     watched = [u for u in work.units if u.id not in {f.unit.id for f in work.finals}] + finals
-    return runner.follow(work.label, watched, jobs, backend, then=lambda: run_here(here))
+    units_of = {s.name: s.units for s in work.steps}
+    errors: dict[str, str] = {}
+
+    def run_ready(everything: bool = False) -> dict[str, str]:
+        for f in list(pending):
+            if everything or all(is_complete(u) for name in f.after for u in units_of.get(name, ())):
+                pending.remove(f)
+                errors.update(run_here([f]))
+        return errors
+
+    return runner.follow(work.label, watched, jobs, backend, then=lambda: run_ready(everything=True), between=run_ready)
 
 
 def record(backend: dispatch.Backend, run: Run, work: Work, jobs: list) -> None:

@@ -173,15 +173,22 @@ def wait_for_earlier_local_jobs(layout: Layout, units: list[Unit], poll_s: float
 
 
 def follow(
-    label: str, units: list[Unit], jobs: list, backend: dispatch.Backend, then: Callable[[], dict] | None = None
+    label: str,
+    units: list[Unit],
+    jobs: list,
+    backend: dispatch.Backend,
+    then: Callable[[], dict] | None = None,
+    between: Callable[[], object] | None = None,
 ) -> dict[str, str]:
     """Wait for the jobs with a progress display over every unit given (those complete already
-    count as done); `then` runs after the jobs (e.g. finalize here) and before the last line.
-    Returns job id -> error of the failed ones."""
+    count as done); `between` runs at each poll while they run (e.g. a finalize whose units are
+    done), `then` after the jobs and before the last line. Returns job id -> error of the failed ones."""
     remaining = [u for u in units if not is_complete(u)]
     progress = Progress(label, len(units), sum(u.size for u in remaining), done_units=len(units) - len(remaining))
 
     def on_poll(final: bool = False):
+        if between is not None and not final:
+            between()
         done = [u for u in remaining if is_complete(u)]
         failed = len(remaining) - len(done) if final else 0
         progress.update(len(units) - len(remaining) + len(done), sum(u.size for u in done), failed, final)
