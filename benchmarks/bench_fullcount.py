@@ -431,29 +431,33 @@ def b3f(ctx: Context) -> Section:
         "format=folder (manifest)": metadata_ops("folder", folder_root, archives, [folder_root], ctx.work),
     }
     shown = {k: " + ".join(f"{v:,} {kind}" for kind, v in o.items() if v) or "0" for k, o in ops.items()}
+    ops_total = {k: sum(o.values()) for k, o in ops.items()}
+    worst = max(ops_total["format=tar"], ops_total["format=folder (manifest)"])
     rows = [
-        ratio_row(
-            "B3",
-            f"full count: dataset construction, format=tar (build_dataset) vs `torchvision.datasets.ImageNet` on "
-            f"the folder root ({n:,} train files, tmpfs)",
-            t["format=tar"],
-            t["torchvision"],
-            0.01,
-        ),
-        ratio_row(
-            "B3",
-            "… format=folder, from the manifest (its columns cache written by an earlier build)",
-            t["format=folder (manifest)"],
-            t["torchvision"],
-            0.01,
-        ),
         Row(
             "B3",
-            "… metadata operations of one construction (opens, stats, fstats, opendirs; slowfs shim)",
-            f"tar {sum(ops['format=tar'].values()):,}; folder {sum(ops['format=folder (manifest)'].values()):,}",
-            f"{sum(ops['torchvision'].values()):,}",
-            "",
-            "reported",
+            f"full count: metadata operations of one dataset construction (opens, stats, fstats, opendirs; slowfs "
+            f"shim), format=tar / folder manifest vs `torchvision.datasets.ImageNet` on the folder root ({n:,} "
+            "train files)",
+            f"{ops_total['format=tar']:,} / {ops_total['format=folder (manifest)']:,}",
+            f"{ops_total['torchvision']:,}",
+            f"{worst / ops_total['torchvision']:.4f}×",
+            "≤ 0.01×",
+            worst <= 0.01 * ops_total["torchvision"],
+            why="the shim does not see the directory reads (getdents) of torchvision's scan, so its count is low",
+        ),
+        ratio_row(
+            "B3",
+            "… time, format=tar (build_dataset: reads and checks the 26 MB index) vs torchvision's scan (tmpfs)",
+            t["format=tar"],
+            t["torchvision"],
+            None,
+        ),
+        ratio_row(
+            "B3",
+            "… time, format=folder from the manifest (its columns cache written by an earlier build)",
+            t["format=folder (manifest)"],
+            t["torchvision"],
             None,
         ),
     ]
