@@ -306,9 +306,28 @@ def cp_contender(ctx: Context, archives: ArchiveSet):
     return run
 
 
+def require_inodes(folder: Path, files: int) -> None:
+    """Staging the folder root creates as many files again: a tmpfs's default inode count (half its pages)
+    may not hold two full-count roots. Say so before a run half-done."""
+    vfs = os.statvfs(folder)
+    if vfs.f_files and vfs.f_favail < files * 1.05:
+        raise RuntimeError(
+            f"{folder} has {vfs.f_favail:,} free inodes, B10 creates {files:,} files: give the tmpfs more "
+            f"(as root: mount -o remount,nr_inodes={4 * files} {filesystem_mount(folder)}) or run B10 alone"
+        )
+
+
+def filesystem_mount(folder: Path) -> str:
+    path = folder.absolute()
+    while not os.path.ismount(path):
+        path = path.parent
+    return str(path)
+
+
 def b10(ctx: Context) -> Section:
     archives = full_archives(ctx)
     tar_root, folder_root = prepared_root(ctx, "tar"), prepared_root(ctx, "folder")
+    require_inodes(base(ctx), archives.train_images + archives.val_images)
     contenders = {
         "format=tar": (stage_contender(ctx, "tar", tar_root, archives), ctx.runs),
         "cp of the two archives": (cp_contender(ctx, archives), ctx.runs),

@@ -4,7 +4,8 @@
         transform=randaugment loader.batch_size=128
 
 1. compose the same configs prepare used: launcher.training_config (any Hydra override works here too);
-2. stage the prepared root to node-local disk once per node (local rank 0 copies, the others wait);
+2. stage the prepared root to node-local disk once per node (local rank 0 copies, the others wait): a
+   folder root's files, or with storage.format=tar its archives and their indexes (a few large files);
 3. join torch.distributed from SLURM's variables of the srun step (gloo on CPU, nccl on GPU);
 4. build the loaders (loader.batch_size is per rank); set_epoch sets each epoch's shuffle (without
    any call each pass takes the next epoch by itself); evaluate every val image exactly once.
@@ -23,6 +24,7 @@ import torch.distributed as dist
 from launcher import training_config
 from launcher.data import build_loader, normalize_on_device, set_epoch
 from launcher.stage import stage_root
+from launcher.tarformat.staging import stage_tar
 
 
 def init_distributed() -> tuple[int, int]:
@@ -40,14 +42,23 @@ def init_distributed() -> tuple[int, int]:
     return rank, world
 
 
+def stage(cfg, local: str) -> list[str]:
+    """Copy the prepared root to `local` (a folder root: its files; storage.format=tar: meta.bin, the
+    two archives and their indexes, a few large files); the overrides that point the config there."""
+    if cfg.storage.format == "tar":
+        archives = os.path.join(local, "archives")
+        stage_tar(cfg.storage.root, local, archives, source_state_dir=cfg.storage.state_dir)
+        return [f"storage.root={local}", f"storage.archive_dir={archives}", f"storage.state_dir={local}/.launcher"]
+    stage_root(cfg.storage.root, local, source_state_dir=cfg.storage.state_dir)
+    return [f"storage.root={local}", f"storage.state_dir={local}/.launcher"]
+
+
 def main(overrides: list[str]) -> None:
     rank, world = init_distributed()
     cfg = training_config(overrides)
     if os.environ.get("SLURM_TMPDIR") or os.environ.get("STAGE_TO"):  # node-local copy, once per node
-        shared = cfg.storage.root
         local = os.environ.get("STAGE_TO") or os.path.join(os.environ["SLURM_TMPDIR"], "imagenet")
-        stage_root(shared, local)
-        cfg = training_config([*overrides, f"storage.root={local}"])
+        cfg = training_config([*overrides, *stage(cfg, local)])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     train, val = build_loader(cfg, "train"), build_loader(cfg, "val")
     seen = torch.zeros(2, dtype=torch.long)

@@ -235,16 +235,15 @@ def test_max_array_size_comes_from_scontrol(slurm_cluster):
     assert max_array_size(backend_of(SlurmClusterConfig(max_array_size=7))) == 7
 
 
-def test_training_example_on_two_ranks(slurm_cluster, archives, tmp_path):
-    """slurm/train_example.sbatch: 2 ranks stage the root once, then see every val image once."""
+@pytest.mark.parametrize("storage_format", ["folder", "tar"])
+def test_training_example_on_two_ranks(storage_format, slurm_cluster, archives, tmp_path):
+    """slurm/train_example.sbatch: 2 ranks stage the root once (storage.format=tar: its archives and
+    indexes, no image file), then see every val image once."""
     result = archives()
     shared = tmp_path / "shared"
-    assert (
-        cli(
-            "prepare", *storage_overrides(result.archive_dir, shared), *dataset_overrides(result), "cluster=debug"
-        ).returncode
-        == 0
-    )
+    fmt = [f"storage.format={storage_format}", f"storage.archive_dir={result.archive_dir}"]
+    prepare = [*storage_overrides(result.archive_dir, shared), *dataset_overrides(result), "cluster=debug", *fmt]
+    assert cli("prepare", *prepare).returncode == 0
     local = tmp_path / "node-local" / "imagenet"
     out = tmp_path / "job.out"
     run = subprocess.run(
@@ -255,6 +254,7 @@ def test_training_example_on_two_ranks(slurm_cluster, archives, tmp_path):
             "--mem-per-cpu=1G",
             "slurm/train_example.sbatch",
             f"storage.root={shared}",
+            *fmt,
             "loader.batch_size=4",
             "loader.num_workers=0",
             "loader.drop_last=false",
@@ -274,7 +274,13 @@ def test_training_example_on_two_ranks(slurm_cluster, archives, tmp_path):
     assert counts, log
     assert int(counts.group(2)) == n_val
     assert n_train <= int(counts.group(1)) <= n_train + 1  # DistributedSampler pads train to even shares
-    assert (local / "meta.bin").exists() and tree_bytes(local) == tree_bytes(shared)
+    if storage_format == "folder":
+        assert (local / "meta.bin").exists() and tree_bytes(local) == tree_bytes(shared)
+        return
+    staged = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
+    assert {"meta.bin", "archives/ILSVRC2012_img_train.tar", "archives/ILSVRC2012_img_val.tar"} <= staged
+    assert {".launcher/tarindex-train.bin", ".launcher/tarindex-val.bin"} <= staged
+    assert not [p for p in staged if p.endswith(".JPEG")]  # no image file anywhere: read from the archives
 
 
 SHARD_PROBE = """\
