@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import time
 from pathlib import Path
@@ -686,3 +687,17 @@ def test_bounds_come_from_the_transform_node(tmp_path):
     for bad in ({"max_pixels": 0}, {"max_scans": -1}, {"max_file_bytes": True}):
         with pytest.raises(LauncherError, match=f"transform.{next(iter(bad))}="):
             D.build_transforms(bad, train=True)
+
+
+@pytest.mark.parametrize("choice", ["synthetic", "imagenet", "places365", "places365_synthetic"])
+def test_an_unprepared_root_names_the_configs_dataset_in_the_prepare_it_prints(tmp_path, choice):
+    """The printed `launcher prepare` carries the config's dataset choice (a synthetic set's user gets
+    dataset=synthetic, not the real archives' defaults) and is quoted to paste: a root with a space."""
+    root = tmp_path / "no root yet"
+    cfg = compose_config("bench", [f"dataset={choice}", f"storage.root={root}"])
+    with pytest.raises(LauncherError) as err:
+        D.build_dataset(cfg, "val")
+    message = str(err.value)
+    command = message.split("Run `", 1)[1].split("`", 1)[0]
+    assert "\n" not in message and "is not a prepared" in message
+    assert shlex.split(command) == ["launcher", "prepare", f"dataset={choice}", f"storage.root={root}", "split=val"]

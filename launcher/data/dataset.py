@@ -5,6 +5,7 @@ such dataset's batches through the fast path; `split_manifest`, the manifest loo
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -102,18 +103,31 @@ def require_prepared(root: str | Path, split: str) -> None:
     if split not in SPLITS:
         raise LauncherError(f"split {split!r} is not one of {', '.join(SPLITS)}")
     root = Path(os.path.expanduser(root))
-    refuse_unprepared(root, "ImageNet", [root / "meta.bin", root / split], f"storage.root={root} split={split}")
+    refuse_unprepared(root, "ImageNet", [root / "meta.bin", root / split], [f"storage.root={root}", f"split={split}"])
 
 
-def refuse_unprepared(root: Path, dataset: str, needed: list[Path], overrides: str) -> None:
+class UnpreparedRoot(LauncherError):
+    """A root without what prepare writes; its message names the `launcher prepare` that makes it."""
+
+    def __init__(self, root: Path, dataset: str, missing: list[str], overrides: list[str]):
+        self.root, self.dataset, self.missing, self.overrides = root, dataset, missing, overrides
+        command = shlex.join(["launcher", "prepare", *overrides])
+        super().__init__(
+            f"{root} is not a prepared {dataset} root ({', '.join(missing)} missing). Run `{command}` first (or "
+            "point storage.root at a prepared root); loaders never extract archives."
+        )
+
+    def with_choice(self, choice: str) -> UnpreparedRoot:
+        """The same refusal, its prepare command given the config's dataset choice (dataset=<choice>)."""
+        kept = [o for o in self.overrides if not o.startswith("dataset=")]
+        return UnpreparedRoot(self.root, self.dataset, self.missing, [f"dataset={choice}", *kept])
+
+
+def refuse_unprepared(root: Path, dataset: str, needed: list[Path], overrides: list[str]) -> None:
     """One line naming what a prepared root lacks (a stat each) and the `launcher prepare` that makes it."""
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
-        raise LauncherError(
-            f"{root} is not a prepared {dataset} root ({', '.join(missing)} missing). Run "
-            f"`launcher prepare {overrides}` first (or point storage.root at a prepared root); loaders never "
-            "extract archives."
-        )
+        raise UnpreparedRoot(root, dataset, missing, overrides)
 
 
 def load_imagenet(
@@ -216,14 +230,18 @@ def build_dataset(cfg: Any, split: str, transform: Callable | None | str = "conf
     if isinstance(transform, str):
         node = section(cfg, "transform")
         transform = build_transforms(node, split == "train") if node is not None else None
-    return load_dataset(
-        storage["root"],
-        split,
-        storage.get("state_dir"),
-        loader["use_manifest"],
-        transform,
-        allow_incomplete=bool(loader["allow_incomplete"]),
-        adapter=adapter_name(cfg),
-        storage_format=str(storage.get("format") or "folder"),
-        archive_dir=storage.get("archive_dir"),
-    )
+    try:
+        return load_dataset(
+            storage["root"],
+            split,
+            storage.get("state_dir"),
+            loader["use_manifest"],
+            transform,
+            allow_incomplete=bool(loader["allow_incomplete"]),
+            adapter=adapter_name(cfg),
+            storage_format=str(storage.get("format") or "folder"),
+            archive_dir=storage.get("archive_dir"),
+        )
+    except UnpreparedRoot as err:
+        choice = (as_dict(section(cfg, "dataset") or {}) or {}).get("name")
+        raise (err.with_choice(choice) if choice else err) from None

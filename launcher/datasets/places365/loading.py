@@ -111,7 +111,7 @@ def require_prepared(root: str | Path, split: str) -> None:
         root / torchvision.datasets.Places365._FILE_LIST_META[probe.split][0],
         Path(probe.images_dir),
     ]
-    refuse_unprepared(root, "Places365", needed, f"dataset=places365 storage.root={root} split={split}")
+    refuse_unprepared(root, "Places365", needed, ["dataset=places365", f"storage.root={root}", f"split={split}"])
 
 
 def load_places365(
