@@ -136,3 +136,22 @@ def test_a_batch_larger_than_the_split_warns(archives, tmp_path):
     assert warnings == [
         "warning: loader.batch_size=64 is larger than the val split (6 images): lower loader.batch_size."
     ]
+
+
+@pytest.mark.slurm
+def test_bench_of_a_tar_root_two_ranks_on_slurm(slurm_cluster, archives, tmp_path):
+    """storage.format=tar on SLURM: bench reads the archives through the index on 2 ranks, every val image once."""
+    from conftest import dataset_overrides, storage_overrides
+
+    result = archives("small")
+    root = tmp_path / "tar-root"
+    tar = ["storage.format=tar", *storage_overrides(result.archive_dir, root), *dataset_overrides(result)]
+    assert launch("prepare", [*tar, "cluster=debug"]) == 0
+    table = tmp_path / "t.csv"
+    slurm = ["cluster=slurm", "cluster.tasks_per_node=2", "cluster.cpus_per_task=1", "cluster.mem_gb=1"]
+    args = [*tar, *SMALL, *slurm, "cluster.timeout_min=5", "cluster.poll_s=0.5", "loader.num_workers=1"]
+    bench = cli("bench", *args, "bench.split=val", f"bench.table={table}", cwd=tmp_path)
+    assert bench.returncode == 0, bench.stdout + bench.stderr
+    (row,) = rows(table)
+    assert row["ranks"] == "2" and row["executor"] == "slurm" and row["coverage"] == "ok"
+    assert not [p for p in root.rglob("*.JPEG")]  # the images came from the archives

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -238,9 +239,14 @@ needs_walker = pytest.mark.skipif(tarscan._tarwalk is None, reason="launcher.arc
 
 
 def test_the_walker_is_built_under_ci():
-    """CI builds the extension (the editable install compiles it): the fast path must be there."""
+    """CI builds the extension (the editable install compiles it): the fast path must be there. Under
+    .ci/pythons the tests import the source folder, whose extension was built for CI's main Python:
+    there the Python walk is what runs, and what is tested."""
     if not os.environ.get("CI"):
         pytest.skip("only CI insists")
+    built = list(Path(tarscan.__file__).parent.glob("_tarwalk*.so"))
+    if tarscan._tarwalk is None and built:
+        pytest.skip(f"the source folder's extension is built for another Python ({built[0].name})")
     assert tarscan._tarwalk is not None, "launcher.archive._tarwalk is missing: install gcc, then reinstall"
 
 
