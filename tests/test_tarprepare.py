@@ -289,3 +289,26 @@ def test_a_single_striped_archive_is_named_with_commands_that_copy_it_striped(ar
             monkeypatch.setattr(checks, "STRIPED_FROM_BYTES", 1 << 40)
         assert launch("prepare", [*overrides, *quiet]) == 0
         assert "Lustre stripe" not in capsys.readouterr().err
+
+
+def test_bench_refuses_a_changed_archive_in_one_line_with_the_prepare_that_made_the_root(archives, tmp_path, capsys):
+    """Before any job: the changed archive named, and the recorded prepare, pasted, makes the root usable again."""
+    import shlex
+    import subprocess
+
+    from conftest import cli
+
+    result = archives("tiny")
+    archive_dir = copy_archives(result, tmp_path / "archives")
+    overrides = tar_overrides(archive_dir, tmp_path / "root", result)
+    assert cli("prepare", *overrides, "cluster=debug").returncode == 0  # as users run it: the ledger keeps its argv
+    os.chmod(archive_dir / FILES["val"], 0o600)  # its ctime changes, its bytes do not
+    bench = [*overrides, "bench.split=val", "loader.batch_size=8", f"bench.table={tmp_path / 't.csv'}"]
+    capsys.readouterr()
+    assert launch("bench", bench) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "only its ctime differs" in err and "bench job" not in err
+    command = shlex.split(err.split("The prepare that made this root: `", 1)[1].split("`", 1)[0])
+    assert command[:2] == ["launcher", "prepare"]
+    assert subprocess.run(command, capture_output=True).returncode == 0
+    assert launch("bench", bench) == 0

@@ -302,9 +302,20 @@ def tar_stage_job(cfg: DictConfig, source: Path, root: Path, state_dir: Path, mo
     return staging.stage_tar, args
 
 
+def with_prepare_again(err: Exception, storage: dict) -> Exception:
+    """A tar root's changed archive, with the prepare that made the root to run again (its ledger)."""
+    from launcher.core.errors import LauncherError
+    from launcher.core.layout import Layout
+    from launcher.core.status import prepare_again
+
+    command = prepare_again(Layout.of(storage["root"], storage["state_dir"]))
+    return LauncherError(f"{err} The prepare that made this root: `{command}`.") if command else err
+
+
 def cmd_bench(cfg: DictConfig) -> int:
     from launcher.data.bench import require_root, run_bench
     from launcher.datasets import adapter_of
+    from launcher.tarformat.archivefile import ArchiveChanged
 
     if cfg.bench.split not in ("train", "val"):
         from launcher.core.errors import LauncherError
@@ -317,7 +328,18 @@ def cmd_bench(cfg: DictConfig) -> int:
     storage = request.config["storage"]
     top_files = adapter_of(cfg.dataset.adapter).root_files(plain(cfg.dataset))
     storage_format = storage.get("format") or "folder"
-    require_root(storage["root"], request.split, cfg.dataset.adapter, storage_format, storage["state_dir"], top_files)
+    try:
+        require_root(
+            storage["root"],
+            request.split,
+            cfg.dataset.adapter,
+            storage_format,
+            storage["state_dir"],
+            top_files,
+            storage.get("archive_dir"),
+        )
+    except ArchiveChanged as err:
+        raise with_prepare_again(err, storage) from None
     warn_batch_larger_than_split(cfg)
     return run_bench(request, cluster_of(cfg))
 

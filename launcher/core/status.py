@@ -226,6 +226,14 @@ def resubmit_line(command: str, entry: dict) -> str:
     return " ".join(["launcher", command, *map(shlex.quote, args)])
 
 
+def prepare_again(layout: Layout) -> str | None:
+    """The last `launcher prepare` recorded for the root, to paste (resubmit_line), or None."""
+    from launcher.core.runner import ledger_entries
+
+    entries = [e for e in ledger_entries(layout) if e.get("command") == "prepare"]
+    return resubmit_line("prepare", entries[-1]) if entries else None
+
+
 def failure_texts(failed: list[UnitStatus], tail_lines: int) -> list[str]:
     """The end of each failing job's log once, under the units that failed in it."""
     by_log: dict[str, list[UnitStatus]] = {}

@@ -396,11 +396,17 @@ def render_markdown(rows: list[dict]) -> str:
 
 
 def require_root(
-    root: str, split: str, adapter: str, storage_format: str = "folder", state_dir=None, top_files=("meta.bin",)
+    root: str,
+    split: str,
+    adapter: str,
+    storage_format: str = "folder",
+    state_dir=None,
+    top_files=("meta.bin",),
+    archive_dir=None,
 ) -> None:
     """The root holds `split` as the dataset's adapter reads it (its `require_prepared`: a few stats;
-    storage.format=tar: its label files `top_files` and the split's tar index), or one line saying to
-    run prepare."""
+    storage.format=tar: its label files `top_files`, the split's tar index and its archive, still the
+    file the index recorded), or one line saying what to do, before any job starts."""
     from launcher.core.errors import LauncherError
     from launcher.datasets import adapter_of
 
@@ -414,4 +420,9 @@ def require_root(
             f"{root} is not a prepared tar root ({', '.join(missing)} missing). Run `launcher prepare "
             f"storage.format=tar storage.root={root} split={split}` first (or point storage.root at one)."
         )
+    from launcher.tarformat.archivefile import open_checked
+    from launcher.tarformat.dataset import tar_split
+
+    index, archive, _, label = tar_split(root, split, state_dir, archive_dir)
+    os.close(open_checked(str(archive), index.archive, label))
     return None
