@@ -310,11 +310,14 @@ def at(label: str, member: Member) -> str:
     return f"{label}, header at offset {member.offset - BLOCK:,}"
 
 
-def checked_size(member: Member, label: str) -> int:
+def checked_size(
+    member: Member, label: str, verdict: str = "This is not an ILSVRC2012 archive.", error=LauncherError
+) -> int:
+    """The member's size, within what the index holds for an image (`verdict` ends the refusal)."""
     if member.size > MAX_IMAGE_BYTES:
-        raise LauncherError(
+        raise error(
             f"{label}: member {member.name!r} (offset {member.offset:,}) claims {member.size:,} bytes; an "
-            f"image of the index holds at most {MAX_IMAGE_BYTES:,}. This is not an ILSVRC2012 archive."
+            f"image of the index holds at most {MAX_IMAGE_BYTES:,}. {verdict}"
         )
     return member.size
 

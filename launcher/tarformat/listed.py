@@ -29,8 +29,8 @@ from launcher.archive.tarscan import Member
 from launcher.core.errors import LauncherError
 from launcher.sources import check_folder, shape_module
 from launcher.sources.tree import EntryCheck, ShapeError, check_all_present, listed_folders, listed_member
-from launcher.tarformat.index import check_cover, padded, walk_range
-from launcher.tarformat.indexfile import MAX_IMAGE_BYTES, MAX_NAME_BYTES, TarIndex
+from launcher.tarformat.index import check_cover, checked_size, padded, walk_range
+from launcher.tarformat.indexfile import MAX_NAME_BYTES, TarIndex
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,8 @@ def walk_listed(members: Iterable[Member], part: TarIndex, listing: Listing, lab
         if rel is None:
             continue
         check_path(rel, m, listing, label)
-        part.add(rel, m.offset, checked_size(m, label), label_of(rel, listing, target_of, label))
+        size = checked_size(m, label, "The archive is not the one the file list describes.", ShapeError)
+        part.add(rel, m.offset, size, label_of(rel, listing, target_of, label))
     return after
 
 
@@ -111,15 +112,6 @@ def check_path(rel: str, member: Member, listing: Listing, label: str) -> None:
             f"of at most {MAX_NAME_BYTES} bytes below {listing.prefix}/; nothing was indexed. The archive and "
             f"{listing.list_label} do not belong together: download both again from the same release."
         )
-
-
-def checked_size(member: Member, label: str) -> int:
-    if member.size > MAX_IMAGE_BYTES:
-        raise ShapeError(
-            f"{label}: member {member.name!r} (offset {member.offset:,}) claims {member.size:,} bytes; an image "
-            f"of the index holds at most {MAX_IMAGE_BYTES:,}. The archive is not the one the file list describes."
-        )
-    return member.size
 
 
 def label_of(rel: str, listing: Listing, target_of: dict[str, int], label: str) -> int:
